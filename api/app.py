@@ -1,0 +1,75 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import ensemble, info, jobs
+from api.services import config_service
+from api.settings import ApiSettings
+from api.state import AppState
+from ensemble_core.spec import EnsembleSpec
+from jobqueue.celery_config import make_celery
+from jobqueue.events import event_bus_for
+from jobqueue.settings import QueueSettings
+from persistence.db import Database
+from persistence.settings import DatabaseSettings
+
+log = logging.getLogger("api")
+
+
+def create_app(
+    settings: ApiSettings | None = None,
+    *,
+    queue_settings: QueueSettings | None = None,
+    database_settings: DatabaseSettings | None = None,
+    startup_spec: EnsembleSpec | None = None,
+) -> FastAPI:
+    settings = settings or ApiSettings()
+    queue_settings = queue_settings or QueueSettings()
+    database_settings = database_settings or DatabaseSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state: AppState = app.state.hub
+        try:
+            row = config_service.ensure_startup_version(state.db, state.startup_spec)
+            log.info("serving ensemble config version %s", row.version)
+        except Exception as exc:  # noqa: BLE001 - start anyway; /status says what is down
+            log.warning("could not set the start-up config version (database down?): %s", exc)
+        yield
+        state.db.dispose()
+
+    app = FastAPI(
+        title="Ensemble-Hub",
+        version=info.VERSION,
+        description="Several language models answer together: OpenAI-compatible, queue-backed.",
+        lifespan=lifespan,
+    )
+    celery = make_celery(queue_settings, name="ensemblehub-api")
+    # the API must answer fast when the broker is down instead of retrying for a minute
+    celery.conf.broker_connection_max_retries = 1
+    celery.conf.task_publish_retry_policy = {
+        "max_retries": 2,
+        "interval_start": 0,
+        "interval_step": 0.2,
+        "interval_max": 0.5,
+    }
+    app.state.hub = AppState(
+        settings=settings,
+        queue_settings=queue_settings,
+        db=Database.from_settings(database_settings),
+        celery=celery,
+        bus=event_bus_for(queue_settings.broker_url),
+        startup_spec=startup_spec,
+    )
+    install_error_handlers(app)
+    app.include_router(info.router)
+    app.include_router(ensemble.router)
+    app.include_router(jobs.router)
+    return app

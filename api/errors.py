@@ -1,0 +1,114 @@
+"""The API's exception tree, rendered once as the OpenAI error envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+class ServiceUnavailable(ApiError):
+    def __init__(self, message: str, *, code: str = "service_unavailable", retry_after_s: int = 5) -> None:
+        super().__init__(503, message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+def envelope(
+    status: int, message: str, *, code: str | None, param: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "message": message,
+        "type": _TYPES.get(status, "server_error"),
+        "param": param,
+        "code": code,
+    }
+    error.update(extra)
+    return {"error": error}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_req: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            envelope(exc.status, exc.message, code=exc.code, param=exc.param, **exc.extra),
+            status_code=exc.status,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+            for e in errors[:5]
+        )
+        return JSONResponse(
+            envelope(422, message or "invalid request", code="invalid_request", param=".".join(loc) or None),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(
+            envelope(exc.status_code, str(exc.detail), code=code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database_down(_req: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            envelope(503, "the database is unavailable; retry shortly", code="database_unavailable"),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        import logging
+
+        logging.getLogger("api").exception("unhandled error")
+        return JSONResponse(
+            envelope(500, f"internal error ({type(exc).__name__})", code="internal_error"), status_code=500
+        )

@@ -1,0 +1,1 @@
+"""Use cases of the API: routes stay thin and call these."""

@@ -1,0 +1,179 @@
+"""Submitting jobs, waiting for them, and showing them.
+
+Order matters: the job row is committed before the task is sent, so a worker never sees a
+task for a job that does not exist yet, and a crash between the two leaves a queued row that
+can be found and re-sent (never a task without a row).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError
+
+from api.errors import ApiError, ServiceUnavailable
+from api.state import AppState
+from ensemble_core.spec import EnsembleConfig, GenerationRequest
+from jobqueue.celery_config import enqueue_job
+from persistence import repository
+from persistence.models import Job
+
+log = logging.getLogger(__name__)
+
+
+def submit_job(
+    state: AppState,
+    *,
+    kind: str,
+    generation: GenerationRequest,
+    config: EnsembleConfig,
+    config_version_id: int,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
+    tenant: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Job, bool]:
+    """Store and enqueue a job. Returns (job, created); with a known idempotency key the
+    existing job comes back and nothing new is enqueued."""
+    if idempotency_key:
+        with state.db.transaction() as session:
+            existing = repository.find_job_by_idempotency_key(session, idempotency_key, tenant=tenant)
+        if existing is not None:
+            return existing, False
+    request_json = {
+        "generation": generation.model_dump(mode="json"),
+        "ensemble_config": config.model_dump(mode="json"),
+        **(extra or {}),
+    }
+    try:
+        with state.db.transaction() as session:
+            job = repository.create_job(
+                session,
+                kind=kind,
+                request=request_json,
+                config_version_id=config_version_id,
+                webhook_url=webhook_url,
+                idempotency_key=idempotency_key,
+                tenant=tenant,
+            )
+    except IntegrityError:
+        # a concurrent retry with the same key won the insert: attach to its job
+        with state.db.transaction() as session:
+            existing = repository.find_job_by_idempotency_key(session, idempotency_key or "", tenant=tenant)
+        if existing is None:
+            raise
+        return existing, False
+    send(state, job.id)
+    return job, True
+
+
+def send(state: AppState, job_id: str) -> None:
+    try:
+        enqueue_job(state.celery, job_id)
+    except (KombuOperationalError, RedisError, OSError) as exc:
+        # the row is committed but the broker is down: fail it visibly rather than leave a
+        # promise nobody will keep (the sweeper of the reliability work re-sends instead)
+        log.warning("enqueue of %s failed: %s", job_id, exc)
+        with state.db.transaction() as session:
+            repository.fail_job(
+                session, job_id, code="broker_unavailable", message=f"could not enqueue: {exc}"
+            )
+        raise ServiceUnavailable(
+            "the job queue (broker) is unavailable; retry shortly", code="broker_unavailable"
+        ) from exc
+    with state.db.transaction() as session:
+        repository.mark_enqueued(session, [job_id])
+
+
+def wait_for_job(state: AppState, job_id: str, timeout_s: float) -> Job:
+    """Wait until the job is final or the timeout passes; returns the job as last read.
+
+    Events on the bus wake us at once; the database is re-read every second in case an event
+    was missed (Postgres is the truth)."""
+    deadline = time.monotonic() + timeout_s
+    with state.bus.subscribe(job_id) as sub:
+        job = load_job(state, job_id)
+        while not repository.is_final(job.status):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            event = sub.get(min(1.0, remaining))
+            if event is None or event.get("type") == "done":
+                job = load_job(state, job_id)
+    return job
+
+
+def load_job(state: AppState, job_id: str, *, tenant: str | None = None) -> Job:
+    with state.db.transaction() as session:
+        job = repository.get_job(session, job_id, tenant=tenant)
+    if job is None:
+        raise ApiError(404, f"no job with id {job_id!r}", code="job_not_found", param="job_id")
+    return job
+
+
+def resolve_timeout(state: AppState, requested: float | None) -> float:
+    if requested is None:
+        return state.settings.sync_timeout_s
+    if requested <= 0:
+        raise ApiError(400, "timeout must be positive (seconds)", code="invalid_timeout", param="timeout")
+    return min(requested, state.settings.max_sync_timeout_s)
+
+
+def raise_unless_succeeded(job: Job) -> None:
+    """Translate a job that is not done (504) or failed (4xx/5xx) into the OpenAI envelope."""
+    if job.status == "succeeded":
+        return
+    if not repository.is_final(job.status):
+        raise ApiError(
+            504,
+            f"the job did not finish within the timeout; it goes on: poll /v1/jobs/{job.id}",
+            code="timeout",
+            headers={"Location": f"/v1/jobs/{job.id}"},
+            extra={"job_id": job.id},
+        )
+    status = 400 if job.error_code == "invalid_config" else 409 if job.status == "cancelled" else 500
+    raise ApiError(
+        status,
+        job.error_message or f"job {job.status}",
+        code=job.error_code or job.status,
+        extra={"job_id": job.id},
+        headers={"Location": f"/v1/jobs/{job.id}"},
+    )
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The poll answer of /v1/jobs/{id}."""
+    timings: dict[str, Any] = {}
+    if job.started_at and job.created_at:
+        timings["queue_wait_ms"] = round((job.started_at - job.created_at).total_seconds() * 1000, 1)
+    if job.finished_at and job.started_at:
+        timings["run_ms"] = round((job.finished_at - job.started_at).total_seconds() * 1000, 1)
+    if job.finished_at and job.created_at:
+        timings["total_ms"] = round((job.finished_at - job.created_at).total_seconds() * 1000, 1)
+    if job.result and isinstance(job.result.get("timings"), dict):
+        timings.update(job.result["timings"])
+    return {
+        "id": job.id,
+        "object": "job",
+        "kind": job.kind,
+        "status": job.status,
+        "created_at": _ts(job.created_at),
+        "started_at": _ts(job.started_at),
+        "finished_at": _ts(job.finished_at),
+        "attempts": job.attempts,
+        "config_version_id": job.config_version_id,
+        "batch_id": job.batch_id,
+        "request": job.request,
+        "result": job.result,
+        "usage": job.usage,
+        "error": {"code": job.error_code, "message": job.error_message} if job.status == "failed" else None,
+        "timings": timings,
+    }
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None

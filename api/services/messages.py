@@ -1,0 +1,41 @@
+"""Turning the guide's and OpenAI's request forms into one GenerationRequest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.errors import ApiError
+from ensemble_core.spec import ChatMessage, GenerationRequest
+
+
+def build_generation(
+    messages: Sequence[dict[str, Any]],
+    *,
+    max_tokens: int,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    stop: list[str] | str | None = None,
+    seed: int | None = None,
+) -> GenerationRequest:
+    try:
+        return GenerationRequest(
+            messages=[ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            seed=seed,
+        )
+    except (ValidationError, KeyError) as exc:
+        raise ApiError(400, f"invalid messages: {exc}", code="invalid_messages", param="messages") from exc
+
+
+def instruction_messages(instruction: str | None, user_input: str) -> list[dict[str, str]]:
+    messages = []
+    if instruction:
+        messages.append({"role": "system", "content": instruction})
+    messages.append({"role": "user", "content": user_input})
+    return messages

@@ -1,0 +1,57 @@
+"""Health of the dependencies the service needs: database, broker, workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ensemble_core.methods import list_methods
+
+from api.state import AppState
+from persistence import repository
+
+
+def service_status(state: AppState) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    try:
+        state.db.ping()
+        checks["database"] = {"ok": True}
+    except Exception as exc:  # noqa: BLE001 - any failure means "down"
+        checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    try:
+        state.bus.ping()
+        checks["broker"] = {"ok": True, "url": _redact(state.queue_settings.broker_url)}
+    except Exception as exc:  # noqa: BLE001
+        checks["broker"] = {
+            "ok": False,
+            "url": _redact(state.queue_settings.broker_url),
+            "error": f"{type(exc).__name__}: {exc}"[:200],
+        }
+    workers: list[dict[str, Any]] = []
+    if checks["database"]["ok"]:
+        with state.db.transaction() as session:
+            for w in repository.live_workers(session):
+                workers.append(
+                    {
+                        "hostname": w.hostname,
+                        "pid": w.pid,
+                        "last_seen": w.last_seen.isoformat(),
+                        "loaded_models": w.loaded_models,
+                    }
+                )
+    checks["workers"] = {"ok": bool(workers), "count": len(workers)}
+    down = not (checks["database"]["ok"] and checks["broker"]["ok"])
+    return {
+        "status": "unavailable" if down else ("ok" if workers else "degraded"),
+        "mode": "embedded" if state.settings.embedded else "distributed",
+        "checks": checks,
+        "workers": workers,
+        "loaded_models": [m for w in workers for m in w["loaded_models"]],
+        "available_methods": list_methods(),
+    }
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,29 @@
+"""What the routes need, built once per app (no globals, no environment reads at import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from fastapi import Request
+
+from api.settings import ApiSettings
+from ensemble_core.spec import EnsembleSpec
+from jobqueue.settings import QueueSettings
+from persistence.db import Database
+
+
+@dataclass
+class AppState:
+    settings: ApiSettings
+    queue_settings: QueueSettings
+    db: Database
+    celery: Celery
+    bus: Any
+    # the spec given by `python -m ensemblehub.api` flags; None means "keep the latest version"
+    startup_spec: EnsembleSpec | None = None
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.hub  # type: ignore[no-any-return]

@@ -1,0 +1,75 @@
+"""The ``ensemblehub`` console script: api, worker, flower, migrate, up."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+
+from ensemblehub import services
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ensemblehub", description="Ensemble-Hub: several LLMs answer together."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from api.server_flags import add_server_flags
+
+    add_server_flags(sub.add_parser("api", help="run the HTTP API (same flags as python -m ensemblehub.api)"))
+
+    w = sub.add_parser("worker", help="run a Celery worker that holds the models")
+    w.add_argument("--queues", default="models,webhooks,maintenance")
+    w.add_argument("--name", default=None, help="worker node name (default: ensemblehub@<host>.<pid>)")
+    w.add_argument("--loglevel", default="INFO")
+
+    f = sub.add_parser(
+        "flower", help="run the Flower dashboard (basic auth from ENSEMBLEHUB_FLOWER_BASIC_AUTH)"
+    )
+    f.add_argument("--port", type=int, default=None)
+    f.add_argument("--address", default="127.0.0.1")
+
+    sub.add_parser("migrate", help="create the database if needed and apply the migrations")
+
+    up = sub.add_parser(
+        "up", help="migrate, then run a worker, Flower and the API together (Ctrl-C stops all)"
+    )
+    up.add_argument(
+        "--embedded", action="store_true", help="SQLite + in-process worker, no Postgres/Redis needed"
+    )
+    up.add_argument("--data-dir", default=None, help="embedded mode: where the SQLite file lives")
+    add_server_flags(up)
+
+    args = parser.parse_args(argv)
+    if args.command == "api":
+        from ensemblehub.api import main as api_main
+
+        return api_main([a for a in (argv if argv is not None else sys.argv[1:]) if a != "api"])
+    if args.command == "worker":
+        return services.run_worker(queues=args.queues, name=args.name, loglevel=args.loglevel)
+    if args.command == "flower":
+        return services.run_flower(port=args.port, address=args.address, basic_auth=flower_basic_auth())
+    if args.command == "migrate":
+        return services.migrate_command()
+    if args.command == "up":
+        from ensemblehub.up import run_up
+
+        return run_up(args)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def flower_basic_auth() -> str:
+    """Flower is never open: without ENSEMBLEHUB_FLOWER_BASIC_AUTH a random password is made."""
+    configured = os.environ.get("ENSEMBLEHUB_FLOWER_BASIC_AUTH")
+    if configured:
+        return configured
+    auth = f"admin:{secrets.token_urlsafe(12)}"
+    print(f"Flower basic auth (generated; set ENSEMBLEHUB_FLOWER_BASIC_AUTH to choose): {auth}", flush=True)
+    return auth
+
+
+if __name__ == "__main__":
+    sys.exit(main())

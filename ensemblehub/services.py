@@ -1,0 +1,70 @@
+"""Starting the pieces: migrations, a worker process, Flower. Used by the CLI and `up`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from persistence.db import create_database_if_missing, upgrade_to_head
+from persistence.settings import DatabaseSettings
+
+
+def migrate(url: str) -> None:
+    created = create_database_if_missing(url)
+    if created:
+        print(f"created database {url.rsplit('/', 1)[-1]}", flush=True)
+    upgrade_to_head(url)
+
+
+def migrate_command() -> int:
+    url = DatabaseSettings().database_url
+    migrate(url)
+    print("database is at the latest migration", flush=True)
+    return 0
+
+
+def worker_argv(
+    *, queues: str = "models,webhooks,maintenance", name: str | None = None, loglevel: str = "INFO"
+) -> list[str]:
+    # solo pool: one process holds the models (one worker per GPU); events on for Flower
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--pool",
+        "solo",
+        "-E",
+        "-Q",
+        queues,
+        "--loglevel",
+        loglevel,
+    ]
+    argv += ["-n", name or f"ensemblehub@%h.{os.getpid()}"]
+    return argv
+
+
+def run_worker(*, queues: str, name: str | None, loglevel: str) -> int:
+    return subprocess.call(worker_argv(queues=queues, name=name, loglevel=loglevel))
+
+
+def flower_argv(*, port: int | None, address: str, basic_auth: str) -> list[str]:
+    port = port or int(os.environ.get("ENSEMBLEHUB_FLOWER_PORT", "5555"))
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "flower",
+        f"--port={port}",
+        f"--address={address}",
+        f"--basic_auth={basic_auth}",
+    ]
+
+
+def run_flower(*, port: int | None, address: str, basic_auth: str) -> int:
+    return subprocess.call(flower_argv(port=port, address=address, basic_auth=basic_auth))

@@ -1,0 +1,67 @@
+"""The one Celery configuration shared by producer (API) and consumer (worker)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from jobqueue.contract import (
+    ALL_QUEUES,
+    DELIVER_WEBHOOK_TASK,
+    MAINTENANCE_QUEUE,
+    MODELS_QUEUE,
+    RUN_JOB_TASK,
+    SWEEP_TASK,
+    WEBHOOKS_QUEUE,
+)
+from jobqueue.settings import QueueSettings
+
+
+def make_celery(settings: QueueSettings, *, name: str = "ensemblehub") -> Celery:
+    app = Celery(name, broker=settings.broker_url)
+    # a task whose worker dies stays invisible on Redis for visibility_timeout, so it must
+    # exceed the hard time limit, or a long job would be handed to a second worker
+    visibility_timeout = settings.task_hard_time_limit_s + 600
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # results live in Postgres, not in the broker
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_hard_time_limit_s,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        broker_transport_options={"visibility_timeout": visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_track_started=True,
+        task_default_queue=MODELS_QUEUE,
+        task_queues=[Queue(q) for q in ALL_QUEUES],
+        task_routes={
+            RUN_JOB_TASK: {"queue": MODELS_QUEUE},
+            DELIVER_WEBHOOK_TASK: {"queue": WEBHOOKS_QUEUE},
+            SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
+        },
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+def enqueue_job(app: Celery, job_id: str) -> None:
+    """Send the run_job task by name, so the API never imports the worker code."""
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=MODELS_QUEUE)
+
+
+def enqueue_jobs(app: Celery, job_ids: list[str]) -> None:
+    """Bulk enqueue over one producer connection (a 10,000-item batch must be quick)."""
+    with app.producer_or_acquire() as producer:
+        for job_id in job_ids:
+            app.send_task(RUN_JOB_TASK, args=[job_id], queue=MODELS_QUEUE, producer=producer)
+
+
+def enqueue_webhook(app: Celery, delivery_id: int) -> None:
+    app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)

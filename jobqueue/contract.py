@@ -1,0 +1,17 @@
+"""Task and queue names. They are what Flower shows, so they read as what the task does."""
+
+from __future__ import annotations
+
+RUN_JOB_TASK = "ensemblehub.run_job"
+DELIVER_WEBHOOK_TASK = "ensemblehub.deliver_webhook"
+SWEEP_TASK = "ensemblehub.sweep_jobs"
+
+MODELS_QUEUE = "models"
+WEBHOOKS_QUEUE = "webhooks"
+MAINTENANCE_QUEUE = "maintenance"
+ALL_QUEUES = (MODELS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
+
+
+# Redis pub/sub channels for streaming and completion notices (see jobqueue.events)
+def job_events_channel(job_id: str) -> str:
+    return f"ensemblehub:job:{job_id}:events"

@@ -1,0 +1,150 @@
+"""Job events from workers to the API: accepted segments (for streaming) and the final state.
+
+On Redis this is pub/sub (one channel per job). In embedded mode, where API and worker share
+one process, an in-memory bus does the same. Events are a fast path only: Postgres stays the
+truth, so a waiter that misses an event still finds the final state by reading the job.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from jobqueue.contract import job_events_channel
+
+
+class JobEventBus(Protocol):
+    def publish(self, job_id: str, event: dict[str, Any]) -> None: ...
+
+    def subscribe(self, job_id: str) -> JobSubscription: ...
+
+
+class JobSubscription(Protocol):
+    def get(self, timeout: float) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> JobSubscription: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class RedisJobEventBus:
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+        )
+
+    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+        self._redis.publish(job_events_channel(job_id), json.dumps(event))
+
+    def subscribe(self, job_id: str) -> _RedisSubscription:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(job_events_channel(job_id))
+        return _RedisSubscription(pubsub)
+
+    def ping(self) -> None:
+        self._redis.ping()
+
+
+class _RedisSubscription:
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            message = self._pubsub.get_message(timeout=remaining)
+            if message and message.get("type") == "message":
+                return json.loads(message["data"])
+
+    def close(self) -> None:
+        try:
+            self._pubsub.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+            pass
+
+    def __enter__(self) -> _RedisSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class InMemoryJobEventBus:
+    """Same-process bus for embedded mode."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, list[queue.Queue[dict[str, Any]]]] = defaultdict(list)
+
+    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+        with self._lock:
+            targets = list(self._subscribers.get(job_id, ()))
+        for q in targets:
+            q.put(event)
+
+    def subscribe(self, job_id: str) -> _MemorySubscription:
+        q: queue.Queue[dict[str, Any]] = queue.Queue()
+        with self._lock:
+            self._subscribers[job_id].append(q)
+        return _MemorySubscription(self, job_id, q)
+
+    def _unsubscribe(self, job_id: str, q: queue.Queue[dict[str, Any]]) -> None:
+        with self._lock:
+            subs = self._subscribers.get(job_id, [])
+            if q in subs:
+                subs.remove(q)
+            if not subs:
+                self._subscribers.pop(job_id, None)
+
+    def ping(self) -> None:
+        return None
+
+
+class _MemorySubscription:
+    def __init__(self, bus: InMemoryJobEventBus, job_id: str, q: queue.Queue[dict[str, Any]]) -> None:
+        self._bus, self._job_id, self._q = bus, job_id, q
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self._q.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._bus._unsubscribe(self._job_id, self._q)
+
+    def __enter__(self) -> _MemorySubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# one bus per process in embedded mode: the API and the in-process worker must share it
+_MEMORY_BUS = InMemoryJobEventBus()
+
+
+def event_bus_for(broker_url: str) -> RedisJobEventBus | InMemoryJobEventBus:
+    if broker_url.startswith(("redis://", "rediss://")):
+        return RedisJobEventBus(broker_url)
+    return _MEMORY_BUS
+
+
+def iter_events(
+    sub: JobSubscription, *, deadline: float, poll_s: float = 1.0
+) -> Iterator[dict[str, Any] | None]:
+    """Yield events until the deadline; yields None every ``poll_s`` so callers can re-check the DB."""
+    while time.monotonic() < deadline:
+        yield sub.get(min(poll_s, max(0.0, deadline - time.monotonic())))

@@ -1,0 +1,231 @@
+"""Repository functions over the rows. They flush but never commit: the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from persistence.models import (
+    FINAL_JOB_STATUSES,
+    ConfigVersion,
+    Job,
+    WorkerHeartbeat,
+    utcnow,
+)
+
+# ---------------------------------------------------------------- config versions
+
+
+def latest_config_version(session: Session) -> ConfigVersion | None:
+    return session.scalars(select(ConfigVersion).order_by(ConfigVersion.version.desc()).limit(1)).first()
+
+
+def get_config_version(session: Session, version_id: int) -> ConfigVersion | None:
+    return session.get(ConfigVersion, version_id)
+
+
+def list_config_versions(session: Session, *, limit: int = 100, offset: int = 0) -> Sequence[ConfigVersion]:
+    return session.scalars(
+        select(ConfigVersion).order_by(ConfigVersion.version.desc()).limit(limit).offset(offset)
+    ).all()
+
+
+def append_config_version(
+    session: Session, *, spec: dict[str, Any], content_hash: str, note: str | None = None
+) -> ConfigVersion:
+    """Append version n+1. Rows are never updated, so every job's version stays reproducible.
+
+    Concurrent appends race on the unique ``version`` column; the loser's transaction fails
+    and the caller may retry.
+    """
+    current = session.scalar(select(func.max(ConfigVersion.version))) or 0
+    row = ConfigVersion(version=current + 1, content_hash=content_hash, spec=spec, note=note)
+    session.add(row)
+    session.flush()
+    return row
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def create_job(
+    session: Session,
+    *,
+    kind: str,
+    request: dict[str, Any],
+    config_version_id: int | None,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+    tenant: str | None = None,
+    batch_id: str | None = None,
+    batch_index: int | None = None,
+) -> Job:
+    job = Job(
+        kind=kind,
+        status="queued",
+        request=request,
+        config_version_id=config_version_id,
+        webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
+        tenant=tenant,
+        tenant_key=tenant or "",
+        batch_id=batch_id,
+        batch_index=batch_index,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str, *, tenant: str | None = None) -> Job | None:
+    job = session.get(Job, job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        return None
+    return job
+
+
+def find_job_by_idempotency_key(session: Session, key: str, *, tenant: str | None = None) -> Job | None:
+    return session.scalars(
+        select(Job).where(Job.idempotency_key == key, Job.tenant_key == (tenant or ""))
+    ).first()
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: str | None = None,
+    tenant: str | None = None,
+    limit: int = 20,
+    after: str | None = None,
+) -> Sequence[Job]:
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if status:
+        query = query.where(Job.status == status)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    if after:
+        anchor = session.get(Job, after)
+        if anchor is not None:
+            query = query.where(
+                (Job.created_at < anchor.created_at)
+                | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
+            )
+    return session.scalars(query).all()
+
+
+def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+
+
+def claim_job(session: Session, job_id: str, *, worker: str) -> Job | None:
+    """Move a queued job to running. Only one claimant wins (conditional update), so a task
+    delivered twice under ``acks_late`` runs the job once."""
+    now = utcnow()
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(status="running", started_at=now, heartbeat_at=now, worker=worker, attempts=Job.attempts + 1)
+        .returning(Job.id)
+    ).first()
+    if claimed is None:
+        return None
+    session.expire_all()
+    return session.get(Job, job_id)
+
+
+def heartbeat_job(session: Session, job_id: str) -> None:
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=utcnow())
+    )
+
+
+def finish_job(
+    session: Session, job_id: str, *, result: dict[str, Any], usage: dict[str, Any] | None
+) -> bool:
+    """Store the result once: only a running job can succeed, so a second writer changes nothing."""
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(
+            status="succeeded",
+            result=result,
+            usage=usage,
+            finished_at=utcnow(),
+            error_code=None,
+            error_message=None,
+        )
+        .returning(Job.id)
+    ).first()
+    return done is not None
+
+
+def fail_job(
+    session: Session,
+    job_id: str,
+    *,
+    code: str,
+    message: str,
+    from_statuses: Sequence[str] = ("queued", "running"),
+) -> bool:
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(from_statuses))
+        .values(status="failed", error_code=code, error_message=message[:4000], finished_at=utcnow())
+        .returning(Job.id)
+    ).first()
+    return done is not None
+
+
+def cancel_job(session: Session, job_id: str) -> bool:
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="cancelled",
+            finished_at=utcnow(),
+            error_code="cancelled",
+            error_message="cancelled by request",
+        )
+        .returning(Job.id)
+    ).first()
+    return done is not None
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_JOB_STATUSES
+
+
+# ---------------------------------------------------------------- workers
+
+
+def upsert_worker_heartbeat(
+    session: Session, *, hostname: str, pid: int, loaded_models: list[dict[str, Any]]
+) -> None:
+    row = session.get(WorkerHeartbeat, hostname)
+    now = utcnow()
+    if row is None:
+        session.add(
+            WorkerHeartbeat(
+                hostname=hostname, pid=pid, loaded_models=loaded_models, started_at=now, last_seen=now
+            )
+        )
+    else:
+        row.pid = pid
+        row.loaded_models = loaded_models
+        row.last_seen = now
+    session.flush()
+
+
+def live_workers(session: Session, *, within_s: float = 30.0) -> Sequence[WorkerHeartbeat]:
+    since: datetime = utcnow() - timedelta(seconds=within_s)
+    return session.scalars(select(WorkerHeartbeat).where(WorkerHeartbeat.last_seen >= since)).all()
+
+
+def remove_worker(session: Session, hostname: str) -> None:
+    row = session.get(WorkerHeartbeat, hostname)
+    if row is not None:
+        session.delete(row)

@@ -1,0 +1,90 @@
+"""Process-wide state of a worker: database, event bus, model pool, heartbeat.
+
+Created lazily on first use in the worker process (never at import and never in
+worker_process_init, which Celery kills after 4 s): loading models can take a while.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from ensemble_core.pool import ModelPool
+
+from jobqueue.events import event_bus_for
+from jobqueue.settings import QueueSettings
+from persistence import repository
+from persistence.db import Database
+from persistence.settings import DatabaseSettings
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRuntime:
+    db: Database
+    bus: Any
+    pool: ModelPool
+    settings: WorkerSettings
+    hostname: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _heartbeat: threading.Thread | None = None
+
+    def start_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            return
+        self._heartbeat = threading.Thread(target=self._beat, name="worker-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def beat_once(self) -> None:
+        with self.db.transaction() as session:
+            repository.upsert_worker_heartbeat(
+                session, hostname=self.hostname, pid=os.getpid(), loaded_models=self.pool.loaded()
+            )
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.beat_once()
+            except Exception as exc:  # noqa: BLE001 - a database blip must not kill the heartbeat
+                log.warning("worker heartbeat failed: %s", exc)
+            self._stop.wait(self.settings.heartbeat_interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            with self.db.transaction() as session:
+                repository.remove_worker(session, self.hostname)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+_runtime: WorkerRuntime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> WorkerRuntime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            settings = WorkerSettings()
+            _runtime = WorkerRuntime(
+                db=Database.from_settings(DatabaseSettings()),
+                bus=event_bus_for(QueueSettings().broker_url),
+                pool=ModelPool(cache_dir=settings.model_cache_dir),
+                settings=settings,
+            )
+            _runtime.start_heartbeat()
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """For forked children: connections must not be shared across processes."""
+    global _runtime
+    with _lock:
+        _runtime = None
