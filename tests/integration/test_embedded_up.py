@@ -1,0 +1,47 @@
+"""`ensemblehub up` with neither Postgres nor Redis reachable falls back to embedded mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import httpx
+
+from tests import services
+
+
+def test_up_falls_back_to_embedded_mode_and_answers(tiny_model_dirs, tmp_path):
+    port = services.free_port()
+    env = {
+        **os.environ,
+        "ENSEMBLEHUB_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/nothing",
+        "ENSEMBLEHUB_BROKER_URL": "redis://127.0.0.1:1/5",
+        "ENSEMBLEHUB_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    specs = [{"path": str(tiny_model_dirs["llama"]), "engine": "hf", "device": "cpu", "name": "tiny-llama"}]
+    argv = [sys.executable, "-m", "ensemblehub.cli", "up", "--port", str(port), "--model_specs", json.dumps(specs),
+            "--model_selection_method", "all", "--ensemble_method", "loop"]
+    proc = services.Process(argv, env, tmp_path / "up.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        services.wait_http(base + "/", proc, timeout=90)
+        log = proc.log()
+        assert "PostgreSQL does not answer" in log and "Redis does not answer" in log
+        assert "embedded mode" in log
+        resp = httpx.post(
+            base + "/v1/ensemble/inference",
+            json={"input": "What is 2+2?", "max_tokens": 8, "max_rounds": 2},
+            timeout=120,
+        )
+        assert resp.status_code == 200, resp.text + proc.log()
+        body = resp.json()
+        assert body["result"]["selected_models"] == ["tiny-llama"]
+        status = httpx.get(base + "/status").json()
+        assert status["mode"] == "embedded"
+        job = httpx.get(f"{base}/v1/jobs/{body['id']}").json()
+        assert job["status"] == "succeeded"
+        assert (tmp_path / "data" / "embedded.sqlite").exists()
+    finally:
+        proc.stop()
