@@ -8,10 +8,11 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
 from jobqueue.celery_config import make_celery
-from jobqueue.contract import RUN_JOB_TASK
+from jobqueue.contract import MAINTENANCE_QUEUE, RUN_JOB_TASK, SWEEP_TASK
 from jobqueue.settings import QueueSettings
-from workers import job_runner
+from workers import job_runner, sweeper
 from workers.runtime import get_runtime
+from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,20 @@ def create_worker_app(settings: QueueSettings | None = None) -> Celery:
         """Run ensemble job ``job_id`` (the id is the only argument, so Flower finds it)."""
         return job_runner.run_job(get_runtime(), job_id)
 
+    @app.task(name=SWEEP_TASK, acks_late=False, ignore_result=True)
+    def sweep_jobs() -> dict[str, list[str]]:
+        """Send queued jobs the broker lost; re-queue or fail jobs whose worker died."""
+        runtime = get_runtime()
+        return sweeper.sweep(runtime.db, app, runtime.settings).as_dict()
+
+    worker_settings = WorkerSettings()
+    app.conf.beat_schedule = {
+        "sweep-jobs": {
+            "task": SWEEP_TASK,
+            "schedule": worker_settings.sweep_interval_s,
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": worker_settings.sweep_interval_s * 2},
+        }
+    }
     return app
 
 

@@ -11,3 +11,9 @@ class WorkerSettings(BaseSettings):
     # converted bundled models (GGUF -> safetensors) are cached here once
     model_cache_dir: Path = Path.home() / ".cache" / "ensemblehub" / "models"
     heartbeat_interval_s: float = 5.0
+    # the sweeper (Celery beat): how often it runs and what it considers lost
+    sweep_interval_s: float = 10.0
+    unsent_grace_s: float = 5.0  # a queued job not sent to the broker after this is sent by the sweeper
+    resend_after_s: float = 900.0  # a queued job sent this long ago without starting is sent again
+    job_dead_after_s: float = 30.0  # a running job without a heartbeat for this long lost its worker
+    max_attempts: int = 3  # after this many lost workers the job fails with `worker_lost`

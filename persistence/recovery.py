@@ -1,0 +1,70 @@
+"""Finding jobs that lost their way: never sent to the broker, or orphaned by a dead worker.
+
+Postgres is the truth and Redis only the transport. A queued job whose task never reached the
+broker (crash or broker outage between commit and send) is simply a queued row with
+``enqueued_at IS NULL``: the job table is its own outbox. A running job whose heartbeat stopped
+belongs to a worker that died. Both are found here; the sweeper task acts on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from persistence.models import Job, utcnow
+
+
+def jobs_to_send(
+    session: Session, *, unsent_grace_s: float, resend_after_s: float, limit: int = 1000
+) -> Sequence[str]:
+    """Queued jobs never handed to the broker (after a short grace for the normal path), or
+    handed over so long ago that the message was probably lost (e.g. Redis restarted empty)."""
+    now = utcnow()
+    return session.scalars(
+        select(Job.id)
+        .where(
+            Job.status == "queued",
+            or_(
+                (Job.enqueued_at.is_(None)) & (Job.created_at < now - timedelta(seconds=unsent_grace_s)),
+                Job.enqueued_at < now - timedelta(seconds=resend_after_s),
+            ),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+
+
+def orphaned_running_jobs(session: Session, *, dead_after_s: float, limit: int = 1000) -> Sequence[Job]:
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    return session.scalars(
+        select(Job)
+        .where(Job.status == "running", Job.heartbeat_at < cutoff)
+        .order_by(Job.started_at)
+        .limit(limit)
+    ).all()
+
+
+def requeue_orphan(session: Session, job_id: str, *, dead_after_s: float) -> bool:
+    """Put a job of a dead worker back in the queue (conditional: only if still orphaned)."""
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < cutoff)
+        .values(status="queued", enqueued_at=None, worker=None)
+        .returning(Job.id)
+    ).first()
+    return done is not None
+
+
+def fail_orphan(session: Session, job_id: str, *, dead_after_s: float, message: str) -> bool:
+    cutoff = utcnow() - timedelta(seconds=dead_after_s)
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < cutoff)
+        .values(status="failed", error_code="worker_lost", error_message=message, finished_at=utcnow())
+        .returning(Job.id)
+    ).first()
+    return done is not None

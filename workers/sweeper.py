@@ -1,0 +1,64 @@
+"""The periodic sweeper (run by Celery beat): no accepted job is ever lost.
+
+- queued jobs that never reached the broker, or whose message was lost, are sent (again);
+  a duplicate message is harmless because the claim is a conditional update;
+- running jobs whose heartbeat stopped (their worker died: OOM, kill -9, preemption) go back
+  to the queue, or fail for good with ``worker_lost`` after ``max_attempts`` attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from celery import Celery
+
+from jobqueue.celery_config import enqueue_job
+from persistence import recovery, repository
+from persistence.db import Database
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    sent: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"sent": self.sent, "requeued": self.requeued, "failed": self.failed}
+
+
+def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport:
+    report = SweepReport()
+    with db.transaction() as session:
+        orphans = [
+            (j.id, j.attempts)
+            for j in recovery.orphaned_running_jobs(session, dead_after_s=settings.job_dead_after_s)
+        ]
+    for job_id, attempts in orphans:
+        with db.transaction() as session:
+            if attempts >= settings.max_attempts:
+                message = f"the worker running this job stopped responding {attempts} times; giving up"
+                if recovery.fail_orphan(
+                    session, job_id, dead_after_s=settings.job_dead_after_s, message=message
+                ):
+                    report.failed.append(job_id)
+            elif recovery.requeue_orphan(session, job_id, dead_after_s=settings.job_dead_after_s):
+                report.requeued.append(job_id)
+    with db.transaction() as session:
+        to_send = list(
+            recovery.jobs_to_send(
+                session, unsent_grace_s=settings.unsent_grace_s, resend_after_s=settings.resend_after_s
+            )
+        )
+    for job_id in to_send:
+        enqueue_job(celery, job_id)  # raises while the broker is down: the next sweep retries
+        with db.transaction() as session:
+            repository.mark_enqueued(session, [job_id])
+        report.sent.append(job_id)
+    if report.sent or report.requeued or report.failed:
+        log.warning("sweep: %s", report.as_dict())
+    return report
