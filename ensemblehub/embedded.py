@@ -20,8 +20,25 @@ EMBEDDED_BROKER = "memory://"
 class EmbeddedWorker:
     def __init__(self, controller: Any, thread: threading.Thread) -> None:
         self.controller, self.thread = controller, thread
+        self._stop = threading.Event()
+        # Celery beat would run in a child process, which cannot see this process's in-memory
+        # broker, so the sweeper runs here on a timer instead
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="embedded-sweeper", daemon=True)
+        self._sweeper.start()
+
+    def _sweep_loop(self) -> None:
+        from workers.runtime import get_runtime
+        from workers.sweeper import sweep
+
+        while not self._stop.wait(get_runtime().settings.sweep_interval_s):
+            try:
+                runtime = get_runtime()
+                sweep(runtime.db, self.controller.app, runtime.settings)
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                pass
 
     def stop(self) -> None:
+        self._stop.set()
         try:
             self.controller.stop(in_sighandler=False)
         finally:

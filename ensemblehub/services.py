@@ -47,6 +47,22 @@ def worker_argv(
     return argv
 
 
+def beat_argv(schedule_dir: str) -> list[str]:
+    """Celery beat: schedules the sweeper (one beat per deployment)."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        os.path.join(schedule_dir, "celerybeat-schedule"),
+    ]
+
+
 def run_worker(*, queues: str, name: str | None, loglevel: str) -> int:
     return subprocess.call(worker_argv(queues=queues, name=name, loglevel=loglevel))
 

@@ -85,6 +85,7 @@ def _banner(host: str, port: int, flower: str | None) -> None:
     base = f"http://{host}:{port}"
     print("\nEnsemble-Hub is up:", flush=True)
     print(f"  API        {base}   (docs: {base}/docs, health: {base}/status)")
+    print("  Worker     one Celery worker (solo pool) + beat (the job sweeper)")
     if flower:
         print(f"  Flower     {flower}")
     print("First request to try:")
