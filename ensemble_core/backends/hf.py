@@ -1,0 +1,279 @@
+"""Hugging Face transformers backend: ``HFTextGenerator`` and its per-job session.
+
+Generation is a hand-written decode loop rather than ``model.generate`` because the engine
+needs, in one batch, candidates with different temperatures, a per-row segment boundary
+checked on the decoded text, the untempered log-probability of every token (free scores), and
+a KV cache that survives between rounds (see ``prefix_cache``). Greedy decoding with and
+without cache reuse gives the same tokens (tested on SmolLM2).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ensemble_core.backends.hf_loading import from_pretrained, input_device, load_tokenizer
+from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
+from ensemble_core.errors import GenerationError, ModelLoadError
+from ensemble_core.ports import (
+    Candidate,
+    ContinuationScore,
+    PromptStatistics,
+    Sampling,
+    SegmentLimits,
+    SessionCounters,
+)
+from ensemble_core.segment_text import check_candidate
+from ensemble_core.spec import ChatMessage, ModelSpec
+
+_FALLBACK_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
+    """The model's own chat template applied to ``messages``, ready for the assistant's turn."""
+    payload = [{"role": m.role, "content": m.content} for m in messages]
+    template = None if getattr(tokenizer, "chat_template", None) else _FALLBACK_TEMPLATE
+    text = tokenizer.apply_chat_template(
+        payload, tokenize=False, add_generation_prompt=True, chat_template=template
+    )
+    return str(text)
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+class HFTextGenerator:
+    """One causal LM loaded with transformers; open one session per job."""
+
+    engine = "hf"
+    supports_concurrency = True
+
+    def __init__(self, spec: ModelSpec, cache_dir: Path | None = None) -> None:
+        from transformers import AutoModelForCausalLM
+
+        started = time.perf_counter()
+        self.spec = spec
+        self.name = spec.display_name
+        self.tokenizer = load_tokenizer(spec, cache_dir)
+        self.model = from_pretrained(AutoModelForCausalLM, spec, cache_dir)
+        self.device = str(input_device(self.model))
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        if not self.eos_ids:
+            raise ModelLoadError(f"{self.name!r} has no EOS token id; generation could not stop")
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = min(self.eos_ids)
+        self.load_seconds = time.perf_counter() - started
+
+    def open_session(
+        self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
+    ) -> HFGenerationSession:
+        return HFGenerationSession(self, messages, reuse_cache=reuse_cache, seed=seed)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+
+
+def _sample(logits: torch.Tensor, samplings: list[Sampling], rng: torch.Generator) -> list[int]:
+    chosen: list[int] = []
+    for row, sampling in enumerate(samplings):
+        row_logits = logits[row]
+        if sampling.temperature <= 0:
+            chosen.append(int(torch.argmax(row_logits)))
+            continue
+        probs = torch.softmax(row_logits.float() / sampling.temperature, dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > sampling.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        chosen.append(int(torch.multinomial(probs.cpu(), 1, generator=rng)))
+    return chosen
+
+
+class HFGenerationSession:
+    """One job's state on one HF model: prompt, prefix KV cache, seeded sampler, counters."""
+
+    def __init__(
+        self,
+        generator: HFTextGenerator,
+        messages: list[ChatMessage],
+        *,
+        reuse_cache: bool,
+        seed: int | None,
+    ) -> None:
+        self.generator = generator
+        self.model = generator.model
+        self.reuse_cache = reuse_cache
+        self.prompt_text = render_chat(generator.tokenizer, messages)
+        self.prompt_ids = generator.encode(self.prompt_text)
+        self.counters = SessionCounters(prompt_tokens=len(self.prompt_ids))
+        self.rng = torch.Generator().manual_seed(seed if seed is not None else 0)
+        self.device = input_device(self.model)
+        self.cache: PrefixCache | None = None
+        self.lock = threading.Lock()  # one job may share a session between members
+
+    # -- cache bookkeeping ---------------------------------------------------------------
+    def _forward(self, ids: list[list[int]], keep_logits: int | None = 1) -> torch.Tensor:
+        assert self.cache is not None
+        tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
+        kwargs: dict[str, Any] = {}
+        if keep_logits is not None:
+            kwargs["logits_to_keep"] = keep_logits
+        try:
+            out = self.model(input_ids=tensor, past_key_values=self.cache.cache, use_cache=True, **kwargs)
+        except RuntimeError as exc:
+            raise GenerationError(f"{self.generator.name}: forward pass failed: {exc}") from exc
+        self.cache.append(ids)
+        self.counters.forward_passes += 1
+        return out.logits
+
+    def _sync(self, target: list[int], *, feed_last: bool) -> list[int]:
+        """Make the single-row cache a prefix of ``target``; return the ids still to feed.
+
+        With ``feed_last`` at least one id is left to feed (its logits are needed).
+        """
+        if self.cache is None or not self.reuse_cache:
+            self.cache = PrefixCache(self.model.config)
+            return list(target)
+        row, shared = self.cache.best_row(target)
+        self.cache.keep_row(row)
+        if feed_last:
+            shared = min(shared, len(target) - 1)
+        self.cache.crop_to(shared)
+        return list(target[shared:])
+
+    def _prefill(self, target: list[int]) -> torch.Tensor:
+        """Bring the cache to ``target`` and return the next-token logits, shape [1, vocab]."""
+        rest = self._sync(target, feed_last=True)
+        self.counters.prefilled += len(rest)
+        return self._forward([rest])[:, -1, :]
+
+    # -- public API ------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.generator.encode(text))
+
+    @torch.inference_mode()
+    def prompt_statistics(self) -> PromptStatistics:
+        with self.lock:
+            ids = self.prompt_ids
+            self.cache = PrefixCache(self.model.config)
+            self.counters.prefilled += len(ids)
+            logits = self._forward([ids], keep_logits=None)[0, :-1].float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            targets = torch.tensor(ids[1:], device=logprobs.device)
+            nll = -logprobs.gather(1, targets[:, None]).squeeze(1)
+            top1 = logprobs.exp().max(dim=-1).values
+            return PromptStatistics(
+                mean_nll=float(nll.mean()) if len(ids) > 1 else 0.0,
+                mean_top1_prob=float(top1.mean()) if len(ids) > 1 else 0.0,
+                tokens=len(ids),
+            )
+
+    @torch.inference_mode()
+    def generate(
+        self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits
+    ) -> list[Candidate]:
+        if not samplings or limits.max_new_tokens <= 0:
+            return []
+        with self.lock:
+            return self._generate(accepted_text, samplings, limits)
+
+    def _generate(self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits) -> list[Candidate]:
+        gen = self.generator
+        target = gen.encode(self.prompt_text + accepted_text)
+        logits = self._prefill(target)
+        n = len(samplings)
+        assert self.cache is not None
+        self.cache.repeat(n)
+        logits = logits.expand(n, -1)
+        tail = accepted_text[-64:]
+        ids: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        results: list[Candidate | None] = [None] * n
+        for step in range(limits.max_new_tokens):
+            chosen = _sample(logits, samplings, self.rng)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, token in enumerate(chosen):
+                if results[row] is not None:
+                    continue
+                self.counters.generated += 1
+                if token in gen.eos_ids:
+                    results[row] = Candidate(gen.decode(ids[row]), ids[row], logps[row], "eos")
+                    continue
+                ids[row].append(token)
+                logps[row].append(float(logprobs[row, token]))
+                text = gen.decode(ids[row])
+                finish, stop = check_candidate(text, len(ids[row]), limits, tail)
+                if finish is not None:
+                    candidate = Candidate(text, ids[row], logps[row], finish)
+                    if stop is not None:
+                        candidate.text = text[: stop.keep_chars]
+                        candidate.stop_string = stop.string
+                        candidate.trim_accepted = stop.trim_accepted
+                    results[row] = candidate
+            if all(r is not None for r in results) or step == limits.max_new_tokens - 1:
+                break
+            logits = self._forward([[t] for t in chosen])[:, -1, :]
+        return [
+            r if r is not None else Candidate(gen.decode(ids[i]), ids[i], logps[i], "length")
+            for i, r in enumerate(results)
+        ]
+
+    @torch.inference_mode()
+    def score_continuations(self, accepted_text: str, continuations: list[str]) -> list[ContinuationScore]:
+        if not continuations:
+            return []
+        with self.lock:
+            return self._score(accepted_text, continuations)
+
+    def _score(self, accepted_text: str, continuations: list[str]) -> list[ContinuationScore]:
+        gen = self.generator
+        base = gen.encode(self.prompt_text + accepted_text)
+        fulls = [gen.encode(self.prompt_text + accepted_text + c) for c in continuations]
+        starts = [common_prefix_length(base, f) for f in fulls]
+        shared = min(starts)
+        for f in fulls[1:]:
+            shared = min(shared, common_prefix_length(fulls[0], f))
+        keep = max(shared - 1, 0)  # the last shared token is fed again: its logits score the first
+        rest = self._sync(fulls[0][:keep], feed_last=False)
+        if rest:
+            self.counters.prefilled += len(rest)
+            self._forward([rest], keep_logits=1)
+        assert self.cache is not None
+        self.cache.repeat(len(fulls))
+        rows = [f[keep:] for f in fulls]
+        width = max(len(r) for r in rows)
+        padded = [r + [gen.pad_id] * (width - len(r)) for r in rows]
+        self.counters.scored += sum(len(r) for r in rows)
+        logprobs = torch.log_softmax(self._forward(padded, keep_logits=None).float(), dim=-1)
+        scores: list[ContinuationScore] = []
+        for i, full in enumerate(fulls):
+            positions = range(max(starts[i], 1), len(full))
+            values = [float(logprobs[i, p - keep - 1, full[p]]) for p in positions]
+            mean = sum(values) / len(values) if values else -math.inf
+            scores.append(ContinuationScore(mean_logprob=mean, tokens=len(values)))
+        return scores
+
+    def close(self) -> None:
+        self.cache = None

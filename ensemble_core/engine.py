@@ -1,0 +1,296 @@
+"""The round loop: ``run_ensemble(spec, config, request, pool) -> EnsembleResult``.
+
+1. Resolve the config into a plan (selector + aggregator with validated params).
+2. Open one generation session per set of weights (members on the same weights share it).
+3. Select the members.
+4. Round after round the aggregator produces a winning segment; the engine appends it,
+   emits a ``SegmentEvent`` and stops at EOS, ``max_tokens`` (generated tokens in total),
+   ``max_rounds``, a stop string, ``max_repeat`` identical segments or a repeated n-gram loop.
+5. Return the text, the trace (selection numbers, every candidate of every round) and usage.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ensemble_core.aggregation.base import CandidateRecord, SegmentAggregator, SegmentParams
+from ensemble_core.errors import EnsembleError, GenerationError
+from ensemble_core.loop_detection import repeated_ngram_tail
+from ensemble_core.members import Member, build_members
+from ensemble_core.methods import EnsemblePlan, plan_for
+from ensemble_core.pool import ModelPool
+from ensemble_core.ports import GenerationSession, Scorer, SegmentLimits
+from ensemble_core.result import EnsembleResult, ModelUsage, SegmentEvent, Usage
+from ensemble_core.scorers.combined import CombinedScorer, build_scorer
+from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
+
+_LENGTH_REASONS = {"max_tokens", "max_rounds"}
+
+
+def run_ensemble(
+    spec: EnsembleSpec,
+    config: EnsembleConfig,
+    request: GenerationRequest,
+    pool: ModelPool,
+    on_segment: Callable[[SegmentEvent], None] | None = None,
+) -> EnsembleResult:
+    """Answer ``request`` with the members of ``spec`` combined as ``config`` says."""
+    plan = plan_for(config)
+    job = EnsembleJob(spec, config, request, pool, plan, on_segment)
+    try:
+        return job.run()
+    except EnsembleError:
+        raise
+    except Exception as exc:  # a backend bug must still fail the job with a stable code
+        raise GenerationError(f"ensemble run failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        job.close()
+
+
+class EnsembleJob:
+    """State of one run: sessions, selected members, accepted text, usage, trace."""
+
+    def __init__(
+        self,
+        spec: EnsembleSpec,
+        config: EnsembleConfig,
+        request: GenerationRequest,
+        pool: ModelPool,
+        plan: EnsemblePlan,
+        on_segment: Callable[[SegmentEvent], None] | None,
+    ) -> None:
+        self.config = config
+        self.request = request
+        self.pool = pool
+        self.plan = plan
+        self.on_segment = on_segment
+        self.rng = random.Random(request.seed if request.seed is not None else 0)
+        self.members = build_members(spec.model_specs, request)
+        self.params: SegmentParams = plan.aggregator_params
+        self.sessions: dict[str, GenerationSession] = {}
+        self.session_owner: dict[str, str] = {}
+        self.usage: dict[str, ModelUsage] = {}
+        self.executor: ThreadPoolExecutor | None = None
+        self.scorer: Scorer | None = None
+        self.selected: list[Member] = []
+
+    # -- resources ------------------------------------------------------------------------
+    def session(self, member: Member) -> GenerationSession:
+        key = member.load_key
+        if key not in self.sessions:
+            generator = self.pool.generator(member.spec)
+            seed = self.rng.randrange(2**31)
+            self.sessions[key] = generator.open_session(
+                list(self.request.messages), reuse_cache=self.params.reuse_cache, seed=seed
+            )
+            self.session_owner[key] = member.name
+        return self.sessions[key]
+
+    def build_scorer(self, scorer_specs: list[Any]) -> CombinedScorer:
+        return build_scorer(scorer_specs, self, getattr(self.params, "normalization", "zscore"))
+
+    def member_usage(self, name: str) -> ModelUsage:
+        return self.usage.setdefault(name, ModelUsage())
+
+    def record_discarded(self, member: Member, tokens: int) -> None:
+        self.member_usage(member.name).discarded += tokens
+
+    def run_parallel(self, tasks: list[Callable[[], Any]]) -> list[Any]:
+        if len(tasks) <= 1 or not self.params.concurrent:
+            return [task() for task in tasks]
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ensemble")
+        futures = [self.executor.submit(task) for task in tasks]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> EnsembleResult:
+        started = time.perf_counter()
+        selector = self.plan.selector_cls(self.plan.selector_params, random.Random(self.rng.random()))
+        outcome = selector.select(self)
+        selected = outcome.selected or self.members[:1]
+        if self.plan.aggregator_name == "single":
+            selected = selected[:1]
+        self.selected = selected
+        selection_seconds = time.perf_counter() - started
+        aggregator: SegmentAggregator = self.plan.aggregator_cls(
+            self.params, random.Random(self.rng.random())
+        )
+        if aggregator.uses_scorers:
+            self.scorer = self.build_scorer(list(getattr(self.params, "scorers", [])))
+        loop = RoundLoop(self, aggregator, selected)
+        text, stop_reason = loop.run()
+        total_seconds = time.perf_counter() - started
+        return self._result(text, stop_reason, selected, outcome.details, loop, selection_seconds, total_seconds)
+
+    def _result(
+        self,
+        text: str,
+        stop_reason: str,
+        selected: list[Member],
+        selection_details: dict[str, Any],
+        loop: RoundLoop,
+        selection_seconds: float,
+        total_seconds: float,
+    ) -> EnsembleResult:
+        for key, session in self.sessions.items():
+            usage = self.member_usage(self.session_owner[key])
+            usage.prompt = session.counters.prompt_tokens
+            usage.prefilled += session.counters.prefilled
+        if isinstance(self.scorer, CombinedScorer):
+            for name, counts in self.scorer.usage().items():
+                self.member_usage(name).prefilled += counts
+        first = self.sessions.get(selected[0].load_key)
+        trace: dict[str, Any] = {
+            "method": self.plan.label,
+            "selection": {
+                "method": self.plan.selector_name,
+                "params": self.plan.selector_params.model_dump(mode="json"),
+                "candidates": [m.name for m in self.members],
+                "selected": [m.name for m in selected],
+                "details": selection_details,
+            },
+            "aggregation": {"method": self.plan.aggregator_name, "params": self.params.model_dump(mode="json")},
+            "members": {
+                m.name: {"temperature": m.sampling.temperature, "top_p": m.sampling.top_p,
+                         "weights": self.session_owner.get(m.load_key)}
+                for m in self.members
+            },
+            "rounds": loop.trace,
+            "stop_reason": stop_reason,
+            "timings": {"selection_s": round(selection_seconds, 4), "total_s": round(total_seconds, 4)},
+        }
+        return EnsembleResult(
+            text=text,
+            finish_reason="length" if stop_reason in _LENGTH_REASONS else "stop",
+            stop_reason=stop_reason,
+            selected_models=[m.name for m in selected],
+            method=self.plan.label,
+            trace=trace,
+            usage=Usage(
+                prompt_tokens=first.counters.prompt_tokens if first else 0,
+                completion_tokens=loop.generated_tokens,
+                per_model=dict(self.usage),
+            ),
+        )
+
+
+class RoundLoop:
+    """The rounds of one job; also the ``RoundContext`` the aggregator sees."""
+
+    def __init__(self, job: EnsembleJob, aggregator: SegmentAggregator, members: list[Member]) -> None:
+        self.job = job
+        self.aggregator = aggregator
+        self.members = members
+        self.params = job.params
+        self.rng = aggregator.rng
+        self.round = 0
+        self.accepted_text = ""
+        self.generated_tokens = 0
+        self.history: list[str] = []
+        self.trace: list[dict[str, Any]] = []
+        self.limits = SegmentLimits(max_new_tokens=1)
+
+    # -- RoundContext ---------------------------------------------------------------------
+    def generate(
+        self, members: list[Member], limits: SegmentLimits | None = None, attempt: int = 0
+    ) -> list[CandidateRecord]:
+        limits = limits or self.limits
+        groups: dict[str, list[Member]] = {}
+        for member in members:
+            key = member.load_key if self.params.batch_same_model else f"{member.load_key}/{member.name}"
+            groups.setdefault(key, []).append(member)
+        job = self.job
+
+        def decode(group: list[Member]) -> list[CandidateRecord]:
+            session = job.session(group[0])
+            candidates = session.generate(self.accepted_text, [m.sampling for m in group], limits)
+            return [CandidateRecord(m, c, attempt) for m, c in zip(group, candidates, strict=True)]
+
+        batches = job.run_parallel([lambda g=g: decode(g) for g in groups.values()])
+        by_member = {r.member.name: r for batch in batches for r in batch}
+        records = [by_member[m.name] for m in members]
+        for record in records:
+            usage = job.member_usage(record.member.name)
+            usage.generated += record.candidate.num_tokens + (1 if record.candidate.finish == "eos" else 0)
+        return records
+
+    def score(self, records: list[CandidateRecord]) -> None:
+        if self.job.scorer is None:
+            raise GenerationError("this aggregation method needs scorers but none are configured")
+        assert isinstance(self.job.scorer, CombinedScorer)
+        self.job.scorer.score_records(self.job.request, self.accepted_text, records)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> tuple[str, str]:
+        params, request = self.params, self.job.request
+        repeats, last_segment = 0, None
+        for self.round in range(self.job.config.max_rounds):
+            remaining = request.max_tokens - self.generated_tokens
+            if remaining <= 0:
+                return self.accepted_text, "max_tokens"
+            self.limits = SegmentLimits(
+                max_new_tokens=min(params.segment_tokens, remaining),
+                boundary=params.segment_boundary,
+                stop_strings=tuple(request.stop),
+                min_tokens=params.min_segment_tokens,
+            )
+            outcome = self.aggregator.run_round(self)
+            winner = outcome.winner
+            candidate = winner.candidate
+            segment_key = candidate.text.strip()
+            repeats = repeats + 1 if segment_key and segment_key == last_segment else 1
+            last_segment = segment_key
+            self._record_round(outcome.candidates, winner, outcome.notes)
+            if repeats >= params.max_repeat and params.max_repeat > 1:
+                self.trace[-1]["accepted"] = False
+                return self.accepted_text, "repeat"
+            self._accept(winner)
+            if candidate.finish == "eos":
+                return self.accepted_text, "eos"
+            if candidate.finish == "stop_string":
+                return self.accepted_text, "stop_string"
+            loop = repeated_ngram_tail(self.accepted_text, params.loop_max_ngram, params.loop_min_repeats)
+            if loop is not None:
+                self.trace[-1]["loop"] = {"ngram": loop[0], "repeats": loop[1]}
+                return self.accepted_text, "repeated_ngram"
+            if self.generated_tokens >= request.max_tokens:
+                return self.accepted_text, "max_tokens"
+        return self.accepted_text, "max_rounds"
+
+    def _accept(self, winner: CandidateRecord) -> None:
+        candidate = winner.candidate
+        if candidate.trim_accepted:
+            self.accepted_text = self.accepted_text[: -candidate.trim_accepted]
+        self.accepted_text += candidate.text
+        self.generated_tokens += candidate.num_tokens
+        self.history.append(winner.member.name)
+        if self.job.on_segment is not None and candidate.text:
+            self.job.on_segment(SegmentEvent(round=self.round, model=winner.member.name, text=candidate.text))
+
+    def _record_round(
+        self, candidates: list[CandidateRecord], winner: CandidateRecord, notes: dict[str, Any]
+    ) -> None:
+        for record in candidates:
+            if record is not winner:
+                self.job.record_discarded(record.member, record.candidate.num_tokens)
+        entry: dict[str, Any] = {
+            "round": self.round,
+            "winner": winner.member.name,
+            "winner_index": candidates.index(winner),
+            "accepted": True,
+            "candidates": [r.to_trace() for r in candidates],
+        }
+        if notes:
+            entry["notes"] = notes
+        self.trace.append(entry)

@@ -1,0 +1,108 @@
+"""Listing and validating methods; turning an ``EnsembleConfig`` into a plan the engine runs.
+
+Importing this module never imports torch: method classes are pure Python and heavy scorer
+implementations are named by ``"module:Class"`` strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ensemble_core.aggregation import LEVELS, SEGMENT_AGGREGATORS
+from ensemble_core.errors import ConfigError
+from ensemble_core.registry import MethodParams, build_params
+from ensemble_core.selection import SELECTORS
+from ensemble_core.spec import EnsembleConfig
+
+# ensemble_method names of the user's guide -> aggregation method names
+ENSEMBLE_METHOD_ALIASES = {"simple": "reward_based", "loop": "round_robin"}
+
+# EnsembleConfig fields that are also method parameters: the config value is the default,
+# aggregation_params / model_selection_params override it
+_CONFIG_LEVEL_PARAMS = (
+    "max_repeat",
+    "score_threshold",
+    "progressive_mode",
+    "length_thresholds",
+    "special_tokens",
+)
+
+
+@dataclass(frozen=True)
+class EnsemblePlan:
+    selector_name: str
+    selector_cls: Any
+    selector_params: MethodParams
+    aggregator_name: str
+    aggregator_cls: Any
+    aggregator_params: Any
+
+    @property
+    def label(self) -> str:
+        return f"{self.selector_name}+{self.aggregator_name}"
+
+
+def aggregation_name(config: EnsembleConfig) -> str:
+    """The aggregation method a config asks for: ``aggregation_method`` wins over ``ensemble_method``."""
+    name = config.aggregation_method or config.ensemble_method
+    return ENSEMBLE_METHOD_ALIASES.get(name, name)
+
+
+def _config_defaults(params_cls: Any, config: EnsembleConfig) -> dict[str, Any]:
+    return {
+        f: getattr(config, f) for f in _CONFIG_LEVEL_PARAMS if f in params_cls.model_fields
+    }
+
+
+def plan_for(config: EnsembleConfig) -> EnsemblePlan:
+    """Resolve and validate every name and parameter of ``config``; raise ConfigError."""
+    level = LEVELS.get(config.aggregation_level)
+    if level is None or not level["available"]:
+        available = [name for name, info in LEVELS.items() if info["available"]]
+        raise ConfigError(
+            f"aggregation_level {config.aggregation_level!r} is not available in this build; "
+            f"available: {', '.join(available)}"
+        )
+    selector_name = config.model_selection_method if config.use_model_selection else "all"
+    selector_entry = SELECTORS.get(selector_name)
+    selector_cls = selector_entry.load()
+    selector_params = build_params(
+        selector_cls, dict(config.model_selection_params), f"model_selection_params of {selector_entry.name!r}"
+    )
+    agg_name = aggregation_name(config) if config.use_output_aggregation else "round_robin"
+    agg_entry = SEGMENT_AGGREGATORS.get(agg_name)
+    agg_cls = agg_entry.load()
+    values = _config_defaults(agg_cls.Params, config) | dict(config.aggregation_params)
+    agg_params = build_params(agg_cls, values, f"aggregation_params of {agg_entry.name!r}")
+    return EnsemblePlan(
+        selector_name=selector_entry.name,
+        selector_cls=selector_cls,
+        selector_params=selector_params,
+        aggregator_name=agg_entry.name if config.use_output_aggregation else "single",
+        aggregator_cls=agg_cls,
+        aggregator_params=agg_params,
+    )
+
+
+def validate_config(config: EnsembleConfig) -> None:
+    """Raise ``ConfigError`` (listing the valid names) for unknown methods or parameters."""
+    plan_for(config)
+
+
+def list_methods() -> dict[str, list[dict[str, Any]]]:
+    """Every method by kind with its description and parameter JSON schema (no torch import)."""
+    from ensemble_core.scorers import SCORER_TYPES
+
+    return {
+        "model_selection": SELECTORS.describe(),
+        "aggregation": SEGMENT_AGGREGATORS.describe(),
+        "levels": [{"name": name, **info} for name, info in LEVELS.items()],
+        "ensemble_method_aliases": [
+            {"name": k, "aggregation_method": v} for k, v in ENSEMBLE_METHOD_ALIASES.items()
+        ],
+        "scorers": [
+            {"name": name, "description": desc, "params_schema": spec.model_json_schema()}
+            for name, (spec, desc) in SCORER_TYPES.items()
+        ],
+    }

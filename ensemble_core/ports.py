@@ -1,0 +1,163 @@
+"""The protocols the engine needs from a backend: text generation and scoring.
+
+A ``TextGenerator`` is one set of loaded weights (shared by every member with the same
+``ModelSpec.load_key()``). Per job it opens a ``GenerationSession`` that owns the job's state for
+those weights: the chat prompt, the KV cache of the accepted prefix, a seeded random generator
+and token counters. Members that share weights share one session, so their candidates are
+decoded in one batch.
+
+Hand-over between models is by text: each round the engine passes the accepted answer text and
+every session re-tokenizes it with its own tokenizer (models with different vocabularies work
+together); a session keeps whatever part of its cache still matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from ensemble_core.spec import ChatMessage
+
+SegmentBoundary = Literal["sentence", "line", "none"]
+CandidateFinish = Literal["boundary", "eos", "length", "stop_string", "boundary_string"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one candidate is sampled. ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class SegmentLimits:
+    """Where a candidate segment ends (checked while decoding, token by token).
+
+    ``boundary``: ``sentence`` ends after sentence punctuation or a newline, ``line`` after a
+    newline, ``none`` only at ``max_new_tokens``. ``stop_strings`` end the whole answer (they
+    are matched across the accepted text and the candidate); ``boundary_strings`` end the
+    segment and stay in it (e.g. ``</think>`` for progressive hand-over).
+    ``min_tokens`` tokens are generated before a sentence/line boundary may end the segment.
+    """
+
+    max_new_tokens: int
+    boundary: SegmentBoundary = "sentence"
+    stop_strings: tuple[str, ...] = ()
+    boundary_strings: tuple[str, ...] = ()
+    min_tokens: int = 1
+
+
+@dataclass
+class Candidate:
+    """One generated segment.
+
+    ``token_logprobs`` are the untempered log-probabilities the generating model gave each
+    generated token (free by-products of decoding, used by the likelihood scorer).
+    ``text`` excludes EOS and, for ``stop_string``, everything from the stop string on.
+    """
+
+    text: str
+    token_ids: list[int]
+    token_logprobs: list[float]
+    finish: CandidateFinish
+    stop_string: str | None = None
+    trim_accepted: int = 0  # a stop string that began in the accepted text cuts it back this far
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def mean_logprob(self) -> float:
+        if not self.token_logprobs:
+            return 0.0
+        return sum(self.token_logprobs) / len(self.token_logprobs)
+
+
+@dataclass(frozen=True)
+class PromptStatistics:
+    """One forward pass over the prompt: mean negative log-likelihood and top-1 confidence."""
+
+    mean_nll: float
+    mean_top1_prob: float
+    tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        import math
+
+        return math.exp(min(self.mean_nll, 50.0))
+
+
+@dataclass
+class SessionCounters:
+    prompt_tokens: int = 0
+    prefilled: int = 0
+    generated: int = 0
+    scored: int = 0  # tokens run through a forward pass only to score them
+    forward_passes: int = 0
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    mean_logprob: float
+    tokens: int
+
+
+class GenerationSession(Protocol):
+    """One job's state on one set of weights."""
+
+    counters: SessionCounters
+
+    def prompt_statistics(self) -> PromptStatistics:
+        """Perplexity and confidence over the chat prompt (also primes the prompt's cache)."""
+        ...
+
+    def generate(
+        self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits
+    ) -> list[Candidate]:
+        """Continue ``accepted_text`` once per sampling, decoding the candidates in one batch."""
+        ...
+
+    def score_continuations(self, accepted_text: str, continuations: list[str]) -> list[ContinuationScore]:
+        """Mean log-probability of each continuation after ``accepted_text`` (one batch)."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class TextGenerator(Protocol):
+    """Loaded weights of one model; thread-safe to open several sessions on."""
+
+    name: str
+    engine: str
+    device: str
+    load_seconds: float
+    supports_concurrency: bool
+
+    def open_session(
+        self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
+    ) -> GenerationSession: ...
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """Candidates of one round, to be scored as continuations of the accepted text."""
+
+    messages: list[ChatMessage]
+    accepted_text: str
+    candidates: list[str]
+    authors: list[str]  # member name of each candidate
+    author_load_keys: list[str] = field(default_factory=list)
+    author_logprobs: list[list[float]] = field(default_factory=list)  # the author's own, free
+
+
+class Scorer(Protocol):
+    """Scores candidates; higher is better. Raw scores; the engine normalises per round."""
+
+    name: str
+
+    def score(self, request: ScoringRequest) -> list[float]: ...

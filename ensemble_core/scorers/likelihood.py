@@ -1,0 +1,78 @@
+"""Language-model likelihood scorer: mean log-probability of a candidate under scorer models.
+
+Algorithm: for each candidate, every scorer model (default: the job's selected members; or the
+named members / extra model paths) gives the mean log-probability per token of the candidate
+after the prompt and the accepted text; the candidate's score is the mean over its scorers. A
+model never scores a candidate written on its own weights unless ``include_own`` is set; then
+the score is the generator's own decoding log-probabilities, which cost nothing. A candidate
+left with no eligible scorer gets the round's mean (neutral).
+Reference: likelihood / self-certainty reranking (e.g. "Scalable Best-of-N Selection for LLMs via
+Self-Certainty", Kang et al., 2025) and the upstream toolkit's PPL scorer.
+Cost: one batched forward pass per scorer model over the round's candidates, with the shared
+prefix taken from that model's KV cache; zero for own-weights scores.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ensemble_core.members import Member
+from ensemble_core.ports import Sampling, ScoringRequest
+from ensemble_core.scorers.combined import ScorerHost
+from ensemble_core.scorers.specs import LikelihoodScorerSpec
+from ensemble_core.spec import ModelSpec
+
+
+class LikelihoodScorer:
+    name = "likelihood"
+
+    def __init__(self, spec: LikelihoodScorerSpec, host: ScorerHost) -> None:
+        self.spec = spec
+        self.host = host
+        self._scorers: list[Member] | None = None
+
+    def _scorer_members(self) -> list[Member]:
+        if self._scorers is not None:
+            return self._scorers
+        pool = getattr(self.host, "selected", None) or self.host.members
+        if self.spec.models is None:
+            chosen = list(pool)
+        else:
+            by_name = {m.name: m for m in self.host.members}
+            chosen = []
+            for name in self.spec.models:
+                if name in by_name:
+                    chosen.append(by_name[name])
+                else:  # a model path that is not a member: load it as an extra scorer
+                    extra = ModelSpec(path=name)
+                    chosen.append(Member(-1, extra.display_name, extra, extra.load_key(), Sampling()))
+        unique: dict[str, Member] = {}
+        for member in chosen:
+            unique.setdefault(member.load_key, member)
+        self._scorers = list(unique.values())
+        return self._scorers
+
+    def score(self, request: ScoringRequest) -> list[float]:
+        n = len(request.candidates)
+        values: list[list[float]] = [[] for _ in range(n)]
+        for scorer in self._scorer_members():
+            wanted: list[int] = []
+            for i in range(n):
+                own = i < len(request.author_load_keys) and request.author_load_keys[i] == scorer.load_key
+                if own and not self.spec.include_own:
+                    continue
+                logprobs = request.author_logprobs[i] if i < len(request.author_logprobs) else []
+                if own and logprobs:
+                    values[i].append(sum(logprobs) / len(logprobs))
+                else:
+                    wanted.append(i)
+            if not wanted:
+                continue
+            session = self.host.session(scorer)
+            scores = session.score_continuations(
+                request.accepted_text, [request.candidates[i] for i in wanted]
+            )
+            for i, result in zip(wanted, scores, strict=True):
+                if math.isfinite(result.mean_logprob):
+                    values[i].append(result.mean_logprob)
+        return [sum(v) / len(v) if v else math.nan for v in values]

@@ -1,0 +1,128 @@
+"""Domain values of an ensemble: which models, which methods, one request.
+
+These are pure pydantic models (frozen, ``extra="forbid"``) so that a typo in a
+configuration fails when it is validated, not in the middle of a job. They are
+stored as JSON in config versions, so field names are public API: add, never rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Engine = Literal["hf", "vllm", "openai"]
+Quantization = Literal["8bit", "4bit"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    """One generator (or scorer) model.
+
+    ``path`` is a local folder, a GGUF file, a hub id (fails offline) or the
+    special name ``bundled:smollm2`` / ``bundled:gemma3-270m``. ``name`` is how the model
+    appears in traces; it defaults to the last path component. ``temperature`` and
+    ``top_p`` are this member's sampling defaults: two members may share one set of
+    weights (same load key) and differ only here.
+    """
+
+    path: str
+    engine: Engine = "hf"
+    device: str = "cpu"
+    name: str | None = None
+    quantization: Quantization | None = None
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+    temperature: float | None = None
+    top_p: float | None = None
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        return self.path.rstrip("/").split("/")[-1].split(":")[-1]
+
+    def load_key(self) -> str:
+        """Identity of the loaded weights: members differing only in sampling share it."""
+        payload = {
+            "path": self.path,
+            "engine": self.engine,
+            "device": self.device,
+            "quantization": self.quantization,
+            "engine_options": self.engine_options,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """Parse the guide's ``path:engine:device`` form; the device may be ``cuda:1``."""
+        parts = text.strip().split(":")
+        if len(parts) == 1:
+            return cls(path=parts[0])
+        engines = {"hf", "vllm", "openai"}
+        # the engine is the first component after the path that names an engine, so a
+        # path with a colon (bundled:smollm2) still parses
+        for i in range(1, len(parts)):
+            if parts[i] in engines:
+                path = ":".join(parts[:i])
+                device = ":".join(parts[i + 1 :]) or "cpu"
+                return cls(path=path, engine=parts[i], device=device)  # type: ignore[arg-type]
+        return cls(path=text.strip())
+
+
+class EnsembleConfig(_Frozen):
+    """How the members write one answer: every field of the user's guide."""
+
+    model_selection_method: str = "zscore"
+    ensemble_method: str = "simple"
+    aggregation_method: str | None = None
+    aggregation_level: Literal["sentence", "token", "response"] = "sentence"
+    progressive_mode: Literal["length", "token", "mixed"] = "mixed"
+    length_thresholds: list[int] = Field(default_factory=list)
+    special_tokens: list[str] = Field(default_factory=list)
+    max_rounds: int = Field(default=10, ge=1)
+    score_threshold: float | None = -1.5
+    max_repeat: int = Field(default=3, ge=1)
+    use_model_selection: bool = True
+    use_output_aggregation: bool = True
+    model_selection_params: dict[str, Any] = Field(default_factory=dict)
+    aggregation_params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("length_thresholds")
+    @classmethod
+    def _ascending(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)) or any(x <= 0 for x in v):
+            raise ValueError("length_thresholds must be positive and strictly ascending")
+        return v
+
+
+class EnsembleSpec(_Frozen):
+    """What a config version stores: the member models plus the default ensemble config."""
+
+    model_specs: list[ModelSpec] = Field(min_length=1)
+    default_ensemble_config: EnsembleConfig = Field(default_factory=EnsembleConfig)
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
+
+
+class ChatMessage(_Frozen):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class GenerationRequest(_Frozen):
+    """One prompt to answer. ``max_tokens`` counts generated tokens in total, not per round."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int = Field(default=256, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
