@@ -6,10 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import ensemble, info, jobs
+from api.guards import BodySizeLimit, require_api_key
+from api.routes import batches, completions, ensemble, info, jobs
 from api.services import config_service
 from api.settings import ApiSettings
 from api.state import AppState
@@ -69,7 +70,11 @@ def create_app(
         startup_spec=startup_spec,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
     app.include_router(info.router)
-    app.include_router(ensemble.router)
-    app.include_router(jobs.router)
+    protected = [Depends(require_api_key)]
+    app.include_router(completions.router, dependencies=protected)
+    app.include_router(ensemble.router, dependencies=protected)
+    app.include_router(batches.router, dependencies=protected)
+    app.include_router(jobs.router, dependencies=protected)
     return app

@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ensemble_core.errors import ConfigError, EnsembleError
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -103,6 +105,12 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": "5"},
         )
+
+    @app.exception_handler(EnsembleError)
+    async def _ensemble_error(_req: Request, exc: EnsembleError) -> JSONResponse:
+        # e.g. a stored config version that the engine no longer accepts
+        status = 400 if isinstance(exc, ConfigError) else 500
+        return JSONResponse(envelope(status, exc.message, code=exc.code), status_code=status)
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

@@ -16,7 +16,15 @@ class ApiSettings(BaseSettings):
     max_sync_timeout_s: float = 600.0
     flower_basic_auth: str | None = None
     flower_port: int = 5555
-    webhook_secret: str | None = None
-    webhook_allowlist: str = ""
+    # webhook settings (secret, allowlist, retry schedule): jobqueue.webhook_policy.WebhookSettings
+    # comma-separated API keys; when set, /v1 endpoints need "Authorization: Bearer <key>"
+    api_keys: str = ""
+    # request bodies above this answer 413 (a 10,000-item batch is about 2 MB)
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_batch_items: int = 50_000
+    # back-pressure: past this many queued jobs new work answers 429 (0: no limit)
+    max_queued_jobs: int = 200_000
+    # a stream sends an SSE comment this often while no segment arrives (keeps proxies open)
+    stream_keepalive_s: float = 10.0
     # embedded mode: SQLite + in-process worker (set by `ensemblehub up` when services are missing)
     embedded: bool = False

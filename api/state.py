@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
@@ -11,6 +11,7 @@ from fastapi import Request
 from api.settings import ApiSettings
 from ensemble_core.spec import EnsembleSpec
 from jobqueue.settings import QueueSettings
+from jobqueue.webhook_policy import WebhookSettings
 from persistence.db import Database
 
 
@@ -23,6 +24,7 @@ class AppState:
     bus: Any
     # the spec given by `python -m ensemblehub.api` flags; None means "keep the latest version"
     startup_spec: EnsembleSpec | None = None
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 def get_state(request: Request) -> AppState:

@@ -52,16 +52,29 @@ def make_celery(settings: QueueSettings, *, name: str = "ensemblehub") -> Celery
 
 
 def enqueue_job(app: Celery, job_id: str) -> None:
-    """Send the run_job task by name, so the API never imports the worker code."""
-    app.send_task(RUN_JOB_TASK, args=[job_id], queue=MODELS_QUEUE)
+    """Send the run_job task by name, so the API never imports the worker code.
+
+    The Celery task id is the job id: Flower's task page ``/task/<job id>`` shows the job."""
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=MODELS_QUEUE, task_id=job_id)
 
 
 def enqueue_jobs(app: Celery, job_ids: list[str]) -> None:
     """Bulk enqueue over one producer connection (a 10,000-item batch must be quick)."""
     with app.producer_or_acquire() as producer:
         for job_id in job_ids:
-            app.send_task(RUN_JOB_TASK, args=[job_id], queue=MODELS_QUEUE, producer=producer)
+            app.send_task(RUN_JOB_TASK, args=[job_id], queue=MODELS_QUEUE, task_id=job_id, producer=producer)
 
 
-def enqueue_webhook(app: Celery, delivery_id: int) -> None:
-    app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOKS_QUEUE)
+def enqueue_webhook(app: Celery, delivery_id: int, *, countdown: float | None = None) -> None:
+    app.send_task(
+        DELIVER_WEBHOOK_TASK,
+        args=[delivery_id],
+        queue=WEBHOOKS_QUEUE,
+        task_id=f"webhook-delivery-{delivery_id}",
+        countdown=countdown,
+    )
+
+
+def enqueue_webhooks(app: Celery, delivery_ids: list[int]) -> None:
+    for delivery_id in delivery_ids:
+        enqueue_webhook(app, delivery_id)

@@ -3,19 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from persistence.batch_repository import count_batch_items
 from persistence.models import (
     FINAL_JOB_STATUSES,
     ConfigVersion,
     Job,
     WorkerHeartbeat,
+    new_id,
     utcnow,
 )
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the one call that moved a job to a final state returns (others get None).
+
+    ``batch_status`` is set only when this transition was the batch's last open item, so the
+    caller that sees it is the one that emits the batch's final event.
+    """
+
+    job_id: str
+    status: str
+    batch_id: str | None = None
+    batch_status: str | None = None
+
+
+_BATCH_COUNTER = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}
+
+
+def _settled(session: Session, row: Any, status: str) -> Settled | None:
+    """Count the item in its batch in the same transaction as its state change: the state
+    change is conditional, so the counter moves exactly once per item."""
+    if row is None:
+        return None
+    job_id, batch_id = row
+    batch_status = None
+    if batch_id is not None:
+        batch_status = count_batch_items(session, batch_id, **{_BATCH_COUNTER[status]: 1})
+    return Settled(job_id=job_id, status=status, batch_id=batch_id, batch_status=batch_status)
+
 
 # ---------------------------------------------------------------- config versions
 
@@ -63,8 +96,10 @@ def create_job(
     tenant: str | None = None,
     batch_id: str | None = None,
     batch_index: int | None = None,
+    job_id: str | None = None,
 ) -> Job:
     job = Job(
+        id=job_id or new_id("job"),
         kind=kind,
         status="queued",
         request=request,
@@ -101,10 +136,13 @@ def list_jobs(
     tenant: str | None = None,
     limit: int = 20,
     after: str | None = None,
+    batch_id: str | None = None,
 ) -> Sequence[Job]:
     query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if status:
         query = query.where(Job.status == status)
+    if batch_id:
+        query = query.where(Job.batch_id == batch_id)
     if tenant is not None:
         query = query.where(Job.tenant == tenant)
     if after:
@@ -119,6 +157,10 @@ def list_jobs(
 
 def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
     session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+
+
+def count_jobs(session: Session, *, status: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job).where(Job.status == status)) or 0)
 
 
 def claim_job(session: Session, job_id: str, *, worker: str) -> Job | None:
@@ -145,9 +187,9 @@ def heartbeat_job(session: Session, job_id: str) -> None:
 
 def finish_job(
     session: Session, job_id: str, *, result: dict[str, Any], usage: dict[str, Any] | None
-) -> bool:
+) -> Settled | None:
     """Store the result once: only a running job can succeed, so a second writer changes nothing."""
-    done = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running")
         .values(
@@ -158,9 +200,9 @@ def finish_job(
             error_code=None,
             error_message=None,
         )
-        .returning(Job.id)
+        .returning(Job.id, Job.batch_id)
     ).first()
-    return done is not None
+    return _settled(session, row, "succeeded")
 
 
 def fail_job(
@@ -170,18 +212,19 @@ def fail_job(
     code: str,
     message: str,
     from_statuses: Sequence[str] = ("queued", "running"),
-) -> bool:
-    done = session.execute(
+) -> Settled | None:
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(from_statuses))
         .values(status="failed", error_code=code, error_message=message[:4000], finished_at=utcnow())
-        .returning(Job.id)
+        .returning(Job.id, Job.batch_id)
     ).first()
-    return done is not None
+    return _settled(session, row, "failed")
 
 
-def cancel_job(session: Session, job_id: str) -> bool:
-    done = session.execute(
+def cancel_job(session: Session, job_id: str) -> Settled | None:
+    """Only a queued job can be cancelled; a running one finishes (its result is kept)."""
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
         .values(
@@ -190,9 +233,9 @@ def cancel_job(session: Session, job_id: str) -> bool:
             error_code="cancelled",
             error_message="cancelled by request",
         )
-        .returning(Job.id)
+        .returning(Job.id, Job.batch_id)
     ).first()
-    return done is not None
+    return _settled(session, row, "cancelled")
 
 
 def is_final(status: str) -> bool:

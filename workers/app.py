@@ -7,10 +7,11 @@ import logging
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
-from jobqueue.celery_config import make_celery
-from jobqueue.contract import MAINTENANCE_QUEUE, RUN_JOB_TASK, SWEEP_TASK
+from jobqueue.celery_config import enqueue_webhook, enqueue_webhooks, make_celery
+from jobqueue.contract import DELIVER_WEBHOOK_TASK, MAINTENANCE_QUEUE, RUN_JOB_TASK, SWEEP_TASK
 from jobqueue.settings import QueueSettings
-from workers import job_runner, sweeper
+from jobqueue.webhook_policy import WebhookSettings
+from workers import job_runner, sweeper, webhook_delivery
 from workers.runtime import get_runtime
 from workers.settings import WorkerSettings
 
@@ -23,7 +24,19 @@ def create_worker_app(settings: QueueSettings | None = None) -> Celery:
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True)
     def run_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         """Run ensemble job ``job_id`` (the id is the only argument, so Flower finds it)."""
-        return job_runner.run_job(get_runtime(), job_id)
+        return job_runner.run_job(get_runtime(), job_id, send_webhooks=lambda ids: enqueue_webhooks(app, ids))
+
+    @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, ignore_result=True)
+    def deliver_webhook(delivery_id: int) -> str:
+        """Deliver webhook attempt ``delivery_id`` (a row of webhook_deliveries); on failure the
+        next attempt is scheduled as a new task with a countdown."""
+        settings = WebhookSettings()
+        return webhook_delivery.deliver(
+            get_runtime().db,
+            delivery_id,
+            settings,
+            lambda next_id, delay: enqueue_webhook(app, next_id, countdown=delay),
+        )
 
     @app.task(name=SWEEP_TASK, acks_late=False, ignore_result=True)
     def sweep_jobs() -> dict[str, list[str]]:

@@ -1,7 +1,9 @@
 """Run one job: claim it, run the ensemble, store the result, tell the waiters.
 
 Everything here is idempotent under at-least-once delivery: the claim is a conditional update
-(only a queued job can start) and the result write only succeeds on a running job.
+(only a queued job can start) and the result write only succeeds on a running job. The final
+state, the batch counters and the webhook event rows commit together; the webhook tasks are
+sent after that commit.
 """
 
 from __future__ import annotations
@@ -9,20 +11,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ensemble_core.engine import run_ensemble
-
 from ensemble_core.errors import EnsembleError
-from ensemble_core.result import SegmentEvent
+from ensemble_core.result import EnsembleResult, SegmentEvent
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
+from jobqueue.webhook_events import record_settlement_events
 from persistence import repository
+from persistence.repository import Settled
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
+SendWebhooks = Callable[[list[int]], None]
 
-def run_job(runtime: WorkerRuntime, job_id: str) -> str:
+
+def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks | None = None) -> str:
     """Returns the final status, or "skipped" when another delivery already owns the job."""
     with runtime.db.transaction() as session:
         job = repository.claim_job(session, job_id, worker=runtime.hostname)
@@ -44,37 +50,99 @@ def run_job(runtime: WorkerRuntime, job_id: str) -> str:
             raise EnsembleError(
                 "no ensemble configuration version is attached to this job", code="invalid_config"
             )
-        spec = EnsembleSpec.model_validate(spec_json)
+        spec = _member_subset(EnsembleSpec.model_validate(spec_json), request_json.get("models"))
         config = EnsembleConfig.model_validate(
             request_json.get("ensemble_config") or spec.default_ensemble_config.model_dump()
         )
         gen_request = GenerationRequest.model_validate(request_json["generation"])
-
-        def on_segment(event: SegmentEvent) -> None:
-            runtime.bus.publish(job_id, {"type": "segment", **event.model_dump(mode="json")})
-
-        result = run_ensemble(spec, config, gen_request, runtime.pool, on_segment=on_segment)
-        payload = result.model_dump(mode="json")
+        results = _run_choices(runtime, job_id, spec, config, gen_request, int(request_json.get("n") or 1))
+        payload = _result_payload(results)
         payload["timings"] = {"model_ms": round((time.perf_counter() - started) * 1000, 1)}
-        usage = payload.get("usage")
-        with runtime.db.transaction() as session:
-            stored = repository.finish_job(session, job_id, result=payload, usage=usage)
-        status = "succeeded" if stored else "skipped"
+        status, deliveries = _settle(
+            runtime,
+            lambda s: repository.finish_job(s, job_id, result=payload, usage=payload.get("usage")),
+        )
     except EnsembleError as exc:
-        status = _fail(runtime, job_id, exc.code, str(exc))
+        status, deliveries = _fail(runtime, job_id, exc.code, str(exc))
     except Exception as exc:  # noqa: BLE001 - every job must end in a final state with a stable code
         log.exception("job %s failed", job_id)
-        status = _fail(runtime, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+        status, deliveries = _fail(runtime, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
     finally:
         stop_beat.set()
     runtime.bus.publish(job_id, {"type": "done", "status": status})
+    if deliveries and send_webhooks is not None:
+        try:
+            send_webhooks(deliveries)
+        except Exception as exc:  # noqa: BLE001 - the rows stay pending; a re-send finds them
+            log.warning("could not enqueue webhook deliveries %s: %s", deliveries, exc)
     return status
 
 
-def _fail(runtime: WorkerRuntime, job_id: str, code: str, message: str) -> str:
+def _run_choices(
+    runtime: WorkerRuntime,
+    job_id: str,
+    spec: EnsembleSpec,
+    config: EnsembleConfig,
+    request: GenerationRequest,
+    n: int,
+) -> list[EnsembleResult]:
+    """OpenAI's ``n``: n independent answers. With a seed, choice i uses seed + i, so the
+    choices differ and the job still replays exactly."""
+    results = []
+    for index in range(n):
+        choice_request = request
+        if index and request.seed is not None:
+            choice_request = request.model_copy(update={"seed": request.seed + index})
+
+        def on_segment(event: SegmentEvent, index: int = index) -> None:
+            runtime.bus.publish(job_id, {"type": "segment", "index": index, **event.model_dump(mode="json")})
+
+        results.append(run_ensemble(spec, config, choice_request, runtime.pool, on_segment=on_segment))
+    return results
+
+
+def _result_payload(results: list[EnsembleResult]) -> dict[str, Any]:
+    """The first answer is the job's result (``text``, ``trace``, ...); with n > 1 every answer
+    is also listed under ``choices`` and the usage adds up all of them (the prompt once)."""
+    payload: dict[str, Any] = results[0].model_dump(mode="json")
+    if len(results) > 1:
+        payload["choices"] = [r.model_dump(mode="json", exclude={"usage"}) for r in results]
+        usage = payload["usage"]
+        usage["completion_tokens"] = sum(r.usage.completion_tokens for r in results)
+        per_model: dict[str, dict[str, int]] = {}
+        for r in results:
+            for name, counts in r.usage.model_dump(mode="json")["per_model"].items():
+                merged = per_model.setdefault(name, {})
+                for key, value in counts.items():
+                    merged[key] = merged.get(key, 0) + int(value)
+        usage["per_model"] = per_model
+    return payload
+
+
+def _member_subset(spec: EnsembleSpec, names: list[str] | None) -> EnsembleSpec:
+    """A request that names a member model (``"model": "tiny-llama"``) runs that member alone."""
+    if not names:
+        return spec
+    members = [m for m in spec.model_specs if m.display_name in names]
+    if not members:
+        raise EnsembleError(f"none of the models {names} is in this config version", code="model_not_found")
+    return spec.model_copy(update={"model_specs": members})
+
+
+def _settle(runtime: WorkerRuntime, transition: Callable[[Any], Settled | None]) -> tuple[str, list[int]]:
+    """Apply the final-state transition; record its webhook events in the same transaction."""
     with runtime.db.transaction() as session:
-        repository.fail_job(session, job_id, code=code, message=message, from_statuses=("running",))
-    return "failed"
+        settled = transition(session)
+        deliveries = record_settlement_events(session, [settled]) if settled is not None else []
+    return (settled.status if settled is not None else "skipped"), deliveries
+
+
+def _fail(runtime: WorkerRuntime, job_id: str, code: str, message: str) -> tuple[str, list[int]]:
+    status, deliveries = _settle(
+        runtime,
+        lambda s: repository.fail_job(s, job_id, code=code, message=message, from_statuses=("running",)),
+    )
+    return ("failed" if status != "skipped" else status), deliveries
 
 
 def _job_heartbeat(runtime: WorkerRuntime, job_id: str, stop: threading.Event) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ensemble_core.methods import list_methods
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
 
@@ -12,6 +11,7 @@ from api.schemas.ensemble import ConfigUpdate, InferenceRequest
 from api.services import config_service, job_service
 from api.services.messages import build_generation, instruction_messages
 from api.state import AppState, get_state
+from ensemble_core.methods import list_methods
 from persistence import repository
 from persistence.models import ConfigVersion
 

@@ -17,14 +17,9 @@ VERSION = "0.1.0"
 
 @router.get("/")
 def root(request: Request) -> dict[str, Any]:
-    endpoints = sorted(
-        {
-            f"{m} {r.path}"
-            for r in request.app.routes
-            for m in getattr(r, "methods", ())
-            if m not in ("HEAD", "OPTIONS")
-        }
-    )
+    # from the OpenAPI document: FastAPI keeps included routers as nested route objects
+    paths = request.app.openapi().get("paths", {})
+    endpoints = sorted(f"{method.upper()} {path}" for path, ops in paths.items() for method in ops)
     return {"name": "Ensemble-Hub", "version": VERSION, "docs": "/docs", "endpoints": endpoints}
 
 

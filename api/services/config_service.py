@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ensemble_core.methods import validate_config
 from pydantic import ValidationError
 
 from api.errors import ApiError
 from ensemble_core.bundled import default_ensemble_spec
 from ensemble_core.errors import ConfigError
+from ensemble_core.methods import validate_config
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec
 from persistence import repository
 from persistence.db import Database

@@ -7,6 +7,8 @@ can be found and re-sent (never a task without a row).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from typing import Any
@@ -19,6 +21,7 @@ from api.errors import ApiError, ServiceUnavailable
 from api.state import AppState
 from ensemble_core.spec import EnsembleConfig, GenerationRequest
 from jobqueue.celery_config import enqueue_job
+from jobqueue.webhook_policy import CallbackURLRefused, check_callback_url
 from persistence import repository
 from persistence.models import Job
 
@@ -36,19 +39,30 @@ def submit_job(
     webhook_url: str | None = None,
     tenant: str | None = None,
     extra: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+    job_id: str | None = None,
 ) -> tuple[Job, bool]:
     """Store and enqueue a job. Returns (job, created); with a known idempotency key the
-    existing job comes back and nothing new is enqueued."""
+    existing job comes back and nothing new is enqueued.
+
+    ``fingerprint`` identifies the client's request: the same key with a different request is
+    a client bug and answers 409 instead of silently returning another request's answer.
+    ``job_id`` lets a caller subscribe to the job's events before its task is sent."""
     if idempotency_key:
         with state.db.transaction() as session:
             existing = repository.find_job_by_idempotency_key(session, idempotency_key, tenant=tenant)
         if existing is not None:
-            return existing, False
+            return _same_request(existing, fingerprint), False
+    if webhook_url:
+        check_webhook_url(state, webhook_url)
+    refuse_when_queue_full(state)
     request_json = {
         "generation": generation.model_dump(mode="json"),
         "ensemble_config": config.model_dump(mode="json"),
         **(extra or {}),
     }
+    if fingerprint:
+        request_json["fingerprint"] = fingerprint
     try:
         with state.db.transaction() as session:
             job = repository.create_job(
@@ -59,6 +73,7 @@ def submit_job(
                 webhook_url=webhook_url,
                 idempotency_key=idempotency_key,
                 tenant=tenant,
+                job_id=job_id,
             )
     except IntegrityError:
         # a concurrent retry with the same key won the insert: attach to its job
@@ -66,9 +81,59 @@ def submit_job(
             existing = repository.find_job_by_idempotency_key(session, idempotency_key or "", tenant=tenant)
         if existing is None:
             raise
-        return existing, False
+        return _same_request(existing, fingerprint), False
     send(state, job.id)
     return job, True
+
+
+def request_fingerprint(kind: str, body: dict[str, Any]) -> str:
+    """A stable hash of what the client asked (keys sorted); transport fields left out."""
+    canonical = json.dumps({"kind": kind, **body}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _same_request(existing: Job, fingerprint: str | None) -> Job:
+    stored = (existing.request or {}).get("fingerprint")
+    if fingerprint and stored and stored != fingerprint:
+        raise ApiError(
+            409,
+            "this Idempotency-Key was already used for a different request; use a new key",
+            code="idempotency_key_reused",
+            extra={"job_id": existing.id},
+        )
+    return existing
+
+
+def check_webhook_url(state: AppState, url: str) -> None:
+    """Refuse a callback the workers could not sign or must not call (422, before any row)."""
+    settings = state.webhooks
+    if not settings.webhook_secret:
+        raise ApiError(
+            422,
+            "webhooks are not configured on this server (set ENSEMBLEHUB_WEBHOOK_SECRET=whsec_...)",
+            code="webhooks_not_configured",
+            param="webhook_url",
+        )
+    try:
+        check_callback_url(url, settings.allowlist)
+    except CallbackURLRefused as exc:
+        raise ApiError(422, str(exc), code="webhook_url_forbidden", param="webhook_url") from exc
+
+
+def refuse_when_queue_full(state: AppState, adding: int = 1) -> None:
+    """Back-pressure: past ``max_queued_jobs`` waiting jobs, new work answers 429."""
+    limit = state.settings.max_queued_jobs
+    if limit <= 0:
+        return
+    with state.db.transaction() as session:
+        queued = repository.count_jobs(session, status="queued")
+    if queued + adding > limit:
+        raise ApiError(
+            429,
+            f"the queue is full ({queued} jobs waiting, limit {limit}); retry later",
+            code="queue_full",
+            headers={"Retry-After": "30"},
+        )
 
 
 def send(state: AppState, job_id: str) -> None:
@@ -123,6 +188,16 @@ def resolve_timeout(state: AppState, requested: float | None) -> float:
     return min(requested, state.settings.max_sync_timeout_s)
 
 
+# HTTP status of a failed job by its stable error code (anything else is a server error)
+_FAILED_JOB_STATUS = {
+    "invalid_config": 400,
+    "invalid_request": 400,
+    "model_not_found": 404,
+    "broker_unavailable": 503,
+    "worker_lost": 503,
+}
+
+
 def raise_unless_succeeded(job: Job) -> None:
     """Translate a job that is not done (504) or failed (4xx/5xx) into the OpenAI envelope."""
     if job.status == "succeeded":
@@ -135,7 +210,7 @@ def raise_unless_succeeded(job: Job) -> None:
             headers={"Location": f"/v1/jobs/{job.id}"},
             extra={"job_id": job.id},
         )
-    status = 400 if job.error_code == "invalid_config" else 409 if job.status == "cancelled" else 500
+    status = 409 if job.status == "cancelled" else _FAILED_JOB_STATUS.get(job.error_code or "", 500)
     raise ApiError(
         status,
         job.error_message or f"job {job.status}",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ensemble_core.methods import list_methods
-
 from api.state import AppState
+from ensemble_core.methods import list_methods
 from persistence import repository
 
 

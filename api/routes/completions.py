@@ -1,0 +1,187 @@
+"""OpenAI-compatible endpoints, the guide's loop endpoint and presets: parse, prepare, answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api.errors import ApiError
+from api.schemas.openai import (
+    AggregationOnlyPresetRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    LoopRequest,
+    PromptFields,
+    SelectionOnlyPresetRequest,
+    SimplePresetRequest,
+)
+from api.services import completion_service, config_service, stream_service
+from api.services.completion_service import AnswerForm
+from api.state import AppState, get_state
+
+router = APIRouter(prefix="/v1", tags=["completions"])
+
+IdempotencyKey = Header(
+    default=None,
+    alias="Idempotency-Key",
+    description="a retry with the same key attaches to the same job instead of starting another",
+)
+
+
+def _respond(
+    state: AppState,
+    body: PromptFields,
+    idempotency_key: str | None,
+    *,
+    kind: str,
+    form: AnswerForm | None = None,
+    preset: dict[str, Any] | None = None,
+    forced: dict[str, Any] | None = None,
+    default_max_tokens: int = 256,
+) -> JSONResponse | StreamingResponse:
+    prepared = completion_service.prepare(
+        state, body, kind=kind, form=form, preset=preset, forced=forced, default_max_tokens=default_max_tokens
+    )
+    if body.stream:
+        if body.timeout is None:
+            # a stream shows progress and keeps the connection alive: wait as long as allowed
+            prepared.timeout = state.settings.max_sync_timeout_s
+        job, frames = stream_service.open_stream(state, prepared, idempotency_key)
+        return StreamingResponse(
+            frames,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Job-Id": job.id},
+        )
+    return JSONResponse(completion_service.run_to_answer(state, prepared, idempotency_key))
+
+
+@router.post("/chat/completions", response_model=None)
+def chat_completions(
+    body: ChatCompletionRequest,
+    state: AppState = Depends(get_state),
+    idempotency_key: str | None = IdempotencyKey,
+) -> JSONResponse | StreamingResponse:
+    """The guide's ``prompt`` form answers ``text_completion``; OpenAI's ``messages`` form
+    answers ``chat.completion``. Both carry ``choices[i].metadata`` (selected models, method,
+    config, round trace)."""
+    return _respond(state, body, idempotency_key, kind="chat")
+
+
+@router.post("/completions", response_model=None)
+def completions(
+    body: CompletionRequest,
+    state: AppState = Depends(get_state),
+    idempotency_key: str | None = IdempotencyKey,
+) -> JSONResponse | StreamingResponse:
+    """OpenAI's legacy completions (``max_tokens`` defaults to 16, as there)."""
+    return _respond(state, body, idempotency_key, kind="completion", form="legacy", default_max_tokens=16)
+
+
+@router.post("/loop/completions", response_model=None)
+def loop_completions(
+    body: LoopRequest,
+    state: AppState = Depends(get_state),
+    idempotency_key: str | None = IdempotencyKey,
+) -> JSONResponse | StreamingResponse:
+    """Round robin over every member model (no selection); ``ensemble_config`` sets
+    ``max_rounds``, ``score_threshold``, ``max_repeat``."""
+    forced = {
+        "model_selection_method": "all",
+        "use_model_selection": False,
+        "ensemble_method": "loop",
+        "aggregation_method": "round_robin",
+        "use_output_aggregation": True,
+    }
+    return _respond(state, body, idempotency_key, kind="loop", forced=forced)
+
+
+@router.post("/ensemble/presets/simple", response_model=None)
+def preset_simple(
+    body: SimplePresetRequest,
+    state: AppState = Depends(get_state),
+    idempotency_key: str | None = IdempotencyKey,
+) -> JSONResponse | StreamingResponse:
+    """Model selection, then output aggregation (``ensemble_method`` names the aggregation,
+    e.g. ``reward_based``, or a guide alias such as ``simple``/``loop``)."""
+    forced: dict[str, Any] = {
+        "model_selection_method": body.model_selection_method,
+        "ensemble_method": body.ensemble_method,
+        "aggregation_method": None,
+        "use_model_selection": True,
+        "use_output_aggregation": True,
+    }
+    if body.aggregation_level:
+        forced["aggregation_level"] = body.aggregation_level
+    return _respond(state, body, idempotency_key, kind="preset_simple", forced=forced)
+
+
+@router.post("/ensemble/presets/selection_only", response_model=None)
+def preset_selection_only(
+    body: SelectionOnlyPresetRequest,
+    state: AppState = Depends(get_state),
+    idempotency_key: str | None = IdempotencyKey,
+) -> JSONResponse | StreamingResponse:
+    """The selector picks; the best selected model writes the whole answer (no aggregation)."""
+    forced = {
+        "model_selection_method": body.model_selection_method,
+        "use_model_selection": True,
+        "use_output_aggregation": False,
+    }
+    return _respond(state, body, idempotency_key, kind="preset_selection_only", forced=forced)
+
+
+@router.post("/ensemble/presets/aggregation_only", response_model=None)
+def preset_aggregation_only(
+    body: AggregationOnlyPresetRequest,
+    state: AppState = Depends(get_state),
+    idempotency_key: str | None = IdempotencyKey,
+) -> JSONResponse | StreamingResponse:
+    """Every model takes part (no selection); their outputs are aggregated."""
+    forced = {
+        "model_selection_method": "all",
+        "use_model_selection": False,
+        "aggregation_method": body.aggregation_method,
+        "aggregation_level": body.aggregation_level,
+        "use_output_aggregation": True,
+    }
+    return _respond(state, body, idempotency_key, kind="preset_aggregation_only", forced=forced)
+
+
+@router.get("/models")
+def list_models(state: AppState = Depends(get_state)) -> dict[str, Any]:
+    """The ensemble itself, then each member model of the current config version."""
+    row, spec = config_service.current_version(state.db)
+    created = int(row.created_at.timestamp())
+    members = [
+        {
+            "id": m.display_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "ensemblehub",
+            "engine": m.engine,
+            "device": m.device,
+            "path": m.path,
+            "parent": "ensemble",
+        }
+        for m in spec.model_specs
+    ]
+    ensemble = {
+        "id": "ensemble",
+        "object": "model",
+        "created": created,
+        "owned_by": "ensemblehub",
+        "config_version": row.version,
+        "members": [m["id"] for m in members],
+        "default_ensemble_config": spec.default_ensemble_config.model_dump(mode="json"),
+    }
+    return {"object": "list", "data": [ensemble, *members]}
+
+
+@router.get("/models/{model_id}")
+def retrieve_model(model_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
+    for model in list_models(state)["data"]:
+        if model["id"] == model_id:
+            return model
+    raise ApiError(404, f"the model {model_id!r} does not exist", code="model_not_found", param="model")

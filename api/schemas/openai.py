@@ -1,0 +1,116 @@
+"""Wire bodies of the OpenAI-compatible endpoints (OpenAI's names kept) and of the guide's
+prompt-based endpoints that share them (loop, presets)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_N = 8
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    """One turn. ``developer`` is OpenAI's newer name for ``system``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class GenerationFields(BaseModel):
+    """Sampling and service fields every generating endpoint accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, ge=1, description="tokens to generate in total")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=MAX_N, description="independent answers (choices)")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    timeout: float | None = Field(
+        default=None, description="seconds to wait before answering 504 with the job id (capped)"
+    )
+    webhook_url: str | None = Field(default=None, description="POSTed a signed event when the job ends")
+    user: str | None = Field(default=None, description="accepted for OpenAI compatibility; not used")
+    # OpenAI fields the ensemble cannot honour: accepted only at their neutral values
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class PromptFields(GenerationFields):
+    """The guide's ``prompt`` form or OpenAI's ``messages`` form (exactly one of them)."""
+
+    model: str = Field(default="ensemble", description="'ensemble', or one member model's name")
+    prompt: str | list[str] | None = None
+    messages: list[ChatMessageIn] | None = None
+    ensemble_config: dict[str, Any] | None = None
+    # the guide also accepts these beside ensemble_config
+    max_rounds: int | None = Field(default=None, ge=1)
+    score_threshold: float | None = None
+
+
+class ChatCompletionRequest(PromptFields):
+    """``POST /v1/chat/completions``."""
+
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(PromptFields):
+    """``POST /v1/completions`` (OpenAI's legacy completions; ``max_tokens`` defaults to 16 there)."""
+
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class LoopRequest(PromptFields):
+    """``POST /v1/loop/completions``: round robin over every member model."""
+
+
+class SimplePresetRequest(PromptFields):
+    """``POST /v1/ensemble/presets/simple``: model selection plus output aggregation."""
+
+    model_selection_method: str = "all"
+    ensemble_method: str = "reward_based"
+    aggregation_level: Literal["sentence", "token", "response"] | None = None
+
+
+class SelectionOnlyPresetRequest(PromptFields):
+    """``POST /v1/ensemble/presets/selection_only``: the selected best model answers alone."""
+
+    model_selection_method: str = "zscore"
+
+
+class AggregationOnlyPresetRequest(PromptFields):
+    """``POST /v1/ensemble/presets/aggregation_only``: every model takes part, no selection."""
+
+    aggregation_method: str = "reward_based"
+    aggregation_level: Literal["sentence", "token", "response"] = "sentence"
+
+
+PresetRequest = SimplePresetRequest | SelectionOnlyPresetRequest | AggregationOnlyPresetRequest

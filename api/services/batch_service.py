@@ -1,0 +1,224 @@
+"""Batch submit-and-poll: many items, one job each, accepted at once and run in parallel.
+
+Accepting 10,000 items must take seconds, not minutes: configs are validated once per
+distinct ``ensemble_config``, the rows go in with multi-row INSERTs in one transaction, and the
+tasks go to the broker over one producer connection after that commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+
+from api.errors import ApiError, ServiceUnavailable
+from api.schemas.batch import BatchRequest
+from api.services import config_service, job_service, webhook_service
+from api.services.messages import build_generation, instruction_messages
+from api.state import AppState
+from ensemble_core.spec import EnsembleConfig
+from jobqueue.celery_config import enqueue_jobs
+from jobqueue.webhook_events import record_finished_batch
+from persistence import batch_repository
+from persistence.models import Batch, Job, new_id
+
+log = logging.getLogger(__name__)
+
+
+def create_batch(state: AppState, body: BatchRequest) -> Batch:
+    if len(body.examples) > state.settings.max_batch_items:
+        raise ApiError(
+            413,
+            f"{len(body.examples)} items is more than the {state.settings.max_batch_items} one batch may hold; "
+            "split it",
+            code="batch_too_large",
+            param="examples",
+        )
+    if body.webhook_url:
+        job_service.check_webhook_url(state, body.webhook_url)
+    job_service.refuse_when_queue_full(state, adding=len(body.examples))
+    version, spec = config_service.current_version(state.db)
+    batch_id = new_id("batch")
+    configs: dict[str, EnsembleConfig] = {}
+    rows: list[dict[str, Any]] = []
+    for index, example in enumerate(body.examples):
+        overrides = {**(body.ensemble_config or {}), **(example.ensemble_config or {})}
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        if key not in configs:
+            configs[key] = _item_config(spec.default_ensemble_config, overrides, body, index)
+        generation = build_generation(
+            instruction_messages(example.instruction, example.input),
+            max_tokens=example.max_tokens or body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+        )
+        rows.append(
+            {
+                "id": new_id("job"),
+                "kind": "batch_item",
+                "request": {
+                    "generation": generation.model_dump(mode="json"),
+                    "ensemble_config": configs[key].model_dump(mode="json"),
+                    "endpoint": "batch",
+                },
+                "config_version_id": version.id,
+                "batch_id": batch_id,
+                "batch_index": index,
+            }
+        )
+    metadata = {"batch_size": body.batch_size, "metadata": body.metadata or {}}
+    with state.db.transaction() as session:
+        batch_repository.create_batch(
+            session, batch_id=batch_id, total=len(rows), webhook_url=body.webhook_url, metadata=metadata
+        )
+        batch_repository.insert_batch_jobs(session, rows)
+    try:
+        enqueue_jobs(state.celery, [r["id"] for r in rows])
+    except (KombuOperationalError, RedisError, OSError) as exc:
+        log.warning("enqueue of batch %s failed: %s", batch_id, exc)
+        with state.db.transaction() as session:
+            batch_repository.fail_batch(
+                session, batch_id, code="broker_unavailable", message=f"could not enqueue: {exc}"
+            )
+        raise ServiceUnavailable(
+            "the job queue (broker) is unavailable; retry shortly", code="broker_unavailable"
+        ) from exc
+    with state.db.transaction() as session:
+        batch_repository.mark_batch_enqueued(session, batch_id)
+    return load_batch(state, batch_id)
+
+
+def _item_config(
+    default: EnsembleConfig, overrides: dict[str, Any], body: BatchRequest, index: int
+) -> EnsembleConfig:
+    try:
+        return config_service.merge_config(
+            default, overrides, max_rounds=body.max_rounds, score_threshold=body.score_threshold
+        )
+    except ApiError as exc:
+        raise ApiError(
+            exc.status,
+            f"examples[{index}]: {exc.message}",
+            code=exc.code,
+            param=f"examples.{index}.{exc.param or 'ensemble_config'}",
+        ) from exc
+
+
+def load_batch(state: AppState, batch_id: str) -> Batch:
+    with state.db.transaction() as session:
+        batch = batch_repository.get_batch(session, batch_id)
+    if batch is None:
+        raise ApiError(404, f"no batch with id {batch_id!r}", code="batch_not_found", param="batch_id")
+    return batch
+
+
+def cancel_batch(state: AppState, batch_id: str) -> Batch:
+    """Queued items are cancelled, running ones finish and are kept; the batch is
+    ``cancelling`` until the last running item ends, then ``cancelled``."""
+    batch = load_batch(state, batch_id)
+    if batch.status in ("cancelling", "cancelled"):
+        return batch
+    if batch.status in ("completed", "failed"):
+        raise ApiError(
+            409,
+            f"batch {batch_id} is already {batch.status}; nothing to cancel",
+            code="batch_not_cancellable",
+            param="batch_id",
+        )
+    deliveries: list[int] = []
+    with state.db.transaction() as session:
+        final, _count = batch_repository.cancel_batch(session, batch_id)
+        if final is not None:
+            delivery = record_finished_batch(session, batch_id)
+            deliveries = [delivery] if delivery is not None else []
+    webhook_service.send(state, deliveries)
+    return load_batch(state, batch_id)
+
+
+# ---------------------------------------------------------------- views
+
+
+def batch_view(batch: Batch) -> dict[str, Any]:
+    meta = batch.metadata_ or {}
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": "/v1/ensemble/batch",
+        "status": batch.status,
+        "request_counts": {
+            "total": batch.total,
+            "completed": batch.completed,
+            "failed": batch.failed,
+            "cancelled": batch.cancelled,
+        },
+        "created_at": _ts(batch.created_at),
+        "in_progress_at": _ts(batch.started_at),
+        "cancelling_at": _ts(batch.cancelling_at),
+        "completed_at": _ts(batch.finished_at) if batch.status == "completed" else None,
+        "cancelled_at": _ts(batch.finished_at) if batch.status == "cancelled" else None,
+        "failed_at": _ts(batch.finished_at) if batch.status == "failed" else None,
+        "batch_size": meta.get("batch_size"),
+        "metadata": meta.get("metadata") or {},
+        "results_url": f"/v1/ensemble/batch/{batch.id}/results",
+    }
+
+
+def item_view(job: Job) -> dict[str, Any]:
+    result = job.result or {}
+    generation = (job.request or {}).get("generation") or {}
+    messages = generation.get("messages") or []
+    return {
+        "index": job.batch_index,
+        "id": job.id,
+        "status": job.status,
+        "input": next((m["content"] for m in reversed(messages) if m.get("role") == "user"), None),
+        "result": (
+            {
+                "output": result.get("text", ""),
+                "selected_models": result.get("selected_models", []),
+                "method": result.get("method"),
+                "finish_reason": result.get("finish_reason"),
+                "usage": result.get("usage"),
+            }
+            if job.status == "succeeded"
+            else None
+        ),
+        "error": (
+            {"code": job.error_code, "message": job.error_message}
+            if job.status in ("failed", "cancelled")
+            else None
+        ),
+    }
+
+
+def results_page(state: AppState, batch_id: str, *, after: int, limit: int) -> dict[str, Any]:
+    load_batch(state, batch_id)
+    with state.db.transaction() as session:
+        rows = batch_repository.batch_items(session, batch_id, after=after, limit=limit + 1)
+        data = [item_view(j) for j in rows[:limit]]
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": len(rows) > limit,
+        "last_index": data[-1]["index"] if data else None,
+    }
+
+
+def results_jsonl(state: AppState, batch_id: str) -> Iterator[str]:
+    load_batch(state, batch_id)
+
+    def lines() -> Iterator[str]:
+        with state.db.sessions() as session:
+            for job in batch_repository.iter_batch_items(session, batch_id):
+                yield json.dumps(item_view(job), ensure_ascii=False) + "\n"
+
+    return lines()
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value is not None else None

@@ -1,0 +1,280 @@
+"""The generating endpoints' use case: turn a wire request into one job, run it through the
+backbone's submit/wait, and shape the answer the way the endpoint's clients expect.
+
+Three answer forms share one job model: the guide's ``prompt`` form (``text_completion`` with
+``choices[i].text`` and ``choices[i].metadata``), OpenAI's chat form (``chat.completion``
+with ``choices[i].message``) and OpenAI's legacy completions (``text_completion``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from api.errors import ApiError
+from api.schemas.openai import ChatCompletionRequest, ChatMessageIn, PromptFields
+from api.services import config_service, job_service
+from api.services.messages import build_generation
+from api.state import AppState
+from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
+from persistence.models import Job
+
+AnswerForm = Literal["text", "chat", "legacy"]
+
+# OpenAI fields the ensemble cannot honour, with the value that means "not used"
+_NEUTRAL = {
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# fields that do not change what is generated: left out of the idempotency fingerprint
+_TRANSPORT_FIELDS = {"timeout", "stream", "stream_options", "user"}
+
+
+@dataclass
+class PreparedJob:
+    """Everything needed to submit one job and answer for it."""
+
+    kind: str
+    form: AnswerForm
+    model: str
+    generation: GenerationRequest
+    config: EnsembleConfig
+    config_version_id: int
+    n: int
+    timeout: float
+    fingerprint: str
+    webhook_url: str | None = None
+    include_usage: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(
+    state: AppState,
+    body: PromptFields,
+    *,
+    kind: str,
+    form: AnswerForm | None = None,
+    preset: dict[str, Any] | None = None,
+    forced: dict[str, Any] | None = None,
+    default_max_tokens: int = 256,
+) -> PreparedJob:
+    """Validate the body against the current config version and build the job's request.
+
+    ``preset`` fields are defaults the request's ``ensemble_config`` may override; ``forced``
+    fields define the endpoint (loop, presets) and win over the request's."""
+    _refuse_unsupported(body)
+    messages = _messages(body)
+    form = form or ("chat" if body.messages is not None else "text")
+    row, spec = config_service.current_version(state.db)
+    models = _member_filter(body.model, spec)
+    overrides = {**(preset or {}), **(body.ensemble_config or {}), **(forced or {})}
+    config = config_service.merge_config(
+        spec.default_ensemble_config,
+        overrides,
+        max_rounds=body.max_rounds,
+        score_threshold=body.score_threshold,
+    )
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or default_max_tokens
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4:
+        raise ApiError(400, "at most 4 stop sequences", code="invalid_stop", param="stop")
+    generation = build_generation(
+        messages,
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=stop,
+        seed=body.seed,
+    )
+    extra: dict[str, Any] = {"endpoint": kind}
+    if body.n > 1:
+        extra["n"] = body.n
+    if models:
+        extra["models"] = models
+    wire = body.model_dump(mode="json", exclude=_TRANSPORT_FIELDS, exclude_none=True)
+    return PreparedJob(
+        kind=kind,
+        form=form,
+        model=body.model,
+        generation=generation,
+        config=config,
+        config_version_id=row.id,
+        n=body.n,
+        timeout=job_service.resolve_timeout(state, body.timeout),
+        fingerprint=job_service.request_fingerprint(kind, wire),
+        webhook_url=body.webhook_url,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        extra=extra,
+    )
+
+
+def submit(
+    state: AppState, prepared: PreparedJob, idempotency_key: str | None, *, job_id: str | None = None
+) -> tuple[Job, bool]:
+    return job_service.submit_job(
+        state,
+        kind=prepared.kind,
+        generation=prepared.generation,
+        config=prepared.config,
+        config_version_id=prepared.config_version_id,
+        idempotency_key=idempotency_key,
+        webhook_url=prepared.webhook_url,
+        extra=prepared.extra,
+        fingerprint=prepared.fingerprint,
+        job_id=job_id,
+    )
+
+
+def run_to_answer(state: AppState, prepared: PreparedJob, idempotency_key: str | None) -> dict[str, Any]:
+    """Submit (or attach to the job of the same Idempotency-Key), wait, answer; 504 past the timeout."""
+    job, _ = submit(state, prepared, idempotency_key)
+    job = job_service.wait_for_job(state, job.id, prepared.timeout)
+    job_service.raise_unless_succeeded(job)
+    return answer(job, prepared.form, prepared.model)
+
+
+# ---------------------------------------------------------------- answers
+
+
+def answer(job: Job, form: AnswerForm, model: str) -> dict[str, Any]:
+    result = job.result or {}
+    choices = []
+    for index, choice in enumerate(result.get("choices") or [result]):
+        text = choice.get("text", "")
+        item: dict[str, Any] = {"index": index}
+        if form == "chat":
+            item["message"] = {"role": "assistant", "content": text, "refusal": None}
+        else:
+            item["text"] = text
+        item["logprobs"] = None
+        item["finish_reason"] = choice.get("finish_reason") or "stop"
+        item["metadata"] = choice_metadata(job, choice)
+        choices.append(item)
+    return {
+        "id": job.id,
+        "object": "chat.completion" if form == "chat" else "text_completion",
+        "created": int(job.created_at.timestamp()),
+        "model": model,
+        "choices": choices,
+        "usage": usage_view(result),
+        "system_fingerprint": None,
+    }
+
+
+def choice_metadata(job: Job, choice: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "selected_models": choice.get("selected_models", []),
+        "method": choice.get("method"),
+        "ensemble_config": (job.request or {}).get("ensemble_config"),
+        "stop_reason": choice.get("stop_reason"),
+        "trace": choice.get("trace"),
+        "job_id": job.id,
+        "config_version_id": job.config_version_id,
+    }
+
+
+def usage_view(result: dict[str, Any]) -> dict[str, Any]:
+    usage = result.get("usage") or {}
+    prompt, completion = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "per_model": usage.get("per_model", {}),
+    }
+
+
+# ---------------------------------------------------------------- request checks
+
+
+def _refuse_unsupported(body: PromptFields) -> None:
+    for name, neutral in _NEUTRAL.items():
+        value = getattr(body, name, None)
+        if value not in neutral:
+            raise ApiError(
+                400,
+                f"{name}={value!r} is not supported by the ensemble; leave it out",
+                code="unsupported_parameter",
+                param=name,
+            )
+    fmt = body.response_format
+    if fmt and fmt.get("type") not in (None, "text"):
+        raise ApiError(
+            400,
+            "response_format other than {'type': 'text'} is not supported",
+            code="unsupported_parameter",
+            param="response_format",
+        )
+
+
+def _messages(body: PromptFields) -> list[dict[str, str]]:
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(
+            400,
+            "give exactly one of 'prompt' (the guide's form) or 'messages' (OpenAI's chat form)",
+            code="invalid_request",
+            param="messages" if body.messages is not None else "prompt",
+        )
+    if body.prompt is not None:
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise ApiError(
+                400,
+                "one prompt per request; send several with POST /v1/ensemble/batch",
+                code="invalid_prompt",
+                param="prompt",
+            )
+        return [{"role": "user", "content": prompts[0]}]
+    if not body.messages:
+        raise ApiError(400, "messages must not be empty", code="invalid_messages", param="messages")
+    return [_message(m, i) for i, m in enumerate(body.messages)]
+
+
+def _message(message: ChatMessageIn, index: int) -> dict[str, str]:
+    role = _ROLES.get(message.role)
+    if role is None:
+        raise ApiError(
+            400,
+            f"messages[{index}].role {message.role!r} is not supported; use system, developer, user or assistant",
+            code="invalid_messages",
+            param=f"messages.{index}.role",
+        )
+    content = message.content
+    if isinstance(content, list):
+        if any(part.type != "text" for part in content):
+            raise ApiError(
+                400,
+                f"messages[{index}]: only text content parts are supported",
+                code="invalid_messages",
+                param=f"messages.{index}.content",
+            )
+        content = "".join(part.text or "" for part in content)
+    return {"role": role, "content": content or ""}
+
+
+def _member_filter(model: str, spec: EnsembleSpec) -> list[str] | None:
+    """``ensemble`` means every member; a member's name means that member alone."""
+    if model in ("ensemble", ""):
+        return None
+    names = [m.display_name for m in spec.model_specs]
+    if model in names:
+        return [model]
+    raise ApiError(
+        404,
+        f"the model {model!r} does not exist; available: ensemble, {', '.join(names)}",
+        code="model_not_found",
+        param="model",
+    )
+
+
+def is_chat_body(body: PromptFields) -> bool:
+    return isinstance(body, ChatCompletionRequest) and body.messages is not None

@@ -1,0 +1,159 @@
+"""Server-sent events relayed from the worker: one chunk per accepted segment.
+
+The API subscribes to the job's event channel *before* the task is sent, so no segment can be
+published unheard. Pub/sub keeps nothing, though, so when the job ends the stream is checked
+against the stored result (Postgres is the truth): whatever text the events missed is sent as
+one last chunk, and a stream always ends with the complete answer.
+
+Chunks follow OpenAI's formats (``chat.completion.chunk``, or ``text_completion`` for the
+prompt form) and add ``choices[i].metadata = {"model", "round"}``: who wrote the piece.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from api.errors import envelope
+from api.services import job_service
+from api.services.completion_service import PreparedJob, choice_metadata, submit, usage_view
+from api.state import AppState
+from persistence import repository
+from persistence.models import Job, new_id
+
+
+def open_stream(
+    state: AppState, prepared: PreparedJob, idempotency_key: str | None
+) -> tuple[Job, Iterator[str]]:
+    """Submit the job with the subscription already open; returns the job and its SSE frames.
+
+    Errors before the first frame (validation, queue full, broker down) raise as usual and
+    answer with a normal JSON error."""
+    job_id = new_id("job")
+    subscription = state.bus.subscribe(job_id)
+    try:
+        job, _created = submit(state, prepared, idempotency_key, job_id=job_id)
+        if job.id != job_id:
+            # an Idempotency-Key retry attached to an earlier job: listen to that one
+            subscription.close()
+            subscription = state.bus.subscribe(job.id)
+    except BaseException:
+        subscription.close()
+        raise
+    return job, _frames(state, prepared, job, subscription)
+
+
+def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> Iterator[str]:
+    chunks = _ChunkWriter(job, prepared)
+    sent: dict[int, str] = {}
+    deadline = time.monotonic() + prepared.timeout
+    last_frame = time.monotonic()
+    try:
+        if prepared.form == "chat":
+            for index in range(prepared.n):
+                yield chunks.frame(index, {"role": "assistant", "content": ""})
+        final = repository.is_final(job.status)
+        while not final and time.monotonic() < deadline:
+            event = subscription.get(min(1.0, max(0.0, deadline - time.monotonic())))
+            if event is None:
+                final = repository.is_final(job_service.load_job(state, job.id).status)
+                if not final and time.monotonic() - last_frame >= state.settings.stream_keepalive_s:
+                    last_frame = time.monotonic()
+                    yield ": keep-alive\n\n"
+                continue
+            if event.get("type") == "segment" and event.get("text"):
+                index = int(event.get("index") or 0)
+                sent[index] = sent.get(index, "") + event["text"]
+                last_frame = time.monotonic()
+                yield chunks.frame(
+                    index, event["text"], metadata={"model": event.get("model"), "round": event.get("round")}
+                )
+            elif event.get("type") == "done":
+                final = True
+        job = job_service.load_job(state, job.id)
+        if not repository.is_final(job.status):
+            yield _error_frame(
+                504,
+                f"the job did not finish within the timeout; it goes on: poll /v1/jobs/{job.id}",
+                code="timeout",
+                job_id=job.id,
+            )
+            return
+        if job.status != "succeeded":
+            yield _error_frame(
+                409 if job.status == "cancelled" else 500,
+                job.error_message or f"job {job.status}",
+                code=job.error_code or job.status,
+                job_id=job.id,
+            )
+            return
+        yield from _finish(chunks, job, prepared, sent)
+    finally:
+        subscription.close()
+
+
+def _finish(chunks: _ChunkWriter, job: Job, prepared: PreparedJob, sent: dict[int, str]) -> Iterator[str]:
+    result = job.result or {}
+    choices = result.get("choices") or [result]
+    for index, choice in enumerate(choices):
+        text, streamed = choice.get("text", ""), sent.get(index, "")
+        if text.startswith(streamed) and len(text) > len(streamed):
+            # segments the relay did not hear (or text the engine trimmed after a round)
+            yield chunks.frame(index, text[len(streamed) :], metadata={"model": None, "round": None})
+        yield chunks.frame(
+            index,
+            None,
+            finish_reason=choice.get("finish_reason") or "stop",
+            metadata=choice_metadata(job, choice) | {"trace": None},
+        )
+    if prepared.include_usage:
+        yield chunks.usage_frame(usage_view(result))
+    yield "data: [DONE]\n\n"
+
+
+class _ChunkWriter:
+    def __init__(self, job: Job, prepared: PreparedJob) -> None:
+        self.form = prepared.form
+        self.base = {
+            "id": job.id,
+            "object": "chat.completion.chunk" if self.form == "chat" else "text_completion",
+            "created": int(job.created_at.timestamp()),
+            "model": prepared.model,
+        }
+        if self.form == "chat":
+            self.base["system_fingerprint"] = None
+
+    def frame(
+        self,
+        index: int,
+        content: str | dict[str, Any] | None,
+        *,
+        finish_reason: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        choice: dict[str, Any] = {"index": index}
+        if self.form == "chat":
+            if isinstance(content, dict):
+                choice["delta"] = content
+            else:
+                choice["delta"] = {"content": content} if content is not None else {}
+        else:
+            choice["text"] = content if isinstance(content, str) else ""
+        choice["logprobs"] = None
+        choice["finish_reason"] = finish_reason
+        if metadata is not None:
+            choice["metadata"] = metadata
+        return _sse({**self.base, "choices": [choice]})
+
+    def usage_frame(self, usage: dict[str, Any]) -> str:
+        return _sse({**self.base, "choices": [], "usage": usage})
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _error_frame(status: int, message: str, *, code: str, job_id: str) -> str:
+    return _sse(envelope(status, message, code=code, job_id=job_id))
