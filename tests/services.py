@@ -97,12 +97,29 @@ class Process:
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "w1") -> Process:
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo", "-E",
-            "-Q", "models,webhooks,maintenance", "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--pool",
+        "solo",
+        "-E",
+        "-Q",
+        "models,webhooks,maintenance",
+        "-n",
+        f"{name}-{uuid.uuid4().hex[:6]}@%h",
+        "--loglevel",
+        "INFO",
+    ]
     return Process(argv, env, log_dir / f"worker-{name}.log")
 
 
-def start_api(env: dict[str, str], log_dir: Path, flags: list[str], port: int | None = None) -> tuple[Process, str]:
+def start_api(
+    env: dict[str, str], log_dir: Path, flags: list[str], port: int | None = None
+) -> tuple[Process, str]:
     port = port or free_port()
     argv = [sys.executable, "-m", "ensemblehub.api", "--port", str(port), *flags]
     proc = Process(argv, env, log_dir / f"api-{port}.log")

@@ -64,7 +64,16 @@ def stack(tiny_model_dirs, database_url, broker_url, tmp_path_factory) -> Iterat
     api, base = services.start_api(
         env,
         log_dir,
-        ["--model_specs", json.dumps(tiny_specs), "--model_selection_method", "all", "--ensemble_method", "loop", "--max_rounds", "4"],
+        [
+            "--model_specs",
+            json.dumps(tiny_specs),
+            "--model_selection_method",
+            "all",
+            "--ensemble_method",
+            "loop",
+            "--max_rounds",
+            "4",
+        ],
     )
     stack = Stack(base, database_url, broker_url, env, api, worker, tiny_specs, log_dir)
     try:

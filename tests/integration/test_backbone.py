@@ -10,7 +10,11 @@ pytestmark = pytest.mark.usefixtures("show_logs_on_failure")
 INFERENCE_BODY = {
     "instruction": "You are a helpful math tutor.",
     "input": "What is 2+2?",
-    "ensemble_config": {"model_selection_method": "all", "aggregation_method": "round_robin", "aggregation_level": "sentence"},
+    "ensemble_config": {
+        "model_selection_method": "all",
+        "aggregation_method": "round_robin",
+        "aggregation_level": "sentence",
+    },
     "max_rounds": 3,
     "max_tokens": 12,
 }
@@ -90,7 +94,9 @@ def test_config_post_appends_a_version_and_jobs_record_it(stack):
 def test_invalid_config_update_is_rejected_and_stores_nothing(stack):
     with stack.client() as client:
         before = client.get("/v1/ensemble/config").json()["version"]
-        resp = client.post("/v1/ensemble/config", json={"default_ensemble_config": {"ensemble_method": "nope"}})
+        resp = client.post(
+            "/v1/ensemble/config", json={"default_ensemble_config": {"ensemble_method": "nope"}}
+        )
         assert resp.status_code == 400
         assert client.get("/v1/ensemble/config").json()["version"] == before
 
@@ -101,7 +107,11 @@ def test_inference_returns_a_real_smollm2_answer(stack):
     with stack.client(timeout=300) as client:
         version = client.post(
             "/v1/ensemble/config",
-            json={"model_specs": [{"path": "bundled:smollm2", "engine": "hf", "device": "cpu", "name": "smollm2"}]},
+            json={
+                "model_specs": [
+                    {"path": "bundled:smollm2", "engine": "hf", "device": "cpu", "name": "smollm2"}
+                ]
+            },
         ).json()
         body = {
             "input": "What is the capital of France? Answer in one word.",
@@ -137,7 +147,9 @@ def test_uvicorn_entry_point_serves_the_app(stack):
 
     port = services.free_port()
     proc = services.Process(
-        [sys.executable, "-m", "uvicorn", "ensemblehub.api:app", "--port", str(port)], stack.env, stack.log_dir / "uvicorn.log"
+        [sys.executable, "-m", "uvicorn", "ensemblehub.api:app", "--port", str(port)],
+        stack.env,
+        stack.log_dir / "uvicorn.log",
     )
     try:
         services.wait_http(f"http://127.0.0.1:{port}/status", proc)

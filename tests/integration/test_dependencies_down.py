@@ -13,7 +13,10 @@ DEAD_PG = "postgresql+psycopg://postgres@127.0.0.1:1/nothing"
 
 
 def test_status_is_503_when_the_broker_is_unreachable(database_url):
-    app = create_app(queue_settings=QueueSettings(broker_url=DEAD_REDIS), database_settings=DatabaseSettings(database_url=database_url))
+    app = create_app(
+        queue_settings=QueueSettings(broker_url=DEAD_REDIS),
+        database_settings=DatabaseSettings(database_url=database_url),
+    )
     with TestClient(app) as client:
         resp = client.get("/status")
     assert resp.status_code == 503
@@ -36,7 +39,10 @@ def test_status_is_503_and_requests_get_503_when_the_database_is_unreachable():
 
 
 def test_submit_with_the_broker_down_is_a_503_and_the_job_is_failed_visibly(database_url):
-    app = create_app(queue_settings=QueueSettings(broker_url=DEAD_REDIS), database_settings=DatabaseSettings(database_url=database_url))
+    app = create_app(
+        queue_settings=QueueSettings(broker_url=DEAD_REDIS),
+        database_settings=DatabaseSettings(database_url=database_url),
+    )
     with TestClient(app) as client:
         resp = client.post("/v1/ensemble/inference", json={"input": "hi", "max_tokens": 4})
         assert resp.status_code == 503

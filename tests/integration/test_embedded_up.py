@@ -21,8 +21,20 @@ def test_up_falls_back_to_embedded_mode_and_answers(tiny_model_dirs, tmp_path):
         "PYTHONUNBUFFERED": "1",
     }
     specs = [{"path": str(tiny_model_dirs["llama"]), "engine": "hf", "device": "cpu", "name": "tiny-llama"}]
-    argv = [sys.executable, "-m", "ensemblehub.cli", "up", "--port", str(port), "--model_specs", json.dumps(specs),
-            "--model_selection_method", "all", "--ensemble_method", "loop"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ensemblehub.cli",
+        "up",
+        "--port",
+        str(port),
+        "--model_specs",
+        json.dumps(specs),
+        "--model_selection_method",
+        "all",
+        "--ensemble_method",
+        "loop",
+    ]
     proc = services.Process(argv, env, tmp_path / "up.log")
     base = f"http://127.0.0.1:{port}"
     try:

@@ -13,7 +13,9 @@ def test_upgrade_head_on_an_empty_database_then_check(database_url):
     # the session database was created empty and upgraded by the fixture; `alembic check`
     # fails when the ORM models and the migrations disagree
     env = {**os.environ, "ENSEMBLEHUB_DATABASE_URL": database_url}
-    out = subprocess.run([sys.executable, "-m", "alembic", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "alembic", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "No new upgrade operations detected" in out.stdout + out.stderr
 
@@ -29,7 +31,13 @@ def test_migrate_command_creates_a_missing_database():
     url = f"{PG_ADMIN_URL}/ehub_test_migrate_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "ENSEMBLEHUB_DATABASE_URL": url}
     try:
-        out = subprocess.run([sys.executable, "-m", "ensemblehub.cli", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "ensemblehub.cli", "migrate"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         assert "created database" in out.stdout
         engine = create_engine(url)

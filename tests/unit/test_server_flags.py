@@ -13,10 +13,23 @@ from ensemblehub.api import build_parser
 from tests.services import ROOT
 
 GUIDE_FLAGS = [
-    "--host", "--port", "--model_selection_method", "--ensemble_method", "--progressive_mode",
-    "--length_thresholds", "--special_tokens", "--max_rounds", "--score_threshold", "--max_repeat",
-    "--model_specs", "--vllm_enforce_eager", "--vllm_disable_chunked_prefill", "--hf_use_eager_attention",
-    "--hf_disable_device_map", "--hf_use_8bit", "--hf_use_4bit",
+    "--host",
+    "--port",
+    "--model_selection_method",
+    "--ensemble_method",
+    "--progressive_mode",
+    "--length_thresholds",
+    "--special_tokens",
+    "--max_rounds",
+    "--score_threshold",
+    "--max_repeat",
+    "--model_specs",
+    "--vllm_enforce_eager",
+    "--vllm_disable_chunked_prefill",
+    "--hf_use_eager_attention",
+    "--hf_disable_device_map",
+    "--hf_use_8bit",
+    "--hf_use_4bit",
 ]
 
 
@@ -25,7 +38,9 @@ def parse(*argv: str):
 
 
 def test_help_lists_every_flag_of_the_guide():
-    out = subprocess.run([sys.executable, "-m", "ensemblehub.api", "--help"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ensemblehub.api", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0
     for flag in GUIDE_FLAGS:
         assert flag in out.stdout, flag
@@ -38,9 +53,22 @@ def test_no_flags_keeps_the_stored_config():
 
 def test_ensemble_flags_set_the_default_config():
     spec = parse(
-        "--model_selection_method", "all", "--ensemble_method", "progressive", "--progressive_mode", "length",
-        "--length_thresholds", "50,100,200", "--special_tokens", "<step>,</think>", "--max_rounds", "5",
-        "--score_threshold", "-2.0", "--max_repeat", "2",
+        "--model_selection_method",
+        "all",
+        "--ensemble_method",
+        "progressive",
+        "--progressive_mode",
+        "length",
+        "--length_thresholds",
+        "50,100,200",
+        "--special_tokens",
+        "<step>,</think>",
+        "--max_rounds",
+        "5",
+        "--score_threshold",
+        "-2.0",
+        "--max_repeat",
+        "2",
     )
     config = spec.default_ensemble_config
     assert config.model_selection_method == "all"
@@ -52,10 +80,19 @@ def test_ensemble_flags_set_the_default_config():
 
 
 def test_model_specs_json_and_colon_forms_keep_the_device_index():
-    spec = parse("--model_specs", json.dumps([{"path": "m1", "engine": "hf"}, {"path": "m2", "engine": "vllm", "device": "cuda:1"}]))
-    assert [(m.path, m.engine, m.device) for m in spec.model_specs] == [("m1", "hf", "cpu"), ("m2", "vllm", "cuda:1")]
+    spec = parse(
+        "--model_specs",
+        json.dumps([{"path": "m1", "engine": "hf"}, {"path": "m2", "engine": "vllm", "device": "cuda:1"}]),
+    )
+    assert [(m.path, m.engine, m.device) for m in spec.model_specs] == [
+        ("m1", "hf", "cpu"),
+        ("m2", "vllm", "cuda:1"),
+    ]
     spec = parse("--model_specs", "org/a:hf:cuda:1,org/b:vllm:cuda:0")
-    assert [(m.path, m.engine, m.device) for m in spec.model_specs] == [("org/a", "hf", "cuda:1"), ("org/b", "vllm", "cuda:0")]
+    assert [(m.path, m.engine, m.device) for m in spec.model_specs] == [
+        ("org/a", "hf", "cuda:1"),
+        ("org/b", "vllm", "cuda:0"),
+    ]
 
 
 def test_hf_flags_become_load_arguments_of_hf_models_only():
@@ -78,7 +115,12 @@ def test_vllm_flags_become_engine_options_of_vllm_models():
 def test_quantization_on_cpu_fails_with_a_clear_message(flag):
     with pytest.raises(FlagError, match="CUDA GPU"):
         parse("--model_specs", "a:hf:cpu", flag)
-    out = subprocess.run([sys.executable, "-m", "ensemblehub.api", "--model_specs", "a:hf:cpu", flag], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ensemblehub.api", "--model_specs", "a:hf:cpu", flag],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     assert "CUDA GPU" in out.stderr
 
@@ -87,6 +129,8 @@ def test_quantization_flag_sets_the_spec_for_gpu_models(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else real(name, *a)
+    )
     spec = parse("--model_specs", "a:hf:cuda:0", "--hf_use_4bit")
     assert spec.model_specs[0].quantization == "4bit"
