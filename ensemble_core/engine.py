@@ -160,7 +160,11 @@ class EnsembleJob:
                 "selected": [m.name for m in selected],
                 "details": selection_details,
             },
-            "aggregation": {"method": self.plan.aggregator_name, "params": self.params.model_dump(mode="json")},
+            "aggregation": {
+                "method": self.plan.aggregator_name,
+                "params": self.params.model_dump(mode="json"),
+                "ignored_params": list(self.plan.ignored_params),
+            },
             "members": {
                 m.name: {"temperature": m.sampling.temperature, "top_p": m.sampling.top_p,
                          "weights": self.session_owner.get(m.load_key)}
@@ -197,6 +201,7 @@ class RoundLoop:
         self.round = 0
         self.accepted_text = ""
         self.generated_tokens = 0
+        self.max_tokens = job.request.max_tokens
         self.history: list[str] = []
         self.trace: list[dict[str, Any]] = []
         self.limits = SegmentLimits(max_new_tokens=1)

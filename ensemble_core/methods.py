@@ -37,6 +37,7 @@ class EnsemblePlan:
     aggregator_name: str
     aggregator_cls: Any
     aggregator_params: Any
+    ignored_params: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -53,6 +54,14 @@ def _config_defaults(params_cls: Any, config: EnsembleConfig) -> dict[str, Any]:
     return {
         f: getattr(config, f) for f in _CONFIG_LEVEL_PARAMS if f in params_cls.model_fields
     }
+
+
+def _sibling_fields(name: str) -> set[str]:
+    fields: set[str] = set()
+    for other, entry in SEGMENT_AGGREGATORS.entries.items():
+        if other != name:
+            fields.update(entry.load().Params.model_fields)
+    return fields
 
 
 def plan_for(config: EnsembleConfig) -> EnsemblePlan:
@@ -74,6 +83,11 @@ def plan_for(config: EnsembleConfig) -> EnsemblePlan:
     agg_entry = SEGMENT_AGGREGATORS.get(agg_name)
     agg_cls = agg_entry.load()
     values = _config_defaults(agg_cls.Params, config) | dict(config.aggregation_params)
+    # a parameter of another method of the same level (e.g. the default config's `scorers`
+    # when the method is switched to `progressive`) is dropped and reported in the trace, so a
+    # config can change method by name alone; a name no method knows is still an error
+    ignored = tuple(sorted(k for k in values if k not in agg_cls.Params.model_fields and k in _sibling_fields(agg_entry.name)))
+    values = {k: v for k, v in values.items() if k not in ignored}
     agg_params = build_params(agg_cls, values, f"aggregation_params of {agg_entry.name!r}")
     return EnsemblePlan(
         selector_name=selector_entry.name,
@@ -82,6 +96,7 @@ def plan_for(config: EnsembleConfig) -> EnsemblePlan:
         aggregator_name=agg_entry.name if config.use_output_aggregation else "single",
         aggregator_cls=agg_cls,
         aggregator_params=agg_params,
+        ignored_params=ignored,
     )
 
 

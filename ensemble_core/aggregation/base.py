@@ -84,6 +84,7 @@ class RoundContext(Protocol):
     members: list[Member]
     accepted_text: str
     generated_tokens: int
+    max_tokens: int  # the request's budget of generated tokens for the whole answer
     history: list[str]
     limits: SegmentLimits
     rng: random.Random

@@ -12,14 +12,14 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from ensemble_core.aggregation.base import CandidateRecord
 from ensemble_core.errors import ConfigError
 from ensemble_core.lazy_import import load_object
 from ensemble_core.members import Member
-from ensemble_core.ports import GenerationSession, Scorer, ScoringRequest
 from ensemble_core.pool import ModelPool
+from ensemble_core.ports import GenerationSession, Scorer, ScoringRequest
 from ensemble_core.scorers import SCORER_IMPLEMENTATIONS
 from ensemble_core.scorers.specs import LikelihoodScorerSpec, Normalization, ScorerSpec
 from ensemble_core.spec import GenerationRequest
@@ -56,12 +56,26 @@ def normalise(values: list[float], method: Normalization) -> list[float]:
 
 
 def parse_scorer_specs(raw: list[Any]) -> list[Any]:
+    """Validate scorer configs; errors name the valid types or fields."""
+    from ensemble_core.scorers import SCORER_TYPES
+
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or item.get("type") not in SCORER_TYPES:
+            got = item.get("type") if isinstance(item, dict) else item
+            raise ConfigError(
+                f"scorers[{i}]: unknown scorer type {got!r}; valid types: {', '.join(SCORER_TYPES)}"
+            )
+        fields = SCORER_TYPES[item["type"]][0].model_fields
+        unknown = sorted(set(item) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"scorers[{i}] ({item['type']}): unknown field(s) {unknown}; valid: {', '.join(sorted(fields))}"
+            )
     try:
         return list(_SPEC_LIST.validate_python(raw))
-    except Exception as exc:
-        raise ConfigError(
-            f"invalid scorers: {exc}; valid types: {', '.join(SCORER_IMPLEMENTATIONS)}"
-        ) from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid scorers: {problems}") from exc
 
 
 class CombinedScorer:
