@@ -42,7 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--data-dir", default=None, help="embedded mode: where the SQLite file lives")
     add_server_flags(up)
 
+    from ensemblehub.client_commands import add_client_commands
+
+    add_client_commands(sub)
+
     args = parser.parse_args(argv)
+    if args.command in ("batch", "jobs", "config"):
+        from ensemblehub.client_commands import run_client_command
+
+        return run_client_command(args)
     if args.command == "api":
         from ensemblehub.api import main as api_main
 
