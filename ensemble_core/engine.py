@@ -240,7 +240,8 @@ class RoundLoop:
     def run(self) -> tuple[str, str]:
         params, request = self.params, self.job.request
         repeats, last_segment = 0, None
-        for self.round in range(self.job.config.max_rounds):
+        for round_index in range(self.job.config.max_rounds):
+            self.round = round_index
             remaining = request.max_tokens - self.generated_tokens
             if remaining <= 0:
                 return self.accepted_text, "max_tokens"

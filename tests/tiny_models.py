@@ -28,7 +28,7 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer(vocab_size: int, seed: int):  # type: ignore[no-untyped-def]
+def _train_tokenizer(vocab_size: int, seed: int, extra_special: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -37,7 +37,7 @@ def _train_tokenizer(vocab_size: int, seed: int):  # type: ignore[no-untyped-def
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(extra_special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -121,6 +121,29 @@ def build_tiny_reward_model(
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(
         _config(arch, len(tokenizer), tokenizer, num_labels=num_labels)
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_prm(
+    directory: Path, arch: str = "llama", vocab_seed: int = 0, *, step_separator: str = "<extra_0>", seed: int = 0
+) -> Path:
+    """A tiny process reward model: ``AutoModelForTokenClassification`` with two labels
+    (bad, good) and a tokenizer that has ``step_separator`` as a special token, the shape of
+    Qwen2.5-Math-PRM."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    directory = Path(directory)
+    if (directory / "config.json").exists():
+        return directory
+    tokenizer = _train_tokenizer(400, vocab_seed, (step_separator,))
+    torch.manual_seed(seed)
+    model = AutoModelForTokenClassification.from_config(
+        _config(arch, len(tokenizer), tokenizer, num_labels=2)
     )
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

@@ -26,8 +26,7 @@ from ensemble_core.aggregation.base import (
     SegmentAggregator,
     SegmentParams,
 )
-from ensemble_core.scorers.combined import parse_scorer_specs
-from ensemble_core.scorers.specs import Normalization
+from ensemble_core.scorers.specs import Normalization, parse_scorer_specs
 
 
 class RewardBasedParams(SegmentParams):

@@ -91,7 +91,9 @@ class HFTextGenerator:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=False))
+        # special tokens other than EOS (e.g. a stray <|im_start|>) are control, not text;
+        # reasoning markers such as </think> are added tokens that are not "special" and stay
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
 def _sample(logits: torch.Tensor, samplings: list[Sampling], rng: torch.Generator) -> list[int]:
@@ -134,10 +136,17 @@ class HFGenerationSession:
         self.lock = threading.Lock()  # one job may share a session between members
 
     # -- cache bookkeeping ---------------------------------------------------------------
-    def _forward(self, ids: list[list[int]], keep_logits: int | None = 1) -> torch.Tensor:
+    def _forward(
+        self, ids: list[list[int]], keep_logits: int | None = 1, full_mask: bool = False
+    ) -> torch.Tensor:
         assert self.cache is not None
         tensor = torch.tensor(ids, dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {}
+        if full_mask:
+            past = len(self.cache.rows[0])
+            kwargs["attention_mask"] = torch.ones(
+                (len(ids), past + len(ids[0])), dtype=torch.long, device=self.device
+            )
         if keep_logits is not None:
             kwargs["logits_to_keep"] = keep_logits
         try:
@@ -266,7 +275,10 @@ class HFGenerationSession:
         width = max(len(r) for r in rows)
         padded = [r + [gen.pad_id] * (width - len(r)) for r in rows]
         self.counters.scored += sum(len(r) for r in rows)
-        logprobs = torch.log_softmax(self._forward(padded, keep_logits=None).float(), dim=-1)
+        # right padding under a causal mask never reaches the real tokens; the all-ones mask
+        # only says so to transformers
+        logits = self._forward(padded, keep_logits=None, full_mask=True)
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
         scores: list[ContinuationScore] = []
         for i, full in enumerate(fulls):
             positions = range(max(starts[i], 1), len(full))

@@ -10,21 +10,20 @@ the primary one: ``score_threshold`` compares its raw score.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import TypeAdapter, ValidationError
-
-from ensemble_core.aggregation.base import CandidateRecord
-from ensemble_core.errors import ConfigError
 from ensemble_core.lazy_import import load_object
 from ensemble_core.members import Member
-from ensemble_core.pool import ModelPool
 from ensemble_core.ports import GenerationSession, Scorer, ScoringRequest
 from ensemble_core.scorers import SCORER_IMPLEMENTATIONS
-from ensemble_core.scorers.specs import LikelihoodScorerSpec, Normalization, ScorerSpec
+from ensemble_core.scorers.specs import LikelihoodScorerSpec, Normalization, parse_scorer_specs
 from ensemble_core.spec import GenerationRequest
 
-_SPEC_LIST = TypeAdapter(list[ScorerSpec])
+if TYPE_CHECKING:
+    from ensemble_core.aggregation.base import CandidateRecord
+    from ensemble_core.pool import ModelPool
+
+__all__ = ["CombinedScorer", "build_scorer", "normalise", "parse_scorer_specs"]
 
 
 class ScorerHost(Protocol):
@@ -55,35 +54,12 @@ def normalise(values: list[float], method: Normalization) -> list[float]:
     return [(v - mean) / std if std > 0 else 0.0 for v in values]
 
 
-def parse_scorer_specs(raw: list[Any]) -> list[Any]:
-    """Validate scorer configs; errors name the valid types or fields."""
-    from ensemble_core.scorers import SCORER_TYPES
-
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or item.get("type") not in SCORER_TYPES:
-            got = item.get("type") if isinstance(item, dict) else item
-            raise ConfigError(
-                f"scorers[{i}]: unknown scorer type {got!r}; valid types: {', '.join(SCORER_TYPES)}"
-            )
-        fields = SCORER_TYPES[item["type"]][0].model_fields
-        unknown = sorted(set(item) - set(fields))
-        if unknown:
-            raise ConfigError(
-                f"scorers[{i}] ({item['type']}): unknown field(s) {unknown}; valid: {', '.join(sorted(fields))}"
-            )
-    try:
-        return list(_SPEC_LIST.validate_python(raw))
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid scorers: {problems}") from exc
-
-
 class CombinedScorer:
     def __init__(self, parts: list[tuple[Any, Scorer]], normalization: Normalization) -> None:
         self.parts = parts
         self.normalization = normalization
         self.names: list[str] = []
-        for spec, scorer in parts:
+        for _spec, scorer in parts:
             name = scorer.name
             while name in self.names:
                 name += "'"

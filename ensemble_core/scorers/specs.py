@@ -7,9 +7,11 @@ scores within a round (``normalization``) before adding them with their ``weight
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ensemble_core.errors import ConfigError
 
 
 class _ScorerSpec(BaseModel):
@@ -86,3 +88,33 @@ ScorerSpec = Annotated[
 ]
 
 Normalization = Literal["zscore", "minmax", "rank", "none"]
+
+_SPEC_LIST = TypeAdapter(list[ScorerSpec])
+_SPEC_TYPES: dict[str, type[BaseModel]] = {
+    "likelihood": LikelihoodScorerSpec,
+    "reward_model": RewardModelScorerSpec,
+    "prm": ProcessRewardScorerSpec,
+    "embedding": EmbeddingScorerSpec,
+    "remote": RemoteScorerSpec,
+}
+
+
+def parse_scorer_specs(raw: list[Any]) -> list[Any]:
+    """Validate scorer configs; errors name the valid types or fields."""
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or item.get("type") not in _SPEC_TYPES:
+            got = item.get("type") if isinstance(item, dict) else item
+            raise ConfigError(
+                f"scorers[{i}]: unknown scorer type {got!r}; valid types: {', '.join(_SPEC_TYPES)}"
+            )
+        fields = _SPEC_TYPES[item["type"]].model_fields
+        unknown = sorted(set(item) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"scorers[{i}] ({item['type']}): unknown field(s) {unknown}; valid: {', '.join(sorted(fields))}"
+            )
+    try:
+        return list(_SPEC_LIST.validate_python(raw))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid scorers: {problems}") from exc

@@ -21,7 +21,8 @@ from pydantic import Field, field_validator
 from ensemble_core.members import Member
 from ensemble_core.ports import ScoringRequest, SegmentLimits
 from ensemble_core.registry import MethodParams
-from ensemble_core.scorers.combined import CombinedScorer, parse_scorer_specs
+from ensemble_core.scorers.combined import CombinedScorer
+from ensemble_core.scorers.specs import parse_scorer_specs
 from ensemble_core.selection.base import SelectionContext, SelectionOutcome, Selector
 
 
@@ -69,7 +70,7 @@ class LLMBlenderSelector(Selector):
         score_sum = {m.name: 0.0 for m in ctx.members}
         comparisons: list[dict[str, Any]] = []
         for a, b in itertools.combinations(ctx.members, 2):
-            (ma, ca), (mb, cb) = probes[a.name], probes[b.name]
+            ca, cb = probes[a.name][1], probes[b.name][1]
             request = ScoringRequest(
                 messages=list(ctx.request.messages),
                 accepted_text="",

@@ -1,0 +1,101 @@
+"""Config validation: every guide name resolves, anything unknown fails with the valid names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ensemble_core.bundled import default_ensemble_spec
+from ensemble_core.errors import ConfigError
+from ensemble_core.methods import list_methods, plan_for, validate_config
+from ensemble_core.spec import EnsembleConfig
+
+
+@pytest.mark.parametrize("selection", ["all", "random", "zscore", "llm_blender"])
+@pytest.mark.parametrize("method", ["simple", "reward_based", "progressive", "random", "loop", "round_robin"])
+def test_every_guide_name_resolves(selection: str, method: str) -> None:
+    validate_config(EnsembleConfig(model_selection_method=selection, ensemble_method=method))
+
+
+def test_aliases_map_to_canonical_methods() -> None:
+    assert plan_for(EnsembleConfig(ensemble_method="simple")).aggregator_name == "reward_based"
+    assert plan_for(EnsembleConfig(ensemble_method="loop")).aggregator_name == "round_robin"
+    # aggregation_method wins over ensemble_method
+    plan = plan_for(EnsembleConfig(ensemble_method="loop", aggregation_method="random"))
+    assert plan.aggregator_name == "random"
+    assert plan.label == "zscore+random"
+
+
+def test_selection_and_aggregation_switches() -> None:
+    plan = plan_for(EnsembleConfig(model_selection_method="zscore", use_model_selection=False))
+    assert plan.selector_name == "all"
+    assert plan_for(EnsembleConfig(use_output_aggregation=False)).aggregator_name == "single"
+
+
+@pytest.mark.parametrize(
+    ("config", "names"),
+    [
+        ({"ensemble_method": "bogus"}, ["reward_based", "round_robin", "progressive", "simple", "loop"]),
+        ({"aggregation_method": "vote"}, ["reward_based", "random"]),
+        ({"model_selection_method": "best"}, ["all", "zscore", "llm_blender", "random"]),
+        ({"aggregation_params": {"segment_token": 3}}, ["segment_tokens", "max_resamples"]),
+        ({"model_selection_method": "zscore", "model_selection_params": {"topk": 1}}, ["top_k", "threshold"]),
+        ({"aggregation_params": {"scorers": [{"type": "oracle"}]}}, ["likelihood", "reward_model", "prm", "embedding", "remote"]),
+        ({"aggregation_params": {"scorers": [{"type": "remote", "uri": "x"}]}}, ["url", "timeout_s", "retries"]),
+        ({"aggregation_level": "token"}, ["sentence"]),
+    ],
+)
+def test_unknown_names_list_the_valid_ones(config: dict, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config(EnsembleConfig(**config))
+    assert info.value.code == "invalid_config"
+    for name in names:
+        assert name in info.value.message
+
+
+def test_bad_values_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="segment_tokens"):
+        validate_config(EnsembleConfig(aggregation_params={"segment_tokens": 0}))
+    with pytest.raises(ConfigError, match="length_thresholds"):
+        validate_config(EnsembleConfig(ensemble_method="progressive", aggregation_params={"length_thresholds": [5, 3]}))
+
+
+def test_config_fields_are_method_defaults_and_params_override() -> None:
+    config = EnsembleConfig(max_repeat=5, score_threshold=-3.0, aggregation_params={"max_repeat": 2})
+    params = plan_for(config).aggregator_params
+    assert params.max_repeat == 2
+    assert params.score_threshold == -3.0
+    progressive = plan_for(
+        EnsembleConfig(ensemble_method="progressive", progressive_mode="token", special_tokens=["</think>"])
+    ).aggregator_params
+    assert progressive.progressive_mode == "token"
+    assert progressive.special_tokens == ["</think>"]
+
+
+def test_a_sibling_methods_param_is_ignored_and_reported() -> None:
+    # the default config carries reward_based's scorers; switching the method by name works
+    base = default_ensemble_spec().default_ensemble_config
+    plan = plan_for(base.model_copy(update={"ensemble_method": "progressive"}))
+    assert plan.ignored_params == ("scorers",)
+
+
+def test_list_methods_is_json_with_schemas() -> None:
+    methods = list_methods()
+    json.dumps(methods)
+    assert {m["name"] for m in methods["model_selection"]} == {"all", "random", "zscore", "llm_blender"}
+    aggregation = {m["name"]: m for m in methods["aggregation"]}
+    assert set(aggregation) == {"reward_based", "random", "round_robin", "progressive"}
+    assert "simple" in aggregation["reward_based"]["aliases"]
+    assert "loop" in aggregation["round_robin"]["aliases"]
+    assert "segment_tokens" in aggregation["reward_based"]["params_schema"]["properties"]
+    assert [lv["name"] for lv in methods["levels"]] == ["sentence", "token", "response"]
+    assert {s["name"] for s in methods["scorers"]} == {"likelihood", "reward_model", "prm", "embedding", "remote"}
+
+
+def test_default_bundled_spec_is_valid() -> None:
+    spec = default_ensemble_spec()
+    validate_config(spec.default_ensemble_config)
+    assert {m.path for m in spec.model_specs} == {"bundled:smollm2"}
+    assert len({m.load_key() for m in spec.model_specs}) == 1  # one load, two temperatures
+    assert len({m.temperature for m in spec.model_specs}) == 2
