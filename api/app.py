@@ -44,6 +44,7 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - start anyway; /status says what is down
             log.warning("could not set the start-up config version (database down?): %s", exc)
         yield
+        state.background.shutdown(wait=True)  # finish sending accepted batches to the broker
         state.db.dispose()
 
     app = FastAPI(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,10 @@ class AppState:
     # the spec given by `python -m ensemblehub.api` flags; None means "keep the latest version"
     startup_spec: EnsembleSpec | None = None
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    # work that may finish after the answer (sending the rest of a large batch to the broker)
+    background: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-background")
+    )
 
 
 def get_state(request: Request) -> AppState:

@@ -73,12 +73,10 @@ def list_batches(session: Session, *, limit: int = 20, after: str | None = None)
     return session.scalars(query).all()
 
 
-def mark_batch_enqueued(session: Session, batch_id: str) -> None:
-    """All items are on the queue: the batch is in progress (unless a worker already finished it)."""
+def mark_batch_enqueued(session: Session, batch_id: str, job_ids: Sequence[str]) -> None:
+    """These items are on the queue; the batch is in progress (unless a worker already finished it)."""
     now = utcnow()
-    session.execute(
-        update(Job).where(Job.batch_id == batch_id, Job.enqueued_at.is_(None)).values(enqueued_at=now)
-    )
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=now))
     session.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.status == "validating")

@@ -15,6 +15,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from persistence.models import Job, utcnow
+from persistence.repository import Settled, settlement
 
 
 def jobs_to_send(
@@ -59,12 +60,13 @@ def requeue_orphan(session: Session, job_id: str, *, dead_after_s: float) -> boo
     return done is not None
 
 
-def fail_orphan(session: Session, job_id: str, *, dead_after_s: float, message: str) -> bool:
+def fail_orphan(session: Session, job_id: str, *, dead_after_s: float, message: str) -> Settled | None:
+    """Fail a job of a dead worker for good; like every final state, it counts in its batch."""
     cutoff = utcnow() - timedelta(seconds=dead_after_s)
-    done = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "running", Job.heartbeat_at < cutoff)
         .values(status="failed", error_code="worker_lost", error_message=message, finished_at=utcnow())
-        .returning(Job.id)
+        .returning(Job.id, Job.batch_id)
     ).first()
-    return done is not None
+    return settlement(session, row, "failed")

@@ -38,7 +38,7 @@ class Settled:
 _BATCH_COUNTER = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}
 
 
-def _settled(session: Session, row: Any, status: str) -> Settled | None:
+def settlement(session: Session, row: Any, status: str) -> Settled | None:
     """Count the item in its batch in the same transaction as its state change: the state
     change is conditional, so the counter moves exactly once per item."""
     if row is None:
@@ -202,7 +202,7 @@ def finish_job(
         )
         .returning(Job.id, Job.batch_id)
     ).first()
-    return _settled(session, row, "succeeded")
+    return settlement(session, row, "succeeded")
 
 
 def fail_job(
@@ -219,7 +219,7 @@ def fail_job(
         .values(status="failed", error_code=code, error_message=message[:4000], finished_at=utcnow())
         .returning(Job.id, Job.batch_id)
     ).first()
-    return _settled(session, row, "failed")
+    return settlement(session, row, "failed")
 
 
 def cancel_job(session: Session, job_id: str) -> Settled | None:
@@ -235,7 +235,7 @@ def cancel_job(session: Session, job_id: str) -> Settled | None:
         )
         .returning(Job.id, Job.batch_id)
     ).first()
-    return _settled(session, row, "cancelled")
+    return settlement(session, row, "cancelled")
 
 
 def is_final(status: str) -> bool:

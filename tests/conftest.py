@@ -1,6 +1,9 @@
 """One real stack per test session: migrated Postgres database, private Redis db, a Celery
 worker process and the API over HTTP, serving two tiny random models (fast) unless a test
-switches the config to the bundled SmolLM2."""
+switches the config to the bundled SmolLM2. Shared by tests/integration and tests/contract.
+
+Webhooks are on (a test secret; 127.0.0.1 allowed as a callback host; retries after 0.3, 0.6
+and 1.2 s instead of minutes)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import pytest
 from tests import services
 from tests.tiny_models import build_tiny_model
 
+WEBHOOK_SECRET = "whsec_ZW5zZW1ibGVodWItdGVzdC13ZWJob29rLWtleS0zMmI="
+
 
 @dataclass
 class Stack:
@@ -26,6 +31,7 @@ class Stack:
     worker: services.Process
     tiny_specs: list[dict]
     log_dir: Path
+    webhook_secret: str = WEBHOOK_SECRET
 
     def client(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=timeout)
@@ -55,7 +61,13 @@ def broker_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def stack(tiny_model_dirs, database_url, broker_url, tmp_path_factory) -> Iterator[Stack]:
     log_dir = tmp_path_factory.mktemp("logs")
-    env = services.service_env(database_url, broker_url)
+    env = services.service_env(
+        database_url,
+        broker_url,
+        ENSEMBLEHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        ENSEMBLEHUB_WEBHOOK_ALLOWLIST="127.0.0.1",
+        ENSEMBLEHUB_WEBHOOK_RETRY_SCHEDULE_S="0.3,0.6,1.2",
+    )
     tiny_specs = [
         {"path": str(tiny_model_dirs["llama"]), "engine": "hf", "device": "cpu", "name": "tiny-llama"},
         {"path": str(tiny_model_dirs["gpt2"]), "engine": "hf", "device": "cpu", "name": "tiny-gpt2"},

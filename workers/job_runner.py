@@ -56,7 +56,7 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
         )
         gen_request = GenerationRequest.model_validate(request_json["generation"])
         results = _run_choices(runtime, job_id, spec, config, gen_request, int(request_json.get("n") or 1))
-        payload = _result_payload(results)
+        payload = _without_nul(_result_payload(results))
         payload["timings"] = {"model_ms": round((time.perf_counter() - started) * 1000, 1)}
         status, deliveries = _settle(
             runtime,
@@ -95,7 +95,8 @@ def _run_choices(
             choice_request = request.model_copy(update={"seed": request.seed + index})
 
         def on_segment(event: SegmentEvent, index: int = index) -> None:
-            runtime.bus.publish(job_id, {"type": "segment", "index": index, **event.model_dump(mode="json")})
+            segment = _without_nul(event.model_dump(mode="json"))
+            runtime.bus.publish(job_id, {"type": "segment", "index": index, **segment})
 
         results.append(run_ensemble(spec, config, choice_request, runtime.pool, on_segment=on_segment))
     return results
@@ -119,6 +120,18 @@ def _result_payload(results: list[EnsembleResult]) -> dict[str, Any]:
     return payload
 
 
+def _without_nul(value: Any) -> Any:
+    """Postgres text and JSONB cannot hold U+0000, which a model may well generate: store
+    U+FFFD (the replacement character) instead of failing the job."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {k: _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 def _member_subset(spec: EnsembleSpec, names: list[str] | None) -> EnsembleSpec:
     """A request that names a member model (``"model": "tiny-llama"``) runs that member alone."""
     if not names:
@@ -140,7 +153,9 @@ def _settle(runtime: WorkerRuntime, transition: Callable[[Any], Settled | None])
 def _fail(runtime: WorkerRuntime, job_id: str, code: str, message: str) -> tuple[str, list[int]]:
     status, deliveries = _settle(
         runtime,
-        lambda s: repository.fail_job(s, job_id, code=code, message=message, from_statuses=("running",)),
+        lambda s: repository.fail_job(
+            s, job_id, code=code, message=_without_nul(message), from_statuses=("running",)
+        ),
     )
     return ("failed" if status != "skipped" else status), deliveries
 

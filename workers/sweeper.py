@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
-from jobqueue.celery_config import enqueue_job
+from jobqueue.celery_config import enqueue_job, enqueue_webhooks
+from jobqueue.webhook_events import record_settlement_events
 from persistence import recovery, repository
 from persistence.db import Database
 from workers.settings import WorkerSettings
@@ -38,16 +39,22 @@ def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport
             (j.id, j.attempts)
             for j in recovery.orphaned_running_jobs(session, dead_after_s=settings.job_dead_after_s)
         ]
+    deliveries: list[int] = []
     for job_id, attempts in orphans:
         with db.transaction() as session:
             if attempts >= settings.max_attempts:
                 message = f"the worker running this job stopped responding {attempts} times; giving up"
-                if recovery.fail_orphan(
+                settled = recovery.fail_orphan(
                     session, job_id, dead_after_s=settings.job_dead_after_s, message=message
-                ):
+                )
+                if settled is not None:
                     report.failed.append(job_id)
+                    # the job's (and, if it was the last item, its batch's) webhook events
+                    deliveries += record_settlement_events(session, [settled])
             elif recovery.requeue_orphan(session, job_id, dead_after_s=settings.job_dead_after_s):
                 report.requeued.append(job_id)
+    if deliveries:
+        enqueue_webhooks(celery, deliveries)
     with db.transaction() as session:
         to_send = list(
             recovery.jobs_to_send(

@@ -129,6 +129,12 @@ def preset_selection_only(
         "use_model_selection": True,
         "use_output_aggregation": False,
     }
+    # the engine lets the first selected member write alone; asking the selector to keep only
+    # its best one (top_k/k = 1, where the method has it) makes that member the best
+    params = dict((body.ensemble_config or {}).get("model_selection_params") or {})
+    best_only = completion_service.best_only_param(body.model_selection_method)
+    if best_only and best_only not in params:
+        forced["model_selection_params"] = {**params, best_only: 1}
     return _respond(state, body, idempotency_key, kind="preset_selection_only", forced=forced)
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from api.errors import ApiError
-from api.schemas.openai import ChatCompletionRequest, ChatMessageIn, PromptFields
+from api.schemas.openai import ChatMessageIn, PromptFields
 from api.services import config_service, job_service
 from api.services.messages import build_generation
 from api.state import AppState
+from ensemble_core.methods import list_methods
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 from persistence.models import Job
 
@@ -276,5 +277,10 @@ def _member_filter(model: str, spec: EnsembleSpec) -> list[str] | None:
     )
 
 
-def is_chat_body(body: PromptFields) -> bool:
-    return isinstance(body, ChatCompletionRequest) and body.messages is not None
+def best_only_param(selection_method: str) -> str | None:
+    """The parameter that makes a selector keep only its top model (``top_k`` or ``k``)."""
+    for method in list_methods()["model_selection"]:
+        if selection_method == method["name"] or selection_method in method["aliases"]:
+            properties = method["params_schema"].get("properties", {})
+            return next((p for p in ("top_k", "k") if p in properties), None)
+    return None  # unknown: merge_config reports it with the valid names

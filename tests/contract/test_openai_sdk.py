@@ -1,0 +1,124 @@
+"""The official ``openai`` Python package, unchanged, against the live service (real worker)."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.usefixtures("show_logs_on_failure")
+
+MEMBERS = {"tiny-llama", "tiny-gpt2"}
+
+
+@pytest.fixture(scope="module")
+def client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url + "/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+def test_chat_completion_keeps_every_turn_and_reports_real_usage(client, stack):
+    response = client.chat.completions.create(
+        model="ensemble",
+        messages=[
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4."},
+            {"role": "user", "content": "And 3+3?"},
+        ],
+        max_tokens=8,
+        temperature=0.5,
+        top_p=0.9,
+        seed=7,
+    )
+    assert response.object == "chat.completion"
+    choice = response.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    metadata = choice.model_extra["metadata"]
+    assert set(metadata["selected_models"]) <= MEMBERS and metadata["method"]
+    assert response.usage.completion_tokens > 0 and response.usage.prompt_tokens > 0
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+    job = httpx.get(f"{stack.base_url}/v1/jobs/{response.id}").json()
+    roles = [m["role"] for m in job["request"]["generation"]["messages"]]
+    assert roles == ["system", "user", "assistant", "user"], "all turns reach the worker"
+    generation = job["request"]["generation"]
+    assert (generation["temperature"], generation["top_p"], generation["seed"], generation["max_tokens"]) == (
+        0.5,
+        0.9,
+        7,
+        8,
+    )
+    assert job["result"]["text"] == choice.message.content
+
+
+def test_chat_completion_stream_names_the_model_of_each_chunk(client, stack):
+    stream = client.chat.completions.create(
+        model="ensemble",
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ensemble_config": {"aggregation_params": {"segment_tokens": 4}}},
+    )
+    pieces, writers, finish, usage, job_id = [], [], None, None, None
+    for chunk in stream:
+        job_id = chunk.id
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
+                writers.append(choice.model_extra["metadata"]["model"])
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    assert len(pieces) >= 2, "several segments arrive as separate chunks"
+    assert set(writers) <= MEMBERS and writers[0] in MEMBERS
+    assert finish in ("stop", "length")
+    assert usage is not None and usage.completion_tokens > 0
+    job = httpx.get(f"{stack.base_url}/v1/jobs/{job_id}").json()
+    assert "".join(pieces) == job["result"]["text"], "the stream adds up to the stored answer"
+    winners = [r["winner"] for r in job["result"]["trace"]["rounds"] if r.get("accepted", True)]
+    assert set(writers) <= set(winners) and len(writers) <= len(winners)
+
+
+def test_legacy_completions(client):
+    response = client.completions.create(model="ensemble", prompt="Once upon a time", max_tokens=6)
+    assert response.object == "text_completion"
+    assert response.choices[0].text
+    assert response.usage.completion_tokens > 0
+
+
+def test_n_choices_and_a_member_model_alone(client):
+    response = client.chat.completions.create(
+        model="tiny-gpt2", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, n=2, seed=3
+    )
+    assert [c.index for c in response.choices] == [0, 1]
+    for choice in response.choices:
+        assert choice.model_extra["metadata"]["selected_models"] == ["tiny-gpt2"]
+
+
+def test_models_list_shows_the_ensemble_and_its_members(client):
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == "ensemble"
+    assert MEMBERS <= set(ids)
+    assert client.models.retrieve("tiny-llama").id == "tiny-llama"
+
+
+def test_errors_map_to_the_sdk_exceptions(client):
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert not_found.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model="ensemble",
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"ensemble_config": {"model_selection_method": "zscroe"}},
+        )
+    assert bad.value.code == "invalid_config" and "zscore" in bad.value.message
+    with pytest.raises(openai.BadRequestError) as unsupported:
+        client.chat.completions.create(
+            model="ensemble", messages=[{"role": "user", "content": "x"}], logprobs=True
+        )
+    assert unsupported.value.code == "unsupported_parameter"
