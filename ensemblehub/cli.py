@@ -45,12 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     from ensemblehub.client_commands import add_client_commands
 
     add_client_commands(sub)
+    from ensemblehub.calibrate_command import add_calibrate_command
+
+    add_calibrate_command(sub)
 
     args = parser.parse_args(argv)
     if args.command in ("batch", "jobs", "config"):
         from ensemblehub.client_commands import run_client_command
 
         return run_client_command(args)
+    if args.command == "calibrate":
+        from ensemblehub.calibrate_command import run_calibrate
+
+        return run_calibrate(args)
     if args.command == "api":
         from ensemblehub.api import main as api_main
 

@@ -66,3 +66,35 @@ def test_config_set_show_history_and_jobs_get(stack):
 
     missing = cli(stack, "jobs", "get", "job-nope")
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_calibrate_computes_reference_stats_and_zscore_uses_them(stack, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(
+        "What is 2+2?\nName a colour.\n" + json.dumps({"question": "Why is the sky blue?"}) + "\n"
+    )
+    out = cli(stack, "calibrate", str(prompts), "--apply")
+    assert out.returncode == 0, out.stdout + out.stderr
+    stats = json.loads(out.stdout)
+    assert {spec["path"] for spec in stack.tiny_specs} == set(stats)
+    assert "stored config version" in out.stderr
+    import httpx
+
+    resp = httpx.post(
+        stack.base_url + "/v1/ensemble/inference",
+        json={
+            "input": "What is 2+2?",
+            "max_tokens": 4,
+            "ensemble_config": {"aggregation_method": "round_robin"},
+        },
+        timeout=120,
+    )
+    assert resp.status_code == 200, resp.text
+    selection = resp.json()["result"]["trace"]["selection"]
+    assert selection["method"] == "zscore"
+    assert selection["details"]["reference"] == "calibrated"
+    # put the plain selector back for the other tests
+    httpx.post(
+        stack.base_url + "/v1/ensemble/config",
+        json={"default_ensemble_config": {"model_selection_method": "all", "model_selection_params": {}}},
+    )
