@@ -32,6 +32,8 @@ class ModelUsage(BaseModel):
     generated: int = 0
     prefilled: int = 0
     discarded: int = 0
+    # forward passes of this model's weights (prefills, decode steps, scoring passes)
+    forward_passes: int = 0
 
 
 class Usage(BaseModel):
