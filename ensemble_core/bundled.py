@@ -102,8 +102,7 @@ def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
     key = path[len(BUNDLED_PREFIX) :]
     if key not in BUNDLED_MODELS:
         raise ModelLoadError(
-            f"unknown bundled model {path!r}; valid: "
-            + ", ".join(BUNDLED_PREFIX + k for k in BUNDLED_MODELS)
+            f"unknown bundled model {path!r}; valid: " + ", ".join(BUNDLED_PREFIX + k for k in BUNDLED_MODELS)
         )
     model = BUNDLED_MODELS[key]
     if model.folder is not None:

@@ -131,7 +131,9 @@ class EnsembleJob:
         loop = RoundLoop(self, aggregator, selected)
         text, stop_reason = loop.run()
         total_seconds = time.perf_counter() - started
-        return self._result(text, stop_reason, selected, outcome.details, loop, selection_seconds, total_seconds)
+        return self._result(
+            text, stop_reason, selected, outcome.details, loop, selection_seconds, total_seconds
+        )
 
     def _result(
         self,
@@ -147,6 +149,7 @@ class EnsembleJob:
             usage = self.member_usage(self.session_owner[key])
             usage.prompt = session.counters.prompt_tokens
             usage.prefilled += session.counters.prefilled
+            usage.forward_passes += session.counters.forward_passes
         if isinstance(self.scorer, CombinedScorer):
             for name, counts in self.scorer.usage().items():
                 self.member_usage(name).prefilled += counts
@@ -166,8 +169,11 @@ class EnsembleJob:
                 "ignored_params": list(self.plan.ignored_params),
             },
             "members": {
-                m.name: {"temperature": m.sampling.temperature, "top_p": m.sampling.top_p,
-                         "weights": self.session_owner.get(m.load_key)}
+                m.name: {
+                    "temperature": m.sampling.temperature,
+                    "top_p": m.sampling.top_p,
+                    "weights": self.session_owner.get(m.load_key),
+                }
                 for m in self.members
             },
             "rounds": loop.trace,

@@ -51,9 +51,7 @@ def aggregation_name(config: EnsembleConfig) -> str:
 
 
 def _config_defaults(params_cls: Any, config: EnsembleConfig) -> dict[str, Any]:
-    return {
-        f: getattr(config, f) for f in _CONFIG_LEVEL_PARAMS if f in params_cls.model_fields
-    }
+    return {f: getattr(config, f) for f in _CONFIG_LEVEL_PARAMS if f in params_cls.model_fields}
 
 
 def _sibling_fields(name: str) -> set[str]:
@@ -77,7 +75,9 @@ def plan_for(config: EnsembleConfig) -> EnsemblePlan:
     selector_entry = SELECTORS.get(selector_name)
     selector_cls = selector_entry.load()
     selector_params = build_params(
-        selector_cls, dict(config.model_selection_params), f"model_selection_params of {selector_entry.name!r}"
+        selector_cls,
+        dict(config.model_selection_params),
+        f"model_selection_params of {selector_entry.name!r}",
     )
     agg_name = aggregation_name(config) if config.use_output_aggregation else "round_robin"
     agg_entry = SEGMENT_AGGREGATORS.get(agg_name)
@@ -86,7 +86,11 @@ def plan_for(config: EnsembleConfig) -> EnsemblePlan:
     # a parameter of another method of the same level (e.g. the default config's `scorers`
     # when the method is switched to `progressive`) is dropped and reported in the trace, so a
     # config can change method by name alone; a name no method knows is still an error
-    ignored = tuple(sorted(k for k in values if k not in agg_cls.Params.model_fields and k in _sibling_fields(agg_entry.name)))
+    ignored = tuple(
+        sorted(
+            k for k in values if k not in agg_cls.Params.model_fields and k in _sibling_fields(agg_entry.name)
+        )
+    )
     values = {k: v for k, v in values.items() if k not in ignored}
     agg_params = build_params(agg_cls, values, f"aggregation_params of {agg_entry.name!r}")
     return EnsemblePlan(

@@ -46,9 +46,7 @@ class MethodTable:
             return name
         if name in self.aliases:
             return self.aliases[name]
-        raise ConfigError(
-            f"unknown {self.kind} method {name!r}; valid names: {', '.join(self.names())}"
-        )
+        raise ConfigError(f"unknown {self.kind} method {name!r}; valid names: {', '.join(self.names())}")
 
     def get(self, name: str) -> MethodEntry:
         return self.entries[self.canonical(name)]
@@ -80,7 +78,5 @@ def build_params(cls: Any, values: dict[str, Any], where: str) -> Any:
     try:
         return params_cls(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid {where}: {problems}") from exc

@@ -107,9 +107,7 @@ class EnsembleSpec(_Frozen):
     default_ensemble_config: EnsembleConfig = Field(default_factory=EnsembleConfig)
 
     def content_hash(self) -> str:
-        return hashlib.sha256(
-            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        ).hexdigest()
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
 class ChatMessage(_Frozen):

@@ -129,7 +129,12 @@ def build_tiny_reward_model(
 
 
 def build_tiny_prm(
-    directory: Path, arch: str = "llama", vocab_seed: int = 0, *, step_separator: str = "<extra_0>", seed: int = 0
+    directory: Path,
+    arch: str = "llama",
+    vocab_seed: int = 0,
+    *,
+    step_separator: str = "<extra_0>",
+    seed: int = 0,
 ) -> Path:
     """A tiny process reward model: ``AutoModelForTokenClassification`` with two labels
     (bad, good) and a tokenizer that has ``step_separator`` as a special token, the shape of

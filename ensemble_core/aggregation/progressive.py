@@ -56,14 +56,14 @@ class ProgressiveSegmentAggregator(SegmentAggregator):
         use_tokens = params.progressive_mode in ("token", "mixed") and bool(params.special_tokens)
         thresholds = self._thresholds(ctx, n) if use_length else []
         length_stage = sum(1 for t in thresholds if ctx.generated_tokens >= t)
-        token_stage = (
-            sum(ctx.accepted_text.count(s) for s in params.special_tokens if s) if use_tokens else 0
-        )
+        token_stage = sum(ctx.accepted_text.count(s) for s in params.special_tokens if s) if use_tokens else 0
         stage = min(max(length_stage, token_stage), n - 1)
         limits = ctx.limits
         upcoming = [t for t in thresholds if t > ctx.generated_tokens]
         if upcoming and stage < n - 1:
-            limits = replace(limits, max_new_tokens=min(limits.max_new_tokens, upcoming[0] - ctx.generated_tokens))
+            limits = replace(
+                limits, max_new_tokens=min(limits.max_new_tokens, upcoming[0] - ctx.generated_tokens)
+            )
         if use_tokens:
             limits = replace(limits, boundary_strings=tuple(s for s in params.special_tokens if s))
         writer = ctx.members[stage]

@@ -208,7 +208,9 @@ class HFGenerationSession:
         with self.lock:
             return self._generate(accepted_text, samplings, limits)
 
-    def _generate(self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits) -> list[Candidate]:
+    def _generate(
+        self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits
+    ) -> list[Candidate]:
         gen = self.generator
         target = gen.encode(self.prompt_text + accepted_text)
         logits = self._prefill(target)

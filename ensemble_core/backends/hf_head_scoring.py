@@ -39,15 +39,15 @@ class HeadModel:
 
     @property
     def splittable(self) -> bool:
-        return self.body is not None and self.body is not self.model and isinstance(self.head, torch.nn.Module)
+        return (
+            self.body is not None and self.body is not self.model and isinstance(self.head, torch.nn.Module)
+        )
 
     def render(self, messages: list[ChatMessage], answer: str) -> str:
         payload = [{"role": m.role, "content": m.content} for m in messages]
         payload.append({"role": "assistant", "content": answer})
         template = None if getattr(self.tokenizer, "chat_template", None) else _FALLBACK_TEMPLATE
-        return str(
-            self.tokenizer.apply_chat_template(payload, tokenize=False, chat_template=template)
-        )
+        return str(self.tokenizer.apply_chat_template(payload, tokenize=False, chat_template=template))
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -37,16 +37,16 @@ class HFProcessRewardScorer:
         self.spec = spec
         model_spec = ModelSpec(path=spec.path, device=spec.device, engine_options=dict(spec.engine_options))
         self.model_name = model_spec.display_name
-        auto = "AutoModel" if spec.engine_options.get("trust_remote_code") else "AutoModelForTokenClassification"
+        auto = (
+            "AutoModel" if spec.engine_options.get("trust_remote_code") else "AutoModelForTokenClassification"
+        )
         model: HeadModel = host.pool.load(
             "prm", model_spec, lambda: HeadModel(model_spec, auto, host.pool.cache_dir)
         )
         self.model = model
         self.separator_id = model.tokenizer.convert_tokens_to_ids(spec.step_separator)
         if self.separator_id is None or self.separator_id == model.tokenizer.unk_token_id:
-            raise ModelLoadError(
-                f"the PRM {spec.path!r} has no step separator token {spec.step_separator!r}"
-            )
+            raise ModelLoadError(f"the PRM {spec.path!r} has no step separator token {spec.step_separator!r}")
         params = getattr(host, "params", None)
         self.session = HeadScoringSession(model, reuse_cache=getattr(params, "reuse_cache", True))
 

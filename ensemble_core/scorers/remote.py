@@ -75,7 +75,7 @@ class RemoteScorer:
         scores = payload.get("scores") if isinstance(payload, dict) else None
         if not isinstance(scores, list) or len(scores) != expected:
             raise ScorerError(
-                f"remote scorer {self.spec.url} must answer {{\"scores\": [{expected} numbers]}}, got {payload!r:.200}"
+                f'remote scorer {self.spec.url} must answer {{"scores": [{expected} numbers]}}, got {payload!r:.200}'
             )
         try:
             return [float(s) for s in scores]

@@ -88,9 +88,7 @@ class LLMBlenderSelector(Selector):
                 wins[b.name] += 0.5
             else:
                 wins[a.name if sa > sb else b.name] += 1
-            comparisons.append(
-                {"pair": [a.name, b.name], "scores": [round(sa, 4), round(sb, 4)], "raw": raw}
-            )
+            comparisons.append({"pair": [a.name, b.name], "scores": [round(sa, 4), round(sb, 4)], "raw": raw})
         pairs_each = len(ctx.members) - 1
         ranked = sorted(
             ctx.members, key=lambda m: (wins[m.name], score_sum[m.name] / pairs_each), reverse=True

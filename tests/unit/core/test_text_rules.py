@@ -46,7 +46,9 @@ def test_stop_string_entirely_in_accepted_text_is_not_new() -> None:
 
 
 def test_check_candidate_order_of_reasons() -> None:
-    limits = SegmentLimits(max_new_tokens=4, stop_strings=("###",), boundary_strings=("</think>",), min_tokens=2)
+    limits = SegmentLimits(
+        max_new_tokens=4, stop_strings=("###",), boundary_strings=("</think>",), min_tokens=2
+    )
     assert check_candidate("Hi.", 1, limits, "")[0] is None  # below min_tokens
     assert check_candidate("Hi.", 2, limits, "")[0] == "boundary"
     assert check_candidate("a </think>", 2, limits, "")[0] == "boundary_string"

@@ -41,8 +41,14 @@ def test_selection_and_aggregation_switches() -> None:
         ({"model_selection_method": "best"}, ["all", "zscore", "llm_blender", "random"]),
         ({"aggregation_params": {"segment_token": 3}}, ["segment_tokens", "max_resamples"]),
         ({"model_selection_method": "zscore", "model_selection_params": {"topk": 1}}, ["top_k", "threshold"]),
-        ({"aggregation_params": {"scorers": [{"type": "oracle"}]}}, ["likelihood", "reward_model", "prm", "embedding", "remote"]),
-        ({"aggregation_params": {"scorers": [{"type": "remote", "uri": "x"}]}}, ["url", "timeout_s", "retries"]),
+        (
+            {"aggregation_params": {"scorers": [{"type": "oracle"}]}},
+            ["likelihood", "reward_model", "prm", "embedding", "remote"],
+        ),
+        (
+            {"aggregation_params": {"scorers": [{"type": "remote", "uri": "x"}]}},
+            ["url", "timeout_s", "retries"],
+        ),
         ({"aggregation_level": "token"}, ["sentence"]),
     ],
 )
@@ -58,7 +64,9 @@ def test_bad_values_are_rejected() -> None:
     with pytest.raises(ConfigError, match="segment_tokens"):
         validate_config(EnsembleConfig(aggregation_params={"segment_tokens": 0}))
     with pytest.raises(ConfigError, match="length_thresholds"):
-        validate_config(EnsembleConfig(ensemble_method="progressive", aggregation_params={"length_thresholds": [5, 3]}))
+        validate_config(
+            EnsembleConfig(ensemble_method="progressive", aggregation_params={"length_thresholds": [5, 3]})
+        )
 
 
 def test_config_fields_are_method_defaults_and_params_override() -> None:
@@ -90,7 +98,13 @@ def test_list_methods_is_json_with_schemas() -> None:
     assert "loop" in aggregation["round_robin"]["aliases"]
     assert "segment_tokens" in aggregation["reward_based"]["params_schema"]["properties"]
     assert [lv["name"] for lv in methods["levels"]] == ["sentence", "token", "response"]
-    assert {s["name"] for s in methods["scorers"]} == {"likelihood", "reward_model", "prm", "embedding", "remote"}
+    assert {s["name"] for s in methods["scorers"]} == {
+        "likelihood",
+        "reward_model",
+        "prm",
+        "embedding",
+        "remote",
+    }
 
 
 def test_default_bundled_spec_is_valid() -> None:

@@ -1,0 +1,123 @@
+"""What the response-level methods share: whole candidate answers, their trace, the outcome.
+
+Each selected member writes ``samples_per_model`` whole answers to the prompt (members on the
+same weights are decoded in one batch, different models concurrently); a method then picks
+one (``majority_vote``, ``best_of_n``, ``llm_blender``). Every candidate is in the trace with
+its extracted final answer and, where the method scores, its score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from ensemble_core.aggregation.base import CandidateRecord
+from ensemble_core.aggregation.level_base import LevelAggregator, LevelJob, LevelOutcome, LevelParams
+from ensemble_core.answer_extraction import AnswerFormat, ExtractedAnswer, extract_answer
+from ensemble_core.members import Member
+from ensemble_core.ports import SegmentLimits
+from ensemble_core.result import SegmentEvent
+
+_STOP_REASONS = {"eos": "eos", "length": "max_tokens", "stop_string": "stop_string"}
+
+
+class ResponseParams(LevelParams):
+    samples_per_model: int = Field(
+        1, ge=1, le=64, description="whole answers per selected member (several: self-consistency sampling)"
+    )
+    answer_format: AnswerFormat = Field(
+        "auto", description="final-answer extraction: auto (number, choice or text), numeric, or text"
+    )
+
+
+def generate_candidates(job: LevelJob, members: list[Member], samples: int) -> list[CandidateRecord]:
+    """``samples`` whole answers per member, batched per set of weights; usage is counted."""
+    request = job.request
+    limits = SegmentLimits(
+        max_new_tokens=request.max_tokens, boundary="none", stop_strings=tuple(request.stop)
+    )
+    groups: dict[str, list[Member]] = {}
+    for member in members:
+        groups.setdefault(member.load_key, []).append(member)
+
+    def decode(group: list[Member]) -> list[CandidateRecord]:
+        rows = [m for m in group for _ in range(samples)]
+        candidates = job.session(group[0]).generate("", [m.sampling for m in rows], limits)
+        return [
+            CandidateRecord(member, candidate, attempt=i % samples)
+            for i, (member, candidate) in enumerate(zip(rows, candidates, strict=True))
+        ]
+
+    batches = job.run_parallel([lambda g=g: decode(g) for g in groups.values()])
+    order = {m.name: i for i, m in enumerate(members)}
+    records = sorted((r for batch in batches for r in batch), key=lambda r: (order[r.member.name], r.attempt))
+    for record in records:
+        eos = 1 if record.candidate.finish == "eos" else 0
+        job.member_usage(record.member.name).generated += record.candidate.num_tokens + eos
+    return records
+
+
+class ResponseAggregator(LevelAggregator):
+    """Generate the candidates, let the method pick, report every candidate."""
+
+    Params = ResponseParams
+    level = "response"
+
+    def run(self, job: LevelJob, members: list[Member]) -> LevelOutcome:
+        params = self.params
+        assert isinstance(params, ResponseParams)
+        records = generate_candidates(job, members, params.samples_per_model)
+        answers = [extract_answer(r.candidate.text, params.answer_format) for r in records]
+        winner, summary, final_text, final_finish = self.pick(job, members, records, answers)
+        for record in records:
+            if record is not winner:
+                job.record_discarded(record.member, record.candidate.num_tokens)
+        text = final_text if final_text is not None else winner.candidate.text
+        finish = final_finish or winner.candidate.finish
+        if job.on_segment is not None and text:
+            job.on_segment(
+                SegmentEvent(round=0, model=summary.get("written_by", winner.member.name), text=text)
+            )
+        if params.samples_per_model > 1 and any(m.sampling.temperature <= 0 for m in members):
+            summary["note"] = "greedy members write the same answer every sample"
+        round_trace = {
+            "round": 0,
+            "winner": winner.member.name,
+            "winner_index": records.index(winner),
+            "accepted": True,
+            "candidates": [_candidate_row(r, a) for r, a in zip(records, answers, strict=True)],
+        }
+        generated = winner.candidate.num_tokens if final_text is None else int(summary.get("fused_tokens", 0))
+        return LevelOutcome(
+            text=text,
+            stop_reason=_STOP_REASONS.get(finish, "eos"),
+            generated_tokens=generated,
+            trace=[round_trace],
+            summary=summary,
+        )
+
+    def pick(
+        self,
+        job: LevelJob,
+        members: list[Member],
+        records: list[CandidateRecord],
+        answers: list[ExtractedAnswer | None],
+    ) -> tuple[CandidateRecord, dict[str, Any], str | None, str | None]:
+        """The winning candidate, the method's summary, and a replacement text (fusion) with its finish."""
+        raise NotImplementedError
+
+
+def _candidate_row(record: CandidateRecord, answer: ExtractedAnswer | None) -> dict[str, Any]:
+    row = record.to_trace()
+    row["sample"] = row.pop("attempt", 0)
+    row["answer"] = answer.normalized if answer is not None else None
+    row["answer_raw"] = answer.raw if answer is not None else None
+    return row
+
+
+def best_logprob(records: list[CandidateRecord]) -> CandidateRecord:
+    """The candidate its own model found most likely (mean log-probability per token)."""
+    return max(
+        records, key=lambda r: r.candidate.mean_logprob if r.candidate.token_logprobs else float("-inf")
+    )

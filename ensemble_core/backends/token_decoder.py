@@ -1,0 +1,274 @@
+"""The token-level (GaC-style) decode loop: average next-token distributions, pick, extend all.
+
+Per step: the leader (first selected member, or ``leader``) gives its distribution. With
+``ensemble_steps="uncertain"`` and a leader top-1 probability at or above
+``uncertainty_threshold`` the leader's own choice is taken and nobody else runs; otherwise every
+model's distribution is projected onto the union vocabulary (``token_vocab``), averaged with the
+member weights (``uniform``, or ``confidence``: each member's static weight times its top-1
+probability), and one key is chosen: the most probable one at temperature 0, else a sample at
+the request's temperature and top-p from a ``torch.Generator`` seeded per job. Every model then
+extends its own context with the chosen bytes (``hf_token``).
+
+Stops at the shared EOS key, a stop string, ``max_tokens`` steps or a degenerate n-gram loop.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ensemble_core.backends.hf_token import HFTokenStepper
+from ensemble_core.backends.token_vocab import EOS_KEY, UnionVocabulary, build_union
+from ensemble_core.loop_detection import repeated_ngram_tail
+from ensemble_core.ports import Sampling
+from ensemble_core.segment_text import find_stop
+
+_EXAMPLES = 20  # disagreements shown in the trace
+_UNIONS: dict[tuple[int, ...], tuple[list[Any], UnionVocabulary]] = {}
+
+
+@dataclass
+class TokenVoter:
+    """One member at the token level: its model (shared by members on the same weights) and weight."""
+
+    name: str
+    stepper: int  # index into the decoder's steppers
+    weight: float
+
+
+@dataclass
+class TokenDecodeSettings:
+    sampling: Sampling
+    seed: int
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    weighting: str = "uniform"
+    ensemble_steps: str = "all"
+    uncertainty_threshold: float = 0.5
+    loop_max_ngram: int = 12
+    loop_min_repeats: int = 4
+
+
+@dataclass
+class TokenDecodeOutcome:
+    text: str
+    stop_reason: str
+    steps: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def union_for(steppers: list[HFTokenStepper]) -> UnionVocabulary:
+    """The union vocabulary of these models, cached while the same vocabularies stay loaded."""
+    vocabs = [s.vocab for s in steppers]
+    key = tuple(id(v) for v in vocabs)
+    found = _UNIONS.get(key)
+    if found is not None and all(a is b for a, b in zip(found[0], vocabs, strict=True)):
+        return found[1]
+    union = build_union(vocabs)
+    if len(_UNIONS) >= 8:
+        _UNIONS.pop(next(iter(_UNIONS)))
+    _UNIONS[key] = (vocabs, union)
+    return union
+
+
+def choose(probs: torch.Tensor, sampling: Sampling, rng: torch.Generator) -> int:
+    """Index of the chosen entry: argmax at temperature 0, else a tempered top-p sample."""
+    if sampling.temperature <= 0:
+        return int(torch.argmax(probs))
+    logits = torch.log(probs.clamp_min(1e-300)) / sampling.temperature
+    tempered = torch.softmax(logits, dim=-1)
+    if sampling.top_p < 1.0:
+        ordered, order = torch.sort(tempered, descending=True)
+        outside = torch.cumsum(ordered, dim=-1) - ordered > sampling.top_p
+        ordered[outside] = 0.0
+        tempered = torch.zeros_like(tempered).scatter(0, order, ordered)
+    return int(torch.multinomial(tempered.float(), 1, generator=rng))
+
+
+class TokenDecoder:
+    """One token-level answer over ``steppers`` (distinct loaded models) voted by ``voters``."""
+
+    def __init__(
+        self,
+        steppers: list[HFTokenStepper],
+        voters: list[TokenVoter],
+        leader: int,
+        settings: TokenDecodeSettings,
+        on_text: Callable[[int, str, str], None] | None = None,
+        run_parallel: Callable[[list[Callable[[], Any]]], list[Any]] | None = None,
+    ) -> None:
+        self.steppers = steppers
+        self.voters = voters
+        self.leader = leader  # index into voters
+        self.settings = settings
+        self.on_text = on_text
+        self.run_parallel = run_parallel or (lambda tasks: [t() for t in tasks])
+        self.union = union_for(steppers) if len(steppers) > 1 or len(voters) > 1 else None
+        self.rng = torch.Generator().manual_seed(settings.seed)
+        self.answer = bytearray()
+        self.stats = {
+            "ensembled_steps": 0,
+            "disagreements": 0,
+            "agreed": {v.name: 0 for v in voters},
+            "sat_out": {v.name: 0 for v in voters},
+            "examples": [],
+        }
+
+    # -- one step ---------------------------------------------------------------------------
+    def _ensure_synced(self, index: int) -> bool:
+        stepper = self.steppers[index]
+        return stepper.synced or stepper.resync(bytes(self.answer))
+
+    def _leader_step(self) -> tuple[bytes, float, bytes] | None:
+        """(chosen key, leader top-1 probability, leader's greedy key), or None to ensemble."""
+        lead = self.steppers[self.voters[self.leader].stepper]
+        if not self._ensure_synced(self.voters[self.leader].stepper):
+            return None
+        probs = lead.distribution()
+        top = float(probs.max())
+        greedy_key = lead.vocab.keys[int(torch.argmax(probs))]
+        if self.settings.ensemble_steps == "uncertain" and top >= self.settings.uncertainty_threshold:
+            return lead.vocab.keys[choose(probs, self.settings.sampling, self.rng)], top, greedy_key
+        return b"", top, greedy_key
+
+    def _ensemble_step(self, leader_key: bytes | None, leader_top: float) -> bytes:
+        wanted = sorted({v.stepper for v in self.voters})
+        ready = [i for i in wanted if self._ensure_synced(i)]
+        dists = dict(
+            zip(
+                ready,
+                self.run_parallel([lambda i=i: self.steppers[i].distribution() for i in ready]),
+                strict=True,
+            )
+        )
+        if self.union is None:  # one model, one member: its own distribution
+            only = ready[0]
+            key = self.steppers[only].vocab.keys[choose(dists[only], self.settings.sampling, self.rng)]
+            self._count(key, leader_key, leader_top, {self.voters[0].name: key}, None)
+            return key
+        mix = torch.zeros(self.union.size, dtype=torch.float64)
+        projected: dict[int, torch.Tensor] = {}
+        total = 0.0
+        member_keys: dict[str, bytes] = {}
+        for voter in self.voters:
+            if voter.stepper not in dists:
+                self.stats["sat_out"][voter.name] += 1
+                continue
+            probs = dists[voter.stepper]
+            if voter.stepper not in projected:
+                projected[voter.stepper] = self.union.project(voter.stepper, probs)
+            weight = voter.weight
+            if self.settings.weighting == "confidence":
+                weight *= float(probs.max())
+            mix.add_(projected[voter.stepper], alpha=weight)
+            total += weight
+            member_keys[voter.name] = self.steppers[voter.stepper].vocab.keys[int(torch.argmax(probs))]
+        if total > 0:
+            mix /= total
+        key = self.union.keys[choose(mix, self.settings.sampling, self.rng)]
+        self._count(key, leader_key, leader_top, member_keys, mix)
+        return key
+
+    def _count(
+        self,
+        key: bytes,
+        leader_key: bytes | None,
+        leader_top: float,
+        member_keys: dict[str, bytes],
+        mix: torch.Tensor | None,
+    ) -> None:
+        stats = self.stats
+        stats["ensembled_steps"] += 1
+        for name, member_key in member_keys.items():
+            stats["agreed"][name] += int(member_key == key)
+        if leader_key is not None and leader_key != key:
+            stats["disagreements"] += 1
+            if len(stats["examples"]) < _EXAMPLES:
+                example = {
+                    "step": self.steps,
+                    "chosen": _show(key),
+                    "leader_choice": _show(leader_key),
+                    "leader_top_prob": round(leader_top, 4),
+                }
+                if mix is not None and self.union is not None:
+                    example["ensemble_prob"] = round(float(mix[self.union.index[key]]), 4)
+                stats["examples"].append(example)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> TokenDecodeOutcome:
+        settings = self.settings
+        started = time.perf_counter()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = ""
+        stop_reason = "max_tokens"
+        self.steps = 0
+        while self.steps < settings.max_tokens:
+            led = self._leader_step()
+            if led is not None and led[0]:
+                key, source = led[0], self.voters[self.leader].name
+            else:
+                leader_key = led[2] if led is not None else None
+                key = self._ensemble_step(leader_key, led[1] if led is not None else 0.0)
+                source = "ensemble"
+            self.steps += 1
+            if key == EOS_KEY:
+                stop_reason = "eos"
+                break
+            for stepper in self.steppers:
+                stepper.push(key)
+            self.answer.extend(key)
+            piece = decoder.decode(key)
+            tail = text[-64:]
+            text += piece
+            match = find_stop(tail, piece, settings.stop) if settings.stop and piece else None
+            if match is not None:
+                text = text[: len(text) - len(piece) - match.trim_accepted] + piece[: match.keep_chars]
+                stop_reason = "stop_string"
+                if self.on_text is not None and piece[: match.keep_chars]:
+                    self.on_text(self.steps - 1, source, piece[: match.keep_chars])
+                break
+            if self.on_text is not None and piece:
+                self.on_text(self.steps - 1, source, piece)
+            if piece and repeated_ngram_tail(text, settings.loop_max_ngram, settings.loop_min_repeats):
+                stop_reason = "repeated_ngram"
+                break
+        else:
+            stop_reason = "max_tokens"
+        if stop_reason not in ("stop_string",):
+            text += decoder.decode(b"", final=True)
+        return TokenDecodeOutcome(text, stop_reason, self.steps, self._summary(time.perf_counter() - started))
+
+    def _summary(self, seconds: float) -> dict[str, Any]:
+        stats = self.stats
+        passes = {s.name: s.counters.forward_passes for s in self.steppers}
+        ensembled = stats["ensembled_steps"]
+        return {
+            "steps": self.steps,
+            "leader": self.voters[self.leader].name,
+            "ensemble_steps": self.settings.ensemble_steps,
+            "ensembled_steps": ensembled,
+            "disagreements": stats["disagreements"],
+            "disagreement_rate": round(stats["disagreements"] / ensembled, 4) if ensembled else 0.0,
+            "agreement": {
+                name: round(count / ensembled, 4) if ensembled else 0.0
+                for name, count in stats["agreed"].items()
+            },
+            "sat_out": {k: v for k, v in stats["sat_out"].items() if v},
+            "union_vocabulary": self.union.size if self.union is not None else self.steppers[0].vocab.size,
+            "resyncs": {s.name: s.resyncs for s in self.steppers},
+            "forward_passes": passes,
+            "forward_passes_per_token": round(sum(passes.values()) / self.steps, 3) if self.steps else 0.0,
+            "decode_seconds": round(seconds, 4),
+            "disagreement_examples": stats["examples"],
+        }
+
+
+def _show(key: bytes) -> str:
+    if key == EOS_KEY:
+        return "<eos>"
+    return key.decode("utf-8", errors="backslashreplace")
