@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     from ensemblehub.calibrate_command import add_calibrate_command
 
     add_calibrate_command(sub)
+    from ensemblehub.eval_command import add_eval_command
+
+    add_eval_command(sub)
 
     args = parser.parse_args(argv)
     if args.command in ("batch", "jobs", "config"):
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         from ensemblehub.calibrate_command import run_calibrate
 
         return run_calibrate(args)
+    if args.command == "eval":
+        from ensemblehub.eval_command import run_eval
+
+        return run_eval(args)
     if args.command == "api":
         from ensemblehub.api import main as api_main
 
