@@ -89,8 +89,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ApiError):
+            # FastAPI wraps errors raised while reading the body (e.g. the size limit)
+            return await _api_error(req, exc.__cause__)
+        code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return JSONResponse(
             envelope(exc.status_code, str(exc.detail), code=code),
             status_code=exc.status_code,

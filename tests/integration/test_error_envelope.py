@@ -1,0 +1,160 @@
+"""Every error answers in OpenAI's envelope with the right status, never a bare 500.
+
+Most cases run against the live stack; the ones that need other server settings (API keys,
+small limits) run an in-process app against the same database with a broker db no worker
+listens on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import ApiSettings
+from jobqueue.settings import QueueSettings
+from persistence.settings import DatabaseSettings
+from tests import services
+
+pytestmark = pytest.mark.usefixtures("show_logs_on_failure")
+
+PROMPT = {"model": "ensemble", "prompt": "Hi", "max_tokens": 3}
+
+
+def _error(resp: httpx.Response, status: int, code: str) -> dict:
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["code"] == code, error
+    assert error["message"]
+    return error
+
+
+@contextmanager
+def _app(stack, **settings: object) -> Iterator[TestClient]:
+    with services.private_redis_db() as idle_broker:
+        app = create_app(
+            ApiSettings(**settings),
+            queue_settings=QueueSettings(broker_url=idle_broker),
+            database_settings=DatabaseSettings(database_url=stack.database_url),
+        )
+        with TestClient(app) as client:
+            yield client
+
+
+def test_400_bad_requests(stack):
+    url = stack.base_url + "/v1/chat/completions"
+    _error(
+        httpx.post(url, json={**PROMPT, "messages": [{"role": "user", "content": "x"}]}),
+        400,
+        "invalid_request",
+    )
+    _error(httpx.post(url, json={"model": "ensemble"}), 400, "invalid_request")
+    _error(httpx.post(url, json={**PROMPT, "presence_penalty": 1.0}), 400, "unsupported_parameter")
+    _error(httpx.post(url, json={**PROMPT, "stop": ["a", "b", "c", "d", "e"]}), 400, "invalid_stop")
+    tool = {"model": "ensemble", "messages": [{"role": "tool", "content": "x"}]}
+    assert _error(httpx.post(url, json=tool), 400, "invalid_messages")["param"] == "messages.0.role"
+    _error(httpx.get(stack.base_url + "/v1/jobs", params={"status": "nope"}), 400, "invalid_status")
+
+
+def test_401_when_api_keys_are_set(stack):
+    with _app(stack, api_keys="key-one,key-two") as client:
+        _error(client.get("/v1/models"), 401, "missing_api_key")
+        _error(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
+        assert client.get("/v1/models", headers={"Authorization": "Bearer key-two"}).status_code == 200
+        assert client.get("/status").status_code in (200, 503), "health stays open"
+
+
+def test_404_unknown_things(stack):
+    base = stack.base_url
+    _error(httpx.get(base + "/v1/jobs/job-nope"), 404, "job_not_found")
+    _error(httpx.get(base + "/v1/ensemble/batch/batch-nope/results"), 404, "batch_not_found")
+    _error(httpx.get(base + "/v1/models/nope"), 404, "model_not_found")
+    _error(
+        httpx.post(base + "/v1/chat/completions", json={**PROMPT, "model": "nope"}), 404, "model_not_found"
+    )
+    _error(httpx.get(base + "/v1/no-such-endpoint"), 404, "not_found")
+
+
+def test_409_conflicts(stack):
+    with stack.client() as client:
+        job = client.post("/v1/chat/completions", json=PROMPT).json()
+        _error(client.post(f"/v1/jobs/{job['id']}/cancel"), 409, "job_not_cancellable")
+        _error(client.post(f"/v1/jobs/{job['id']}/webhooks/resend"), 409, "no_webhook_event")
+
+
+def test_413_too_large(stack):
+    with _app(stack, max_request_bytes=2000, max_batch_items=3) as client:
+        big = {**PROMPT, "prompt": "x" * 5000}
+        _error(client.post("/v1/chat/completions", json=big), 413, "request_too_large")
+        many = {"examples": [{"input": "x"}] * 4}
+        _error(client.post("/v1/ensemble/batch", json=many), 413, "batch_too_large")
+        # a body streamed without a Content-Length is counted too
+        chunked = client.post(
+            "/v1/chat/completions",
+            content=iter([json.dumps(big).encode()]),
+            headers={"content-type": "application/json"},
+        )
+        _error(chunked, 413, "request_too_large")
+
+
+def test_422_invalid_bodies(stack):
+    url = stack.base_url + "/v1/chat/completions"
+    error = _error(httpx.post(url, json={**PROMPT, "max_tokens": "many"}), 422, "invalid_request")
+    assert error["param"] == "max_tokens"
+    _error(httpx.post(url, json={**PROMPT, "unknown_field": 1}), 422, "invalid_request")
+    _error(
+        httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+        "invalid_request",
+    )
+    _error(httpx.post(url, json={**PROMPT, "webhook_url": "http://10.1.2.3/x"}), 422, "webhook_url_forbidden")
+
+
+def test_429_when_the_queue_is_full(stack):
+    with _app(stack, max_queued_jobs=1) as client:
+        # nothing consumes this broker db: the first job stays queued, the second is refused
+        first = client.post("/v1/chat/completions", json={**PROMPT, "timeout": 0.01})
+        job_id = _error(first, 504, "timeout")["job_id"]
+        try:
+            second = client.post("/v1/chat/completions", json=PROMPT)
+            assert "limit 1" in _error(second, 429, "queue_full")["message"]
+            assert second.headers["retry-after"]
+        finally:
+            assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+
+
+def test_503_and_504_are_envelopes_too(stack):
+    with stack.client() as client:
+        resp = client.post("/v1/chat/completions", json={**PROMPT, "max_tokens": 30, "timeout": 0.01})
+        error = _error(resp, 504, "timeout")
+        assert error["job_id"] and resp.headers["location"].endswith(error["job_id"])
+    dead = create_app(
+        queue_settings=QueueSettings(broker_url="redis://127.0.0.1:1/0"),
+        database_settings=DatabaseSettings(database_url=stack.database_url),
+    )
+    with TestClient(dead) as client:
+        _error(client.post("/v1/chat/completions", json=PROMPT), 503, "broker_unavailable")
+        _error(
+            client.post("/v1/ensemble/batch", json={"examples": [{"input": "x"}]}), 503, "broker_unavailable"
+        )
+
+
+def test_a_failing_job_is_an_error_frame_in_a_stream_and_an_envelope_otherwise(stack):
+    broken = [{"path": "/nonexistent/model", "engine": "hf", "device": "cpu", "name": "broken"}]
+    with stack.client() as client:
+        client.post("/v1/ensemble/config", json={"model_specs": broken})
+        try:
+            plain = client.post("/v1/chat/completions", json=PROMPT)
+            assert _error(plain, 500, "model_load_failed")["job_id"]
+            with client.stream("POST", "/v1/chat/completions", json={**PROMPT, "stream": True}) as resp:
+                assert resp.status_code == 200
+                frames = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
+            error = json.loads(frames[-1])["error"]
+            assert error["code"] == "model_load_failed" and error["job_id"]
+        finally:
+            client.post("/v1/ensemble/config", json={"model_specs": stack.tiny_specs})
