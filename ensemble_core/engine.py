@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ensemble_core.aggregation.base import CandidateRecord, SegmentAggregator, SegmentParams
+from ensemble_core.aggregation.level_base import LevelAggregator, LevelOutcome
 from ensemble_core.errors import EnsembleError, GenerationError
 from ensemble_core.loop_detection import repeated_ngram_tail
 from ensemble_core.members import Member, build_members
@@ -123,13 +124,21 @@ class EnsembleJob:
             selected = selected[:1]
         self.selected = selected
         selection_seconds = time.perf_counter() - started
-        aggregator: SegmentAggregator = self.plan.aggregator_cls(
-            self.params, random.Random(self.rng.random())
-        )
-        if aggregator.uses_scorers:
-            self.scorer = self.build_scorer(list(getattr(self.params, "scorers", [])))
-        loop = RoundLoop(self, aggregator, selected)
-        text, stop_reason = loop.run()
+        loop: RoundLoop | LevelOutcome
+        if self.plan.level != "sentence":  # token / response level: the method writes the answer
+            level_aggregator: LevelAggregator = self.plan.aggregator_cls(
+                self.params, random.Random(self.rng.random())
+            )
+            loop = level_aggregator.run(self, selected)
+            text, stop_reason = loop.text, loop.stop_reason
+        else:
+            aggregator: SegmentAggregator = self.plan.aggregator_cls(
+                self.params, random.Random(self.rng.random())
+            )
+            if aggregator.uses_scorers:
+                self.scorer = self.build_scorer(list(getattr(self.params, "scorers", [])))
+            loop = RoundLoop(self, aggregator, selected)
+            text, stop_reason = loop.run()
         total_seconds = time.perf_counter() - started
         return self._result(
             text, stop_reason, selected, outcome.details, loop, selection_seconds, total_seconds
@@ -141,7 +150,7 @@ class EnsembleJob:
         stop_reason: str,
         selected: list[Member],
         selection_details: dict[str, Any],
-        loop: RoundLoop,
+        loop: RoundLoop | LevelOutcome,
         selection_seconds: float,
         total_seconds: float,
     ) -> EnsembleResult:
@@ -177,6 +186,7 @@ class EnsembleJob:
                 for m in self.members
             },
             "rounds": loop.trace,
+            **({"summary": loop.summary} if isinstance(loop, LevelOutcome) and loop.summary else {}),
             "stop_reason": stop_reason,
             "timings": {"selection_s": round(selection_seconds, 4), "total_s": round(total_seconds, 4)},
         }
@@ -188,7 +198,7 @@ class EnsembleJob:
             method=self.plan.label,
             trace=trace,
             usage=Usage(
-                prompt_tokens=first.counters.prompt_tokens if first else 0,
+                prompt_tokens=first.counters.prompt_tokens if first else getattr(loop, "prompt_tokens", 0),
                 completion_tokens=loop.generated_tokens,
                 per_model=dict(self.usage),
             ),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ensemble_core.aggregation import LEVELS, SEGMENT_AGGREGATORS
+from ensemble_core.aggregation import AGGREGATORS_BY_LEVEL, LEVEL_DEFAULT_METHODS, LEVELS, SEGMENT_AGGREGATORS
 from ensemble_core.errors import ConfigError
 from ensemble_core.registry import MethodParams, build_params
 from ensemble_core.selection import SELECTORS
@@ -38,6 +38,7 @@ class EnsemblePlan:
     aggregator_cls: Any
     aggregator_params: Any
     ignored_params: tuple[str, ...] = ()
+    level: str = "sentence"  # token and response levels run whole answers (aggregation.level_base)
 
     @property
     def label(self) -> str:
@@ -56,9 +57,10 @@ def _config_defaults(params_cls: Any, config: EnsembleConfig) -> dict[str, Any]:
 
 def _sibling_fields(name: str) -> set[str]:
     fields: set[str] = set()
-    for other, entry in SEGMENT_AGGREGATORS.entries.items():
-        if other != name:
-            fields.update(entry.load().Params.model_fields)
+    for table in AGGREGATORS_BY_LEVEL.values():  # any level: a config may switch level by name too
+        for other, entry in table.entries.items():
+            if other != name:
+                fields.update(entry.load().Params.model_fields)
     return fields
 
 
@@ -80,7 +82,11 @@ def plan_for(config: EnsembleConfig) -> EnsemblePlan:
         f"model_selection_params of {selector_entry.name!r}",
     )
     agg_name = aggregation_name(config) if config.use_output_aggregation else "round_robin"
-    agg_entry = SEGMENT_AGGREGATORS.get(agg_name)
+    level_name = config.aggregation_level if config.use_output_aggregation else "sentence"
+    table = AGGREGATORS_BY_LEVEL[level_name]
+    if level_name != "sentence" and config.aggregation_method is None and agg_name not in table.names():
+        agg_name = LEVEL_DEFAULT_METHODS[level_name]  # the guide's ensemble_method names the segment level
+    agg_entry = table.get(agg_name)
     agg_cls = agg_entry.load()
     values = _config_defaults(agg_cls.Params, config) | dict(config.aggregation_params)
     # a parameter of another method of the same level (e.g. the default config's `scorers`
@@ -101,6 +107,7 @@ def plan_for(config: EnsembleConfig) -> EnsemblePlan:
         aggregator_cls=agg_cls,
         aggregator_params=agg_params,
         ignored_params=ignored,
+        level=level_name,
     )
 
 
@@ -116,7 +123,10 @@ def list_methods() -> dict[str, list[dict[str, Any]]]:
     return {
         "model_selection": SELECTORS.describe(),
         "aggregation": SEGMENT_AGGREGATORS.describe(),
-        "levels": [{"name": name, **info} for name, info in LEVELS.items()],
+        "levels": [
+            {"name": name, **info, "methods": AGGREGATORS_BY_LEVEL[name].describe()}
+            for name, info in LEVELS.items()
+        ],
         "ensemble_method_aliases": [
             {"name": k, "aggregation_method": v} for k, v in ENSEMBLE_METHOD_ALIASES.items()
         ],

@@ -56,7 +56,7 @@ class LevelOutcome:
     """A whole answer of a token- or response-level method.
 
     ``trace`` takes the place of the segment level's rounds (response level: one round with
-    every candidate); ``summary`` goes to ``trace.aggregation.summary``.
+    every candidate); ``summary`` goes to ``trace.summary``.
     """
 
     text: str

@@ -8,7 +8,8 @@ its extracted final answer and, where the method scores, its score.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -49,7 +50,8 @@ def generate_candidates(job: LevelJob, members: list[Member], samples: int) -> l
             for i, (member, candidate) in enumerate(zip(rows, candidates, strict=True))
         ]
 
-    batches = job.run_parallel([lambda g=g: decode(g) for g in groups.values()])
+    tasks: list[Callable[[], list[CandidateRecord]]] = [lambda g=g: decode(g) for g in groups.values()]  # type: ignore[misc]
+    batches = job.run_parallel(tasks)
     order = {m.name: i for i, m in enumerate(members)}
     records = sorted((r for batch in batches for r in batch), key=lambda r: (order[r.member.name], r.attempt))
     for record in records:
@@ -61,7 +63,7 @@ def generate_candidates(job: LevelJob, members: list[Member], samples: int) -> l
 class ResponseAggregator(LevelAggregator):
     """Generate the candidates, let the method pick, report every candidate."""
 
-    Params = ResponseParams
+    Params: ClassVar[type[LevelParams]] = ResponseParams
     level = "response"
 
     def run(self, job: LevelJob, members: list[Member]) -> LevelOutcome:

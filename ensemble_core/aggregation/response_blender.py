@@ -1,7 +1,7 @@
 """``llm_blender`` (``aggregation_level: response``): pairwise ranking, optional generative fusion.
 
-Algorithm: the candidates meet pairwise; for each pair the scorers judge the
-two side by side and the higher wins; candidates are ranked by wins (ties: mean primary raw
+Algorithm: every selected member writes ``samples_per_model`` whole answers; the candidates
+meet pairwise; for each pair the scorers judge the two side by side and the higher wins; candidates are ranked by wins (ties: mean primary raw
 score). Without ``fuser`` the top-ranked candidate is the answer; with ``fuser`` (a member
 name, a model path, or a model spec) that model reads the prompt and the ``fuse_top_k`` best
 candidates and writes the final answer (GenFuser). Reference: Jiang et al., "LLM-Blender:
@@ -20,6 +20,11 @@ from pydantic import Field, field_validator
 from ensemble_core.aggregation.base import CandidateRecord
 from ensemble_core.aggregation.level_base import LevelJob
 from ensemble_core.aggregation.response_base import ResponseAggregator
+from ensemble_core.aggregation.response_best_of_n import (
+    DEFAULT_SCORERS,
+    ScoredResponseParams,
+    scoring_request,
+)
 from ensemble_core.answer_extraction import ExtractedAnswer
 from ensemble_core.errors import ConfigError
 from ensemble_core.members import Member
@@ -139,5 +144,6 @@ class LLMBlenderResponseAggregator(ResponseAggregator):
             usage.prompt = session.counters.prompt_tokens
             usage.prefilled += session.counters.prefilled
             usage.generated += session.counters.generated
+            usage.forward_passes += session.counters.forward_passes
             session.close()
         return candidate.text, candidate.finish, candidate.num_tokens, name

@@ -94,7 +94,7 @@ class GaCTokenAggregator(LevelAggregator):
                 stepper_of[member.load_key] = len(steppers)
                 owners.append(member)
                 generator = job.pool.generator(member.spec)
-                steppers.append(open_stepper(generator, list(job.request.messages)))
+                steppers.append(open_stepper(generator, list(job.request.messages), member.name))
         voters = [
             TokenVoter(m.name, stepper_of[m.load_key], params.model_weights.get(m.name, 1.0)) for m in members
         ]
@@ -127,6 +127,7 @@ class GaCTokenAggregator(LevelAggregator):
             usage.prompt = stepper.counters.prompt_tokens
             usage.prefilled += stepper.counters.prefilled
             usage.generated += stepper.counters.generated
+            usage.forward_passes += stepper.counters.forward_passes
         summary = dict(outcome.summary)
         summary["sampling"] = {"temperature": settings.sampling.temperature, "top_p": settings.sampling.top_p}
         return LevelOutcome(

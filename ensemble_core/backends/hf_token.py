@@ -40,9 +40,11 @@ def _logits_size(model: Any) -> int:
 class HFTokenStepper:
     """Next-token distributions of one HF model over a growing answer (one per job and weights)."""
 
-    def __init__(self, generator: HFTextGenerator, messages: list[ChatMessage]) -> None:
+    def __init__(
+        self, generator: HFTextGenerator, messages: list[ChatMessage], name: str | None = None
+    ) -> None:
         self.generator = generator
-        self.name = generator.name
+        self.name = name or generator.name  # the job's member name (the pool's name is the first loader's)
         self.model = generator.model
         self.device = input_device(self.model)
         self.vocab: TokenizerVocabulary = vocabulary_for(
@@ -73,6 +75,9 @@ class HFTokenStepper:
         if token_id is None:
             self.synced = False
             return False
+        spellings = self.vocab.spellings.get(key)
+        if spellings and self._probs is not None:  # the spelling this model found most likely
+            token_id = max(spellings, key=lambda i: float(self._probs[i]))  # type: ignore[index]
         self.pending.append(token_id)
         self.pending_pushed += 1
         self._probs = None
@@ -126,10 +131,12 @@ class HFTokenStepper:
         self.pending, self._probs = [], None
 
 
-def open_token_stepper(generator: Any, messages: list[ChatMessage]) -> HFTokenStepper:
+def open_token_stepper(
+    generator: Any, messages: list[ChatMessage], name: str | None = None
+) -> HFTokenStepper:
     if not isinstance(generator, HFTextGenerator):
         raise GenerationError(
             f"{getattr(generator, 'name', generator)!r}: token-level ensembling needs full next-token "
             "distributions, which only the 'hf' engine gives"
         )
-    return HFTokenStepper(generator, messages)
+    return HFTokenStepper(generator, messages, name)

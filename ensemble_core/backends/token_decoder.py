@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ensemble_core.backends.hf_token import HFTokenStepper
-from ensemble_core.backends.token_vocab import EOS_KEY, UnionVocabulary, build_union
+from ensemble_core.backends.token_vocab import CONTROL_PREFIX, EOS_KEY, UnionVocabulary, build_union, key_text
 from ensemble_core.loop_detection import repeated_ngram_tail
 from ensemble_core.ports import Sampling
 from ensemble_core.segment_text import find_stop
@@ -52,6 +52,15 @@ class TokenDecodeSettings:
     uncertainty_threshold: float = 0.5
     loop_max_ngram: int = 12
     loop_min_repeats: int = 4
+
+
+@dataclass
+class _Stats:
+    agreed: dict[str, int]  # ensembled steps where the member's own top token was the chosen one
+    sat_out: dict[str, int]  # ensembled steps a member could not vote in (could not spell the answer)
+    ensembled_steps: int = 0
+    disagreements: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,13 +120,8 @@ class TokenDecoder:
         self.union = union_for(steppers) if len(steppers) > 1 or len(voters) > 1 else None
         self.rng = torch.Generator().manual_seed(settings.seed)
         self.answer = bytearray()
-        self.stats = {
-            "ensembled_steps": 0,
-            "disagreements": 0,
-            "agreed": {v.name: 0 for v in voters},
-            "sat_out": {v.name: 0 for v in voters},
-            "examples": [],
-        }
+        self.steps = 0
+        self.stats = _Stats({v.name: 0 for v in voters}, {v.name: 0 for v in voters})
 
     # -- one step ---------------------------------------------------------------------------
     def _ensure_synced(self, index: int) -> bool:
@@ -139,13 +143,8 @@ class TokenDecoder:
     def _ensemble_step(self, leader_key: bytes | None, leader_top: float) -> bytes:
         wanted = sorted({v.stepper for v in self.voters})
         ready = [i for i in wanted if self._ensure_synced(i)]
-        dists = dict(
-            zip(
-                ready,
-                self.run_parallel([lambda i=i: self.steppers[i].distribution() for i in ready]),
-                strict=True,
-            )
-        )
+        tasks: list[Callable[[], Any]] = [lambda i=i: self.steppers[i].distribution() for i in ready]  # type: ignore[misc]
+        dists: dict[int, torch.Tensor] = dict(zip(ready, self.run_parallel(tasks), strict=True))
         if self.union is None:  # one model, one member: its own distribution
             only = ready[0]
             key = self.steppers[only].vocab.keys[choose(dists[only], self.settings.sampling, self.rng)]
@@ -157,7 +156,7 @@ class TokenDecoder:
         member_keys: dict[str, bytes] = {}
         for voter in self.voters:
             if voter.stepper not in dists:
-                self.stats["sat_out"][voter.name] += 1
+                self.stats.sat_out[voter.name] += 1
                 continue
             probs = dists[voter.stepper]
             if voter.stepper not in projected:
@@ -183,12 +182,12 @@ class TokenDecoder:
         mix: torch.Tensor | None,
     ) -> None:
         stats = self.stats
-        stats["ensembled_steps"] += 1
+        stats.ensembled_steps += 1
         for name, member_key in member_keys.items():
-            stats["agreed"][name] += int(member_key == key)
+            stats.agreed[name] += int(member_key == key)
         if leader_key is not None and leader_key != key:
-            stats["disagreements"] += 1
-            if len(stats["examples"]) < _EXAMPLES:
+            stats.disagreements += 1
+            if len(stats.examples) < _EXAMPLES:
                 example = {
                     "step": self.steps,
                     "chosen": _show(key),
@@ -197,7 +196,7 @@ class TokenDecoder:
                 }
                 if mix is not None and self.union is not None:
                     example["ensemble_prob"] = round(float(mix[self.union.index[key]]), 4)
-                stats["examples"].append(example)
+                stats.examples.append(example)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> TokenDecodeOutcome:
@@ -221,8 +220,9 @@ class TokenDecoder:
                 break
             for stepper in self.steppers:
                 stepper.push(key)
-            self.answer.extend(key)
-            piece = decoder.decode(key)
+            added = key_text(key)
+            self.answer.extend(added)
+            piece = decoder.decode(added)
             tail = text[-64:]
             text += piece
             match = find_stop(tail, piece, settings.stop) if settings.stop and piece else None
@@ -237,38 +237,38 @@ class TokenDecoder:
             if piece and repeated_ngram_tail(text, settings.loop_max_ngram, settings.loop_min_repeats):
                 stop_reason = "repeated_ngram"
                 break
-        else:
-            stop_reason = "max_tokens"
-        if stop_reason not in ("stop_string",):
+        if stop_reason != "stop_string":
             text += decoder.decode(b"", final=True)
         return TokenDecodeOutcome(text, stop_reason, self.steps, self._summary(time.perf_counter() - started))
 
     def _summary(self, seconds: float) -> dict[str, Any]:
         stats = self.stats
         passes = {s.name: s.counters.forward_passes for s in self.steppers}
-        ensembled = stats["ensembled_steps"]
+        ensembled = stats.ensembled_steps
         return {
             "steps": self.steps,
             "leader": self.voters[self.leader].name,
             "ensemble_steps": self.settings.ensemble_steps,
             "ensembled_steps": ensembled,
-            "disagreements": stats["disagreements"],
-            "disagreement_rate": round(stats["disagreements"] / ensembled, 4) if ensembled else 0.0,
+            "disagreements": stats.disagreements,
+            "disagreement_rate": round(stats.disagreements / ensembled, 4) if ensembled else 0.0,
             "agreement": {
                 name: round(count / ensembled, 4) if ensembled else 0.0
-                for name, count in stats["agreed"].items()
+                for name, count in stats.agreed.items()
             },
-            "sat_out": {k: v for k, v in stats["sat_out"].items() if v},
+            "sat_out": {k: v for k, v in stats.sat_out.items() if v},
             "union_vocabulary": self.union.size if self.union is not None else self.steppers[0].vocab.size,
             "resyncs": {s.name: s.resyncs for s in self.steppers},
             "forward_passes": passes,
             "forward_passes_per_token": round(sum(passes.values()) / self.steps, 3) if self.steps else 0.0,
             "decode_seconds": round(seconds, 4),
-            "disagreement_examples": stats["examples"],
+            "disagreement_examples": stats.examples,
         }
 
 
 def _show(key: bytes) -> str:
     if key == EOS_KEY:
         return "<eos>"
+    if not key_text(key):
+        return key[len(CONTROL_PREFIX) :].decode("utf-8", errors="backslashreplace")
     return key.decode("utf-8", errors="backslashreplace")

@@ -10,10 +10,12 @@ mapped to its bytes and the union vocabulary is the set of distinct byte strings
 UTF-8 character (a byte-level piece, or ``<0xE2>``) is a byte string like any other.
 
 End-of-sequence ids of every model map to one shared key (``EOS_KEY``), so "stop here" is a
-choice the models vote on together. Other special tokens keep the bytes of their content.
-Several ids of one tokenizer that stand for the same bytes (``▁`` and ``<0x20>``) share one key;
-their probabilities add up, and the model's canonical id (the first non-byte-fallback one) is
-the one fed back to it.
+choice the models vote on together. Other special tokens are control, not text (the HF backend
+decodes without them too): each gets a control key named after its content (shared by models
+with the same special token) that adds no bytes to the answer.
+Several ids of one tokenizer that stand for the same bytes (``\n`` and ``<0x0A>``) share one key;
+the key gets the most probable spelling's probability (not the sum: then a model ensembled with
+itself keeps its own greedy choice exactly), and that spelling is the id fed back to the model.
 
 Cost: one pass over each vocabulary (about 0.3 s for 262k tokens), cached per tokenizer object.
 """
@@ -29,7 +31,8 @@ from typing import Any
 
 import torch
 
-EOS_KEY = b"\x00<eos>\x00"  # not the bytes of any real token
+CONTROL_PREFIX = b"\x00\xff"  # starts no real token's bytes: keys of tokens that are not text
+EOS_KEY = CONTROL_PREFIX + b"<eos>"
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SP_SPACE = "\u2581"  # ▁
 
@@ -48,6 +51,11 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 BYTE_LEVEL_DECODE: dict[str, int] = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def key_text(key: bytes) -> bytes:
+    """The bytes a chosen key adds to the answer (none for control keys)."""
+    return b"" if key.startswith(CONTROL_PREFIX) else key
 
 
 def tokenizer_scheme(tokenizer: Any) -> str:
@@ -84,6 +92,7 @@ class TokenizerVocabulary:
 
     keys: list[bytes]  # index: token id
     canonical: dict[bytes, int]  # key -> the id this model is fed for it
+    spellings: dict[bytes, list[int]] = field(default_factory=dict)  # keys with several ids
     byte_ids: dict[int, int] = field(default_factory=dict)  # single byte value -> an id spelling it
     scheme: str = "other"
 
@@ -107,13 +116,13 @@ def build_vocabulary(tokenizer: Any, eos_ids: set[int], logits_size: int) -> Tok
         if token_id in eos_ids:
             key = EOS_KEY
         elif token_id in special:
-            key = added.get(token_id, text or "").encode("utf-8")
+            key = CONTROL_PREFIX + b"<special>" + added.get(token_id, text or "").encode("utf-8")
         elif token_id in added:
             key = token_bytes(added[token_id], scheme) or b""
         else:
-            key = token_bytes(text, scheme) if text is not None else None
+            key = (token_bytes(text, scheme) if text is not None else None) or b""
         if not key:
-            key = b"\x00<unmapped:%d>\x00" % token_id
+            key = CONTROL_PREFIX + b"<unmapped:%d>" % token_id
         keys.append(key)
         if scheme == "sentencepiece" and _BYTE_FALLBACK.match(text or ""):
             fallback.add(token_id)
@@ -123,8 +132,14 @@ def build_vocabulary(tokenizer: Any, eos_ids: set[int], logits_size: int) -> Tok
         if len(key) == 1 and token_id not in special and (key[0] not in byte_ids or token_id in fallback):
             byte_ids[key[0]] = token_id
     for token_id in range(size, logits_size):  # embedding rows without a token (padding)
-        keys.append(b"\x00<pad-row:%d>\x00" % token_id)
-    return TokenizerVocabulary(keys=keys, canonical=canonical, byte_ids=byte_ids, scheme=scheme)
+        keys.append(CONTROL_PREFIX + b"<pad-row:%d>" % token_id)
+    spellings: dict[bytes, list[int]] = {}
+    for token_id, key in enumerate(keys):
+        if canonical.get(key, token_id) != token_id:
+            spellings.setdefault(key, [canonical[key]]).append(token_id)
+    return TokenizerVocabulary(
+        keys=keys, canonical=canonical, spellings=spellings, byte_ids=byte_ids, scheme=scheme
+    )
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, TokenizerVocabulary] = weakref.WeakKeyDictionary()
@@ -156,9 +171,9 @@ class UnionVocabulary:
         return len(self.keys)
 
     def project(self, which: int, probs: torch.Tensor) -> torch.Tensor:
-        """One model's distribution (float64, its vocabulary) on the union vocabulary."""
+        """One model's distribution (its vocabulary) on the union vocabulary (max over spellings)."""
         out = torch.zeros(self.size, dtype=probs.dtype)
-        return out.index_add_(0, self.maps[which], probs)
+        return out.scatter_reduce_(0, self.maps[which], probs, reduce="amax")
 
 
 def build_union(vocabularies: list[TokenizerVocabulary]) -> UnionVocabulary:

@@ -49,7 +49,8 @@ def test_selection_and_aggregation_switches() -> None:
             {"aggregation_params": {"scorers": [{"type": "remote", "uri": "x"}]}},
             ["url", "timeout_s", "retries"],
         ),
-        ({"aggregation_level": "token"}, ["sentence"]),
+        ({"aggregation_level": "token", "aggregation_method": "reward_based"}, ["gac"]),
+        ({"aggregation_level": "response", "aggregation_method": "vot"}, ["majority_vote", "best_of_n"]),
     ],
 )
 def test_unknown_names_list_the_valid_ones(config: dict, names: list[str]) -> None:
