@@ -154,18 +154,18 @@ def test_token_level_refuses_what_it_cannot_do(pool: ModelPool, llama: ModelSpec
 
 @pytest.mark.slow
 def test_smollm2_with_itself_is_its_greedy_answer(pool: ModelPool, smollm2) -> None:  # type: ignore[no-untyped-def]
-    request = ask("What is the capital of France?", max_tokens=10, temperature=0.0)
+    request = ask("What is the capital of France?", max_tokens=6, temperature=0.0)
     spec = ModelSpec(path="bundled:smollm2", name="smollm2")
     assert _token(pool, [spec], request).text == _greedy(pool, spec, request)
 
 
 @pytest.mark.slow
 def test_smollm2_and_gemma3_write_together(pool: ModelPool, smollm2, gemma3) -> None:  # type: ignore[no-untyped-def]
-    request = ask("What is the capital of France?", max_tokens=8, temperature=0.0)
+    request = ask("What is the capital of France?", max_tokens=6, temperature=0.0)
     smol = ModelSpec(path="bundled:smollm2", name="smollm2")
     result = _token(pool, [smol, GEMMA], request)
     summary = result.trace["summary"]
-    assert "Paris" in result.text or summary["steps"] == 8
+    assert summary["steps"] == 6 and result.text.strip()
     assert summary["union_vocabulary"] > 262_144
     assert summary["forward_passes"] == {"smollm2": summary["steps"], "gemma3": summary["steps"]}
     assert result.usage.per_model["gemma3"].prompt > 0
