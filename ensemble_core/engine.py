@@ -266,6 +266,7 @@ class RoundLoop:
                 boundary=params.segment_boundary,
                 stop_strings=tuple(request.stop),
                 min_tokens=params.min_segment_tokens,
+                ignore_eos=params.ignore_eos,
             )
             outcome = self.aggregator.run_round(self)
             winner = outcome.winner

@@ -46,6 +46,7 @@ class SegmentLimits:
     stop_strings: tuple[str, ...] = ()
     boundary_strings: tuple[str, ...] = ()
     min_tokens: int = 1
+    ignore_eos: bool = False  # benchmarks only: decode past EOS for a fixed amount of work
 
 
 @dataclass

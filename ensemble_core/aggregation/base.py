@@ -36,6 +36,9 @@ class SegmentParams(MethodParams):
     loop_min_repeats: int = Field(
         4, ge=2, description="stop when the answer ends with one n-gram repeated this many times"
     )
+    ignore_eos: bool = Field(
+        False, description="benchmarks only: keep decoding past EOS so every run does the same work"
+    )
     reuse_cache: bool = Field(True, description="keep each model's KV cache across rounds (False: naive)")
     concurrent: bool = Field(True, description="run the models of a round concurrently")
     batch_same_model: bool = Field(

@@ -229,7 +229,7 @@ class HFGenerationSession:
                 if results[row] is not None:
                     continue
                 self.counters.generated += 1
-                if token in gen.eos_ids:
+                if token in gen.eos_ids and not limits.ignore_eos:
                     results[row] = Candidate(gen.decode(ids[row]), ids[row], logps[row], "eos")
                     continue
                 ids[row].append(token)
