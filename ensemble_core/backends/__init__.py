@@ -6,4 +6,6 @@ table name these classes as ``"module:Class"`` strings and import them on first 
 
 GENERATOR_BACKENDS: dict[str, str] = {
     "hf": "ensemble_core.backends.hf:HFTextGenerator",
+    "vllm": "ensemble_core.backends.vllm:VLLMTextGenerator",  # needs the optional extra `vllm`
+    "openai": "ensemble_core.backends.openai_remote:OpenAITextGenerator",  # any /v1/completions server
 }

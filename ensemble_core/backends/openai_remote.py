@@ -1,0 +1,338 @@
+"""``engine: "openai"``: a ``TextGenerator`` over any OpenAI-compatible ``/v1/completions`` endpoint.
+
+A vLLM server, another Ensemble-Hub, a hosted API: the model is reached over HTTP, so nothing is
+loaded here. ``ModelSpec.path`` is the remote model name unless ``engine_options.model`` says
+otherwise. ``engine_options``:
+
+- ``base_url`` (required): the API root as OpenAI clients take it, e.g. ``http://host:8000/v1``;
+- ``api_key`` or ``api_key_env`` (the name of an environment variable holding it; better than
+  storing a secret in a config version): sent as ``Authorization: Bearer``;
+- ``prompt_format``: how the chat becomes one completion prompt: ``raw`` (default: the user's
+  text, for servers that apply their own chat template, such as Ensemble-Hub's
+  ``/v1/completions``), ``chatml``, ``plain`` (``role: content`` lines), or a Jinja chat
+  template string (``messages``, ``add_generation_prompt``);
+- ``logprobs`` (default true): ask for token log-probabilities; a server that refuses them
+  (HTTP 400 naming ``logprobs``) is asked again without, and never again;
+- ``timeout_s`` (default 60), ``max_retries`` (default 2; connection errors, 429 and 5xx, with
+  backoff), ``headers`` (extra HTTP headers).
+
+Segments: the request asks for ``max_new_tokens`` tokens; the text is then cut at the first
+segment boundary or stop string exactly as the local backends do it, token by token when the
+server returned tokens (logprobs), else word by word. Remote token ids are unknown: candidates
+carry ``-1`` per token (their count is what matters to the engine). Without logprobs the
+token count of a cut candidate is estimated from the server's ``usage``.
+Scoring (``score_continuations``, ``prompt_statistics``) needs ``echo`` with logprobs (vLLM has
+it); without it continuation scores are NaN (neutral for the likelihood scorer) and prompt
+statistics raise ``GenerationError`` (use another selector than ``zscore``).
+This module is the only one of ``ensemble_core`` that imports ``httpx``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from ensemble_core.errors import GenerationError, ModelLoadError
+from ensemble_core.ports import (
+    Candidate,
+    CandidateFinish,
+    ContinuationScore,
+    PromptStatistics,
+    Sampling,
+    SegmentLimits,
+    SessionCounters,
+)
+from ensemble_core.segment_text import check_candidate
+from ensemble_core.spec import ChatMessage, ModelSpec
+
+KNOWN_ENGINE_OPTIONS = frozenset(
+    {
+        "base_url",
+        "api_key",
+        "api_key_env",
+        "model",
+        "prompt_format",
+        "logprobs",
+        "timeout_s",
+        "max_retries",
+        "headers",
+    }
+)
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_WORD = re.compile(r"\s*\S+\s*|\s+")
+
+
+class RemoteRejected(GenerationError):
+    """The server answered 4xx: the request itself is wrong (not retried)."""
+
+
+def render_prompt(messages: list[ChatMessage], prompt_format: str) -> str:
+    """The chat as one completion prompt, ready for the assistant's answer."""
+    if prompt_format == "raw":
+        return "\n\n".join(m.content for m in messages)
+    if prompt_format == "chatml":
+        turns = "".join(f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages)
+        return turns + "<|im_start|>assistant\n"
+    if prompt_format == "plain":
+        return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant: "
+    if "{{" in prompt_format or "{%" in prompt_format:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        template = ImmutableSandboxedEnvironment().from_string(prompt_format)
+        payload = [{"role": m.role, "content": m.content} for m in messages]
+        return str(template.render(messages=payload, add_generation_prompt=True, bos_token="", eos_token=""))
+    raise ModelLoadError(
+        f"unknown prompt_format {prompt_format!r}; use raw, chatml, plain or a Jinja chat template"
+    )
+
+
+class OpenAITextGenerator:
+    """A remote model behind ``{base_url}/completions``; sessions are cheap (no state remotely)."""
+
+    engine = "openai"
+    supports_concurrency = True
+
+    def __init__(self, spec: ModelSpec, cache_dir: Any = None) -> None:
+        started = time.perf_counter()
+        options = dict(spec.engine_options)
+        unknown = set(options) - KNOWN_ENGINE_OPTIONS
+        if unknown:
+            raise ModelLoadError(
+                f"unknown engine_options {sorted(unknown)} for {spec.display_name!r}; valid: {sorted(KNOWN_ENGINE_OPTIONS)}"
+            )
+        base_url = options.get("base_url")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ModelLoadError(
+                f"{spec.display_name!r}: engine 'openai' needs engine_options.base_url (http(s)://host/v1)"
+            )
+        headers = {str(k): str(v) for k, v in dict(options.get("headers") or {}).items()}
+        api_key = options.get("api_key")
+        if options.get("api_key_env"):
+            api_key = os.environ.get(str(options["api_key_env"]))
+            if not api_key:
+                raise ModelLoadError(
+                    f"{spec.display_name!r}: environment variable {options['api_key_env']!r} is not set"
+                )
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.spec = spec
+        self.name = spec.display_name
+        self.model = str(options.get("model") or spec.path)
+        self.prompt_format = str(options.get("prompt_format", "raw"))
+        render_prompt([ChatMessage(role="user", content="x")], self.prompt_format)  # fail now, not mid-job
+        self.max_retries = int(options.get("max_retries", 2))
+        self.logprobs: bool = bool(options.get("logprobs", True))
+        self.echo: bool | None = None  # unknown until tried
+        self.client = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=float(options.get("timeout_s", 60.0))
+        )
+        self.device = f"remote:{httpx.URL(base_url).host}"
+        self.lock = threading.Lock()
+        self.load_seconds = time.perf_counter() - started
+
+    def open_session(
+        self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
+    ) -> OpenAIGenerationSession:
+        return OpenAIGenerationSession(self, messages, seed=seed)
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``/completions`` with retries; a refused ``logprobs`` is dropped once and for all."""
+        body = {"model": self.model, **payload}
+        if "logprobs" in body and not self.logprobs:
+            body.pop("logprobs")
+        try:
+            return self._post(body)
+        except RemoteRejected as exc:
+            if "logprobs" in body and "logprobs" in exc.message:
+                self.logprobs = False
+                body.pop("logprobs")
+                return self._post(body)
+            raise
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        last = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(0.2 * 2 ** (attempt - 1))
+            try:
+                response = self.client.post("/completions", json=body)
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code in _RETRY_STATUS:
+                last = f"HTTP {response.status_code}: {response.text[:200]}"
+                continue
+            if response.status_code >= 400:
+                raise RemoteRejected(
+                    f"{self.name}: the server refused the request (HTTP {response.status_code}): {_error_message(response)}"
+                )
+            try:
+                data = response.json()
+                if not data.get("choices"):
+                    raise ValueError("no choices")
+                return dict(data)
+            except ValueError as exc:
+                raise GenerationError(f"{self.name}: malformed completion response: {exc}") from exc
+        raise GenerationError(
+            f"{self.name}: {self.client.base_url} failed after {self.max_retries + 1} attempt(s): {last}"
+        )
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+        if isinstance(error, dict):
+            return f"{error.get('message', '')} (param {error.get('param')!r})"
+        return str(error or response.text)[:300]
+    except ValueError:
+        return response.text[:300]
+
+
+class OpenAIGenerationSession:
+    """One job's requests to the remote model: the rendered prompt, a seeded RNG, counters."""
+
+    def __init__(
+        self, generator: OpenAITextGenerator, messages: list[ChatMessage], *, seed: int | None
+    ) -> None:
+        self.generator = generator
+        self.prompt_text = render_prompt(messages, generator.prompt_format)
+        self.rng = random.Random(seed if seed is not None else 0)
+        self.counters = SessionCounters(prompt_tokens=self.count_tokens(self.prompt_text))
+        self._prompt_counted = False
+
+    def count_tokens(self, text: str) -> int:
+        """An estimate (4 bytes a token): the remote tokenizer is not available here."""
+        return max(1, round(len(text.encode("utf-8")) / 4)) if text else 0
+
+    def generate(
+        self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits
+    ) -> list[Candidate]:
+        if not samplings or limits.max_new_tokens <= 0:
+            return []
+        return [self._one(accepted_text, sampling, limits) for sampling in samplings]
+
+    def _one(self, accepted_text: str, sampling: Sampling, limits: SegmentLimits) -> Candidate:
+        payload: dict[str, Any] = {
+            "prompt": self.prompt_text + accepted_text,
+            "max_tokens": limits.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "seed": self.rng.randrange(2**31),
+            "logprobs": 1,
+        }
+        data = self.generator.complete(payload)
+        self.counters.forward_passes += 1
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        if not self._prompt_counted and usage.get("prompt_tokens"):
+            self.counters.prompt_tokens = int(usage["prompt_tokens"])
+            self._prompt_counted = True
+        self.counters.prefilled += int(usage.get("prompt_tokens") or self.count_tokens(payload["prompt"]))
+        text = str(choice.get("text") or "")
+        logprobs = choice.get("logprobs") or {}
+        tokens = [str(t) for t in (logprobs.get("tokens") or [])]
+        values = [float(v) if v is not None else 0.0 for v in (logprobs.get("token_logprobs") or [])]
+        if not tokens or "".join(tokens) != text:  # no usable tokens: cut word by word
+            tokens, values = _WORD.findall(text), []
+            total = int(usage.get("completion_tokens") or self.count_tokens(text))
+        else:
+            total = len(tokens)
+        self.counters.generated += total
+        candidate = _cut(tokens, values, total, limits, accepted_text[-64:])
+        if candidate is not None:
+            return candidate
+        finish: CandidateFinish = "eos" if choice.get("finish_reason") == "stop" else "length"
+        return Candidate(text, [-1] * total, values, finish)
+
+    def score_continuations(self, accepted_text: str, continuations: list[str]) -> list[ContinuationScore]:
+        prefix = self.prompt_text + accepted_text
+        scores = []
+        for continuation in continuations:
+            offsets, values, _ = self._echo(prefix + continuation)
+            kept = [
+                v
+                for o, v in zip(offsets, values, strict=True)
+                if len(prefix) <= o < len(prefix) + len(continuation)
+            ]
+            if not kept:
+                scores.append(ContinuationScore(mean_logprob=math.nan, tokens=0))
+                continue
+            self.counters.scored += len(kept)
+            scores.append(ContinuationScore(mean_logprob=sum(kept) / len(kept), tokens=len(kept)))
+        return scores
+
+    def prompt_statistics(self) -> PromptStatistics:
+        offsets, values, tops = self._echo(self.prompt_text)
+        inside = [(v, t) for o, v, t in zip(offsets, values, tops, strict=True) if o < len(self.prompt_text)][
+            1:
+        ]
+        if not inside:
+            raise GenerationError(
+                f"{self.generator.name}: the server gives no prompt log-probabilities (echo), which "
+                "zscore selection needs; use another model_selection_method for remote models"
+            )
+        return PromptStatistics(
+            mean_nll=-sum(v for v, _ in inside) / len(inside),
+            mean_top1_prob=sum(math.exp(t) for _, t in inside) / len(inside),
+            tokens=len(inside) + 1,
+        )
+
+    def _echo(self, prompt: str) -> tuple[list[int], list[float], list[float]]:
+        """Text offsets, log-probabilities and top-1 log-probabilities of ``prompt``'s tokens."""
+        generator = self.generator
+        if generator.echo is False or not generator.logprobs:
+            return [], [], []
+        try:
+            data = generator.complete(
+                {"prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0}
+            )
+        except RemoteRejected:
+            generator.echo = False
+            return [], [], []
+        logprobs = data["choices"][0].get("logprobs") or {}
+        offsets = list(logprobs.get("text_offset") or [])
+        raw = list(logprobs.get("token_logprobs") or [])
+        if not offsets or len(offsets) != len(raw):
+            generator.echo = False
+            return [], [], []
+        generator.echo = True
+        self.counters.forward_passes += 1
+        tops = [
+            max(d.values()) if isinstance(d, dict) and d else (v if v is not None else 0.0)
+            for d, v in zip(logprobs.get("top_logprobs") or [None] * len(raw), raw, strict=True)
+        ]
+        pairs = [
+            (int(o), float(v), float(t)) for o, v, t in zip(offsets, raw, tops, strict=True) if v is not None
+        ]
+        return [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs]
+
+    def close(self) -> None:
+        pass
+
+
+def _cut(
+    pieces: list[str], values: list[float], total: int, limits: SegmentLimits, tail: str
+) -> Candidate | None:
+    """The candidate ended at its first boundary or stop string, or None when none occurs."""
+    text = ""
+    for i, piece in enumerate(pieces):
+        text += piece
+        count = i + 1 if values else max(1, round(total * len(text) / max(len("".join(pieces)), 1)))
+        finish, stop = check_candidate(text, count, limits, tail)
+        if finish is None or finish == "length":  # the server applied max_tokens itself
+            continue
+        candidate = Candidate(text, [-1] * count, values[: i + 1], finish)
+        if stop is not None:
+            candidate.text = text[: stop.keep_chars]
+            candidate.stop_string = stop.string
+            candidate.trim_accepted = stop.trim_accepted
+        return candidate
+    return None
