@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -112,3 +112,15 @@ def next_attempt_number(session: Session, event_id: str) -> int:
         select(func.max(WebhookDelivery.attempt)).where(WebhookDelivery.event_id == event_id)
     )
     return int(current or 0) + 1
+
+
+def stale_pending_deliveries(session: Session, *, grace_s: float, limit: int = 500) -> Sequence[int]:
+    """Attempts due for a while but never picked up: their task was lost (broker outage
+    between commit and send, or a worker that held the countdown task died)."""
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    return session.scalars(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.scheduled_at < cutoff)
+        .order_by(WebhookDelivery.id)
+        .limit(limit)
+    ).all()

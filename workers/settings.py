@@ -16,4 +16,6 @@ class WorkerSettings(BaseSettings):
     unsent_grace_s: float = 5.0  # a queued job not sent to the broker after this is sent by the sweeper
     resend_after_s: float = 900.0  # a queued job sent this long ago without starting is sent again
     job_dead_after_s: float = 30.0  # a running job without a heartbeat for this long lost its worker
+    # a webhook attempt still pending this long after it was due lost its task: send it again
+    webhook_stale_after_s: float = 60.0
     max_attempts: int = 3  # after this many lost workers the job fails with `worker_lost`

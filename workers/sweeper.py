@@ -3,7 +3,9 @@
 - queued jobs that never reached the broker, or whose message was lost, are sent (again);
   a duplicate message is harmless because the claim is a conditional update;
 - running jobs whose heartbeat stopped (their worker died: OOM, kill -9, preemption) go back
-  to the queue, or fail for good with ``worker_lost`` after ``max_attempts`` attempts.
+  to the queue, or fail for good with ``worker_lost`` after ``max_attempts`` attempts;
+- webhook attempts that were due a while ago but never picked up are sent again (a
+  duplicate is harmless: an attempt is claimed once).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from celery import Celery
 
 from jobqueue.celery_config import enqueue_job, enqueue_webhooks
 from jobqueue.webhook_events import record_settlement_events
-from persistence import recovery, repository
+from persistence import recovery, repository, webhook_repository
 from persistence.db import Database
 from workers.settings import WorkerSettings
 
@@ -27,9 +29,15 @@ class SweepReport:
     sent: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    webhooks: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[str]]:
-        return {"sent": self.sent, "requeued": self.requeued, "failed": self.failed}
+        return {
+            "sent": self.sent,
+            "requeued": self.requeued,
+            "failed": self.failed,
+            "webhooks": self.webhooks,
+        }
 
 
 def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport:
@@ -53,8 +61,13 @@ def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport
                     deliveries += record_settlement_events(session, [settled])
             elif recovery.requeue_orphan(session, job_id, dead_after_s=settings.job_dead_after_s):
                 report.requeued.append(job_id)
-    if deliveries:
-        enqueue_webhooks(celery, deliveries)
+    with db.transaction() as session:
+        stale = list(
+            webhook_repository.stale_pending_deliveries(session, grace_s=settings.webhook_stale_after_s)
+        )
+    if deliveries or stale:
+        enqueue_webhooks(celery, deliveries + stale)
+        report.webhooks += [str(d) for d in stale]
     with db.transaction() as session:
         to_send = list(
             recovery.jobs_to_send(
@@ -66,6 +79,6 @@ def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport
         with db.transaction() as session:
             repository.mark_enqueued(session, [job_id])
         report.sent.append(job_id)
-    if report.sent or report.requeued or report.failed:
+    if report.sent or report.requeued or report.failed or report.webhooks:
         log.warning("sweep: %s", report.as_dict())
     return report
