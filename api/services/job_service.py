@@ -207,7 +207,9 @@ def raise_unless_succeeded(job: Job) -> None:
             504,
             f"the job did not finish within the timeout; it goes on: poll /v1/jobs/{job.id}",
             code="timeout",
-            headers={"Location": f"/v1/jobs/{job.id}"},
+            # OpenAI's SDK retries a 5xx after Retry-After; with the same Idempotency-Key the
+            # retry waits for this job again
+            headers={"Location": f"/v1/jobs/{job.id}", "Retry-After": "2", "X-Should-Retry": "true"},
             extra={"job_id": job.id},
         )
     status = 409 if job.status == "cancelled" else _FAILED_JOB_STATUS.get(job.error_code or "", 500)

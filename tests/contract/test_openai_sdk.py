@@ -122,3 +122,36 @@ def test_errors_map_to_the_sdk_exceptions(client):
             model="ensemble", messages=[{"role": "user", "content": "x"}], logprobs=True
         )
     assert unsupported.value.code == "unsupported_parameter"
+
+
+def test_the_sdks_own_retries_of_a_504_attach_to_one_job(stack):
+    """The SDK retries 5xx answers by itself with the same headers: with an Idempotency-Key
+    the retries wait for the first job instead of starting new ones."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    key = f"sdk-{uuid.uuid4()}"
+    retrying = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="x", max_retries=5, timeout=120)
+    retrying.models.list()
+    # warm the worker so that the job ends within the retries (it loads the models once)
+    retrying.chat.completions.create(
+        model="ensemble", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    response = retrying.chat.completions.create(
+        model="ensemble",
+        messages=[{"role": "user", "content": "Tell me a story."}],
+        max_tokens=24,
+        extra_body={"timeout": 0.05},
+        extra_headers={"Idempotency-Key": key},
+    )
+    assert response.choices[0].message.content
+    engine = create_engine(stack.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT id, attempts FROM jobs WHERE idempotency_key = :k"), {"k": key}
+            ).all()
+    finally:
+        engine.dispose()
+    assert [(r.id, r.attempts) for r in rows] == [(response.id, 1)]
