@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=1024)
     parser.add_argument("--segment", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="64 tokens, 1 run, 128-token long row")
-    parser.add_argument("--only", choices=["reuse", "decoding", "overhead"], action="append")
+    parser.add_argument("--only", choices=["reuse", "decoding", "overhead", "levels"], action="append")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.tokens, args.long_tokens = 1, 64, 128
@@ -190,7 +190,7 @@ def main() -> None:
     for spec in (SMOL_COOL, GEMMA):  # load outside the timings
         pool.generator(spec)
     print(f"torch threads: {torch.get_num_threads()}; loaded: {pool.loaded()}", flush=True)
-    sections = args.only or ["reuse", "decoding", "overhead"]
+    sections = args.only or ["reuse", "decoding", "overhead", "levels"]
     out: list[str] = []
     if "reuse" in sections:
         out += reuse_table(pool, args.runs, args.tokens, args.long_tokens, args.segment) + [""]
@@ -198,6 +198,10 @@ def main() -> None:
         out += decoding_table(pool, args.runs, args.tokens, args.segment) + [""]
     if "overhead" in sections:
         out += overhead_table(pool, args.runs, args.tokens, args.segment) + [""]
+    if "levels" in sections:  # token and response level rows (bench/engine_levels.py)
+        from bench.engine_levels import levels_table
+
+        out += levels_table(pool, args.runs, args.tokens) + [""]
     print("\n" + "\n".join(out))
 
 
