@@ -12,9 +12,12 @@ prompt form) and add ``choices[i].metadata = {"model", "round"}``: who wrote the
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from api.errors import envelope
 from api.services import job_service
@@ -22,6 +25,8 @@ from api.services.completion_service import PreparedJob, choice_metadata, submit
 from api.state import AppState
 from persistence import repository
 from persistence.models import Job, new_id
+
+log = logging.getLogger(__name__)
 
 
 def open_stream(
@@ -46,52 +51,67 @@ def open_stream(
 
 
 def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> Iterator[str]:
+    try:
+        yield from _relay(state, prepared, job, subscription)
+    except Exception as exc:  # noqa: BLE001 - the 200 is sent already: the error goes in the stream
+        log.exception("stream of job %s broke", job.id)
+        database = isinstance(exc, DBAPIError)
+        yield _error_frame(
+            503 if database else 500,
+            "the database is unavailable; poll the job"
+            if database
+            else f"internal error ({type(exc).__name__})",
+            code="database_unavailable" if database else "internal_error",
+            job_id=job.id,
+        )
+    finally:
+        subscription.close()
+
+
+def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> Iterator[str]:
     chunks = _ChunkWriter(job, prepared)
     sent: dict[int, str] = {}
     deadline = time.monotonic() + prepared.timeout
     last_frame = time.monotonic()
-    try:
-        if prepared.form == "chat":
-            for index in range(prepared.n):
-                yield chunks.frame(index, {"role": "assistant", "content": ""})
-        final = repository.is_final(job.status)
-        while not final and time.monotonic() < deadline:
-            event = subscription.get(min(1.0, max(0.0, deadline - time.monotonic())))
-            if event is None:
-                final = repository.is_final(job_service.load_job(state, job.id).status)
-                if not final and time.monotonic() - last_frame >= state.settings.stream_keepalive_s:
-                    last_frame = time.monotonic()
-                    yield ": keep-alive\n\n"
-                continue
-            if event.get("type") == "segment" and event.get("text"):
-                index = int(event.get("index") or 0)
-                sent[index] = sent.get(index, "") + event["text"]
+    if prepared.form == "chat":
+        for index in range(prepared.n):
+            yield chunks.frame(index, {"role": "assistant", "content": ""})
+    final = repository.is_final(job.status)
+    while not final and time.monotonic() < deadline:
+        event = subscription.get(min(1.0, max(0.0, deadline - time.monotonic())))
+        if event is None:
+            final = repository.is_final(job_service.load_job(state, job.id).status)
+            if not final and time.monotonic() - last_frame >= state.settings.stream_keepalive_s:
                 last_frame = time.monotonic()
-                yield chunks.frame(
-                    index, event["text"], metadata={"model": event.get("model"), "round": event.get("round")}
-                )
-            elif event.get("type") == "done":
-                final = True
-        job = job_service.load_job(state, job.id)
-        if not repository.is_final(job.status):
-            yield _error_frame(
-                504,
-                f"the job did not finish within the timeout; it goes on: poll /v1/jobs/{job.id}",
-                code="timeout",
-                job_id=job.id,
+                yield ": keep-alive\n\n"
+            continue
+        if event.get("type") == "segment" and event.get("text"):
+            index = int(event.get("index") or 0)
+            sent[index] = sent.get(index, "") + event["text"]
+            last_frame = time.monotonic()
+            yield chunks.frame(
+                index, event["text"], metadata={"model": event.get("model"), "round": event.get("round")}
             )
-            return
-        if job.status != "succeeded":
-            yield _error_frame(
-                409 if job.status == "cancelled" else 500,
-                job.error_message or f"job {job.status}",
-                code=job.error_code or job.status,
-                job_id=job.id,
-            )
-            return
-        yield from _finish(chunks, job, prepared, sent)
-    finally:
-        subscription.close()
+        elif event.get("type") == "done":
+            final = True
+    job = job_service.load_job(state, job.id)
+    if not repository.is_final(job.status):
+        yield _error_frame(
+            504,
+            f"the job did not finish within the timeout; it goes on: poll /v1/jobs/{job.id}",
+            code="timeout",
+            job_id=job.id,
+        )
+        return
+    if job.status != "succeeded":
+        yield _error_frame(
+            409 if job.status == "cancelled" else 500,
+            job.error_message or f"job {job.status}",
+            code=job.error_code or job.status,
+            job_id=job.id,
+        )
+        return
+    yield from _finish(chunks, job, prepared, sent)
 
 
 def _finish(chunks: _ChunkWriter, job: Job, prepared: PreparedJob, sent: dict[int, str]) -> Iterator[str]:
