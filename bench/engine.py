@@ -55,8 +55,9 @@ def run(
     request = GenerationRequest(
         messages=[ChatMessage(role="user", content=PROMPT)], max_tokens=tokens, seed=7
     )
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = run_ensemble(EnsembleSpec(model_specs=members), config, request, pool)
+    result.trace["bench_cpu_s"] = time.process_time() - cpu_started
     return time.perf_counter() - started, result
 
 
@@ -64,7 +65,9 @@ def prefilled(result: EnsembleResult) -> int:
     return sum(u.prefilled for u in result.usage.per_model.values())
 
 
-def median_runs(pool: ModelPool, runs: int, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+def median_runs(
+    pool: ModelPool, runs: int, variants: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, float]]:
     """Run each variant ``runs`` times, interleaved; medians of wall time and counters."""
     samples: dict[str, list[tuple[float, EnsembleResult]]] = {k: [] for k in variants}
     for _ in range(runs):
@@ -74,6 +77,8 @@ def median_runs(pool: ModelPool, runs: int, variants: dict[str, dict[str, Any]])
     for name, rows in samples.items():
         out[name] = {
             "wall": statistics.median(t for t, _ in rows),
+            "wall_min": min(t for t, _ in rows),
+            "cpu": statistics.median(r.trace["bench_cpu_s"] for _, r in rows),
             "prefilled": statistics.median(prefilled(r) for _, r in rows),
             "kept": statistics.median(r.usage.completion_tokens for _, r in rows),
         }
@@ -85,8 +90,8 @@ def reuse_table(pool: ModelPool, runs: int, tokens: int, long_tokens: int, segme
     lines = [
         f"### Prefix-cache reuse (SmolLM2 x2 at T=0.3/0.9 + Gemma-3-270M, {segment}-token segments)",
         "",
-        "| method | tokens | runs | prefilled naive | prefilled reuse | prefill ratio | wall naive (s) | wall reuse (s) | wall ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | tokens | runs | prefilled naive | prefilled reuse | prefill ratio | wall naive (s) | wall reuse (s) | wall ratio | CPU ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [("round_robin", tokens, runs), ("reward_based", tokens, runs), ("round_robin", long_tokens, 1)]
     for method, n, r in rows:
@@ -96,7 +101,7 @@ def reuse_table(pool: ModelPool, runs: int, tokens: int, long_tokens: int, segme
         lines.append(
             f"| {method} | {n} | {r} | {nv['prefilled']:.0f} | {ru['prefilled']:.0f} | "
             f"{nv['prefilled'] / max(ru['prefilled'], 1):.1f}x | {nv['wall']:.1f} | {ru['wall']:.1f} | "
-            f"{nv['wall'] / ru['wall']:.2f}x |"
+            f"{nv['wall'] / ru['wall']:.2f}x | {nv['cpu'] / ru['cpu']:.2f}x |"
         )
         print(lines[-1], flush=True)
     return lines
@@ -106,8 +111,8 @@ def decoding_table(pool: ModelPool, runs: int, tokens: int, segment: int) -> lis
     lines = [
         f"### Decoding: batched same-model candidates and concurrent models (reward_based, {tokens} tokens)",
         "",
-        "| members | variant | runs | wall (s) | speed-up |",
-        "|---|---|---|---|---|",
+        "| members | variant | runs | wall (s) | CPU (s) | wall speed-up | CPU speed-up |",
+        "|---|---|---|---|---|---|---|",
     ]
     base = {"method": "reward_based", "tokens": tokens, "segment": segment}
     same = median_runs(
@@ -132,7 +137,11 @@ def decoding_table(pool: ModelPool, runs: int, tokens: int, segment: int) -> lis
     ):
         for variant in (slow, fast):
             speed = res[slow]["wall"] / res[variant]["wall"]
-            lines.append(f"| {members} | {variant} | {runs} | {res[variant]['wall']:.1f} | {speed:.2f}x |")
+            cpu_speed = res[slow]["cpu"] / res[variant]["cpu"]
+            lines.append(
+                f"| {members} | {variant} | {runs} | {res[variant]['wall']:.1f} | {res[variant]['cpu']:.1f} | "
+                f"{speed:.2f}x | {cpu_speed:.2f}x |"
+            )
             print(lines[-1], flush=True)
     return lines
 
@@ -141,8 +150,8 @@ def overhead_table(pool: ModelPool, runs: int, tokens: int, segment: int) -> lis
     lines = [
         f"### Wall time per kept token against one model alone ({tokens} tokens)",
         "",
-        "| configuration | runs | wall (s) | ms per kept token | vs SmolLM2 alone | vs its models alone |",
-        "|---|---|---|---|---|---|",
+        "| configuration | runs | wall (s) | ms per kept token | vs SmolLM2 alone | vs its models alone | CPU vs its models alone |",
+        "|---|---|---|---|---|---|---|",
     ]
     base = {"tokens": tokens, "segment": segment}
     variants = {
@@ -156,25 +165,38 @@ def overhead_table(pool: ModelPool, runs: int, tokens: int, segment: int) -> lis
             "progressive_mode": "length",
             "length_thresholds": [tokens // 2],
         },
-        "reward_based, SmolLM2 x2 (same base)": {**base, "members": [SMOL_COOL, SMOL_WARM], "method": "reward_based"},
+        "reward_based, SmolLM2 x2 (same base)": {
+            **base,
+            "members": [SMOL_COOL, SMOL_WARM],
+            "method": "reward_based",
+        },
         "reward_based, SmolLM2 + Gemma": {**base, "members": [SMOL_COOL, GEMMA], "method": "reward_based"},
     }
     res = median_runs(pool, runs, variants)
-    smol = res["SmolLM2 alone"]["wall"] / res["SmolLM2 alone"]["kept"]
-    gemma = res["Gemma-3-270M alone"]["wall"] / res["Gemma-3-270M alone"]["kept"]
+
+    def alone(key: str, name: str) -> float:
+        smol = res["SmolLM2 alone"][key] / res["SmolLM2 alone"]["kept"]
+        gemma = res["Gemma-3-270M alone"][key] / res["Gemma-3-270M alone"]["kept"]
+        if "Gemma" in name and "SmolLM2" in name:
+            return (smol + gemma) / 2
+        return gemma if "Gemma" in name else smol
+
+    smol_wall = res["SmolLM2 alone"]["wall"] / res["SmolLM2 alone"]["kept"]
     for name, row in res.items():
         per_token = row["wall"] / row["kept"]
-        alone = (smol + gemma) / 2 if "Gemma" in name and "SmolLM2" in name else (gemma if "Gemma" in name else smol)
+        cpu_per_token = row["cpu"] / row["kept"]
         lines.append(
-            f"| {name} | {runs} | {row['wall']:.1f} | {per_token * 1000:.0f} | {per_token / smol:.2f}x | "
-            f"{per_token / alone:.2f}x |"
+            f"| {name} | {runs} | {row['wall']:.1f} | {per_token * 1000:.0f} | {per_token / smol_wall:.2f}x | "
+            f"{per_token / alone('wall', name):.2f}x | {cpu_per_token / alone('cpu', name):.2f}x |"
         )
         print(lines[-1], flush=True)
     return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--long-tokens", type=int, default=1024)

@@ -90,7 +90,7 @@ def test_result_is_json_serialisable_and_complete(pool: ModelPool) -> None:
     rounds = dumped["trace"]["rounds"]
     assert [r["winner"] for r in rounds] == ["m0", "m1"]
     assert set(rounds[0]["candidates"][0]) >= {"model", "text", "tokens"}
-    assert set(dumped["usage"]["per_model"]["m0"]) == {"prompt", "generated", "prefilled", "discarded"}
+    assert set(dumped["usage"]["per_model"]["m0"]) >= {"prompt", "generated", "prefilled", "discarded"}
 
 
 def test_output_aggregation_off_lets_one_model_write(pool: ModelPool) -> None:
