@@ -89,6 +89,7 @@ def test_the_guide_has_the_examples_this_test_expects():
 def test_every_curl_example_of_the_guide(stack):
     examples = curl_examples()
     base = stack.base_url
+    original = _current_config(stack)
     try:
         # 1. basic chat completion (default config: the stack's all + loop)
         status, body = run_curl(examples[0], base)
@@ -166,7 +167,7 @@ def test_every_curl_example_of_the_guide(stack):
             assert status == 200 and body["status"] == "ok"
             assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
     finally:
-        _restore(stack)
+        _restore(stack, original)
 
 
 def test_the_guides_python_client(stack):
@@ -194,11 +195,12 @@ def test_guide_example_one_on_the_real_smollm2(stack):
     smollm2 = [{"path": "bundled:smollm2", "engine": "hf", "device": "cpu", "name": "smollm2"}]
     command = curl_examples()[0]
     assert '"max_tokens": 100' in command
+    original = _current_config(stack)
     httpx.post(stack.base_url + "/v1/ensemble/config", json={"model_specs": smollm2})
     try:
         status, body = run_curl(command.replace('"max_tokens": 100', '"max_tokens": 16'), stack.base_url)
     finally:
-        _restore(stack)
+        _restore(stack, original)
     assert status == 200, body
     choice = body["choices"][0]
     assert choice["metadata"]["selected_models"] == ["smollm2"]
@@ -206,20 +208,17 @@ def test_guide_example_one_on_the_real_smollm2(stack):
     assert 0 < body["usage"]["completion_tokens"] <= 16
 
 
-def _restore(stack) -> None:
-    """Back to the tiny models and the stack's default config for the other tests."""
+def _current_config(stack) -> dict:
+    return httpx.get(stack.base_url + "/v1/ensemble/config").json()
+
+
+def _restore(stack, original: dict) -> None:
+    """Back to the config version the test started from, for the other tests."""
     httpx.post(
         stack.base_url + "/v1/ensemble/config",
         json={
-            "model_specs": stack.tiny_specs,
-            "default_ensemble_config": {
-                "model_selection_method": "all",
-                "ensemble_method": "loop",
-                "aggregation_method": "round_robin",
-                "max_rounds": 4,
-                "use_model_selection": True,
-                "use_output_aggregation": True,
-            },
-            "note": "restored by the guide examples test",
+            "model_specs": original["model_specs"],
+            "default_ensemble_config": original["default_ensemble_config"],
+            "note": f"restored version {original['version']} after the guide examples",
         },
     )
