@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ensemble_core.pool import ModelPool
-
 from jobqueue.events import event_bus_for
 from jobqueue.settings import QueueSettings
 from persistence import repository
