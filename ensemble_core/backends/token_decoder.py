@@ -24,6 +24,7 @@ import torch
 
 from ensemble_core.backends.hf_token import HFTokenStepper
 from ensemble_core.backends.token_vocab import CONTROL_PREFIX, EOS_KEY, UnionVocabulary, build_union, key_text
+from ensemble_core.errors import GenerationError
 from ensemble_core.loop_detection import repeated_ngram_tail
 from ensemble_core.ports import Sampling
 from ensemble_core.segment_text import find_stop
@@ -140,23 +141,28 @@ class TokenDecoder:
         stepper = self.steppers[index]
         return stepper.synced or stepper.resync(bytes(self.answer))
 
-    def _leader_step(self) -> tuple[bytes, float, bytes] | None:
-        """(chosen key, leader top-1 probability, leader's greedy key), or None to ensemble."""
-        lead = self.steppers[self.voters[self.leader].stepper]
-        if not self._ensure_synced(self.voters[self.leader].stepper):
-            return None
-        probs = lead.distribution()
-        top = float(probs.max())
-        greedy_key = lead.vocab.keys[int(torch.argmax(probs))]
-        if self.settings.ensemble_steps == "uncertain" and top >= self.settings.uncertainty_threshold:
-            return lead.vocab.keys[self._pick(probs, self.voters[self.leader].stepper)], top, greedy_key
-        return b"", top, greedy_key
-
-    def _ensemble_step(self, leader_key: bytes | None, leader_top: float) -> bytes:
-        wanted = sorted({v.stepper for v in self.voters})
-        ready = [i for i in wanted if self._ensure_synced(i)]
+    def _step(self) -> tuple[bytes, str]:
+        """One step: the chosen key and who chose it (the leader alone, or ``ensemble``)."""
+        lead = self.voters[self.leader].stepper
+        if self.settings.ensemble_steps == "uncertain" and self._ensure_synced(lead):
+            probs = self.steppers[lead].distribution()  # the leader alone first: maybe enough
+            if float(probs.max()) >= self.settings.uncertainty_threshold:
+                return self.steppers[lead].vocab.keys[self._pick(probs, lead)], self.voters[self.leader].name
+        # every model at once (concurrently; a leader that already ran answers from its cache)
+        ready = [i for i in sorted({v.stepper for v in self.voters}) if self._ensure_synced(i)]
         tasks: list[Callable[[], Any]] = [lambda i=i: self.steppers[i].distribution() for i in ready]  # type: ignore[misc]
         dists: dict[int, torch.Tensor] = dict(zip(ready, self.run_parallel(tasks), strict=True))
+        return self._ensemble_step(dists), "ensemble"
+
+    def _ensemble_step(self, dists: dict[int, torch.Tensor]) -> bytes:
+        lead = self.voters[self.leader].stepper
+        leader_key, leader_top = None, 0.0
+        if lead in dists:
+            leader_key = self.steppers[lead].vocab.keys[int(torch.argmax(dists[lead]))]
+            leader_top = float(dists[lead].max())
+        ready = list(dists)
+        if not ready:
+            raise GenerationError("token level: no model can spell the answer so far (no single-byte tokens)")
         if self.union is None:  # one model, one member: its own distribution
             only = ready[0]
             key = self.steppers[only].vocab.keys[self._pick(dists[only], only)]
@@ -219,13 +225,7 @@ class TokenDecoder:
         stop_reason = "max_tokens"
         self.steps = 0
         while self.steps < settings.max_tokens:
-            led = self._leader_step()
-            if led is not None and led[0]:
-                key, source = led[0], self.voters[self.leader].name
-            else:
-                leader_key = led[2] if led is not None else None
-                key = self._ensemble_step(leader_key, led[1] if led is not None else 0.0)
-                source = "ensemble"
+            key, source = self._step()
             self.steps += 1
             if key == EOS_KEY:
                 stop_reason = "eos"
