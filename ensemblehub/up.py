@@ -85,7 +85,7 @@ def _banner(host: str, port: int, flower: str | None) -> None:
     base = f"http://{host}:{port}"
     print("\nEnsemble-Hub is up:", flush=True)
     print(f"  API        {base}   (docs: {base}/docs, health: {base}/status)")
-    print("  Worker     one Celery worker (solo pool) + beat (the job sweeper)")
+    print("  Workers    models (solo pool), webhooks+maintenance, and beat (the job sweeper)")
     if flower:
         print(f"  Flower     {flower}")
     print("First request to try:")
@@ -103,8 +103,18 @@ def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: i
     from ensemblehub.cli import flower_basic_auth
 
     services.migrate(db_url)
+    state_dir = Path(
+        os.environ.get("ENSEMBLEHUB_DATA_DIR") or Path.home() / ".local" / "share" / "ensemblehub"
+    )
+    state_dir.mkdir(parents=True, exist_ok=True)
     children: list[subprocess.Popen[bytes]] = [
-        subprocess.Popen(services.worker_argv(name=f"ensemblehub-up@%h.{os.getpid()}"))
+        # the model worker runs one ensemble job at a time (solo pool) ...
+        subprocess.Popen(services.worker_argv(queues="models", name=f"ensemblehub-models@%h.{os.getpid()}")),
+        # ... so webhooks and the sweeper get their own worker and never wait behind a job
+        subprocess.Popen(
+            services.worker_argv(queues="webhooks,maintenance", name=f"ensemblehub-io@%h.{os.getpid()}")
+        ),
+        subprocess.Popen(services.beat_argv(str(state_dir))),
     ]
     flower_port = int(os.environ.get("ENSEMBLEHUB_FLOWER_PORT", "5555"))
     auth = flower_basic_auth()

@@ -17,7 +17,17 @@ def load():
 
 def test_compose_has_every_role_with_health_checks():
     services = load()["services"]
-    assert {"postgres", "redis", "migrate", "api", "worker", "worker-gpu", "flower"} <= set(services)
+    assert {
+        "postgres",
+        "redis",
+        "migrate",
+        "api",
+        "worker",
+        "worker-io",
+        "beat",
+        "worker-gpu",
+        "flower",
+    } <= set(services)
     for name in ("postgres", "redis", "api", "worker", "flower"):
         assert "healthcheck" in services[name], name
     assert services["migrate"]["command"] == ["ensemblehub", "migrate"]
