@@ -57,3 +57,51 @@ def test_up_falls_back_to_embedded_mode_and_answers(tiny_model_dirs, tmp_path):
         assert (tmp_path / "data" / "embedded.sqlite").exists()
     finally:
         proc.stop()
+
+
+def test_up_with_postgres_and_redis_runs_workers_beat_and_answers(tiny_model_dirs, tmp_path):
+    port = services.free_port()
+    specs = [{"path": str(tiny_model_dirs["llama"]), "engine": "hf", "device": "cpu", "name": "tiny-llama"}]
+    with services.migrated_database() as db_url, services.private_redis_db() as broker:
+        env = services.service_env(
+            db_url,
+            broker,
+            ENSEMBLEHUB_DATA_DIR=str(tmp_path / "data"),
+            ENSEMBLEHUB_FLOWER_PORT=str(services.free_port()),
+            ENSEMBLEHUB_FLOWER_BASIC_AUTH="admin:secret",
+        )
+        argv = [
+            sys.executable,
+            "-m",
+            "ensemblehub.cli",
+            "up",
+            "--port",
+            str(port),
+            "--model_specs",
+            json.dumps(specs),
+            "--model_selection_method",
+            "all",
+            "--ensemble_method",
+            "loop",
+        ]
+        proc = services.Process(argv, env, tmp_path / "up.log")
+        base = f"http://127.0.0.1:{port}"
+        try:
+            services.wait_http(base + "/", proc, timeout=90)
+            resp = httpx.post(
+                base + "/v1/ensemble/inference", json={"input": "What is 2+2?", "max_tokens": 8}, timeout=120
+            )
+            assert resp.status_code == 200, resp.text + proc.log()
+            import time
+
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(httpx.get(base + "/status").json()["workers"]) < 2:
+                time.sleep(0.5)
+            status = httpx.get(base + "/status").json()
+            assert status["mode"] == "distributed"
+            assert len(status["workers"]) == 2, status["workers"]
+            log = proc.log()
+            assert "Flower" in log and "curl" in log
+            assert "beat: Starting" in log or "beat" in log
+        finally:
+            proc.stop()
