@@ -96,6 +96,20 @@ def _banner(host: str, port: int, flower: str | None) -> None:
     print("Ctrl-C stops everything.\n", flush=True)
 
 
+def _die_with_parent() -> None:
+    """In each child: get SIGTERM when `up` dies, even by SIGKILL, so no worker is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl, no locks
+
+
 def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: ignore[no-untyped-def]
     import uvicorn
 
@@ -109,18 +123,14 @@ def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: i
     state_dir.mkdir(parents=True, exist_ok=True)
     children: list[subprocess.Popen[bytes]] = [
         # the model worker runs one ensemble job at a time (solo pool) ...
-        subprocess.Popen(services.worker_argv(queues="models", name=f"ensemblehub-models@%h.{os.getpid()}")),
+        _spawn(services.worker_argv(queues="models", name=f"ensemblehub-models@%h.{os.getpid()}")),
         # ... so webhooks and the sweeper get their own worker and never wait behind a job
-        subprocess.Popen(
-            services.worker_argv(queues="webhooks,maintenance", name=f"ensemblehub-io@%h.{os.getpid()}")
-        ),
-        subprocess.Popen(services.beat_argv(str(state_dir))),
+        _spawn(services.worker_argv(queues="webhooks,maintenance", name=f"ensemblehub-io@%h.{os.getpid()}")),
+        _spawn(services.beat_argv(str(state_dir))),
     ]
     flower_port = int(os.environ.get("ENSEMBLEHUB_FLOWER_PORT", "5555"))
     auth = flower_basic_auth()
-    children.append(
-        subprocess.Popen(services.flower_argv(port=flower_port, address="127.0.0.1", basic_auth=auth))
-    )
+    children.append(_spawn(services.flower_argv(port=flower_port, address="127.0.0.1", basic_auth=auth)))
     _banner(host, port, f"http://127.0.0.1:{flower_port}  (basic auth user: {auth.split(':', 1)[0]})")
     try:
         uvicorn.run(create_app(startup_spec=spec), host=host, port=port, log_level="info")
