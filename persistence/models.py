@@ -13,12 +13,13 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -153,3 +154,52 @@ class WorkerHeartbeat(Base):
     loaded_models: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False, default=list)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+FILE_KINDS = ("upload", "batch_output", "batch_error")
+
+
+class StoredFile(Base):
+    """A file of OpenAI's Files API. Uploads hold their bytes; a batch's output and error files
+    are written once, from its jobs, the first time they are asked for after the batch ended."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("file"))
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, default="upload")
+    purpose: Mapped[str] = mapped_column(String(32), nullable=False)
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    bytes: Mapped[int] = mapped_column(Integer, nullable=False)
+    lines: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # deferred: listing and describing files never loads their contents
+    content: Mapped[bytes] = deferred(mapped_column(LargeBinary, nullable=False))
+    tenant: Mapped[str | None] = mapped_column(String(128), index=True)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class OpenAIBatch(Base):
+    """What OpenAI's Batch API adds to a batch: its input file, endpoint and the ids its output
+    and error files will have. The items are ordinary batch jobs (``jobs.batch_id``)."""
+
+    __tablename__ = "openai_batches"
+
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), primary_key=True)
+    input_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"), nullable=False, index=True)
+    endpoint: Mapped[str] = mapped_column(String(64), nullable=False)
+    completion_window: Mapped[str] = mapped_column(String(16), nullable=False)
+    output_file_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    error_file_id: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class MetricCounter(Base):
+    """Cluster-wide counters for ``GET /metrics`` (see ``persistence.metrics_repository``).
+
+    ``labels`` is the canonical JSON of the label set (sorted keys), part of the key."""
+
+    __tablename__ = "metric_counters"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(512), primary_key=True)
+    value: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
