@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     from ensemblehub.eval_command import add_eval_command
 
     add_eval_command(sub)
+    from ensemblehub.keys_command import add_keys_command
+
+    add_keys_command(sub)
 
     args = parser.parse_args(argv)
     if args.command in ("batch", "jobs", "config"):
@@ -61,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         from ensemblehub.calibrate_command import run_calibrate
 
         return run_calibrate(args)
+    if args.command == "keys":
+        from ensemblehub.keys_command import run_keys_command
+
+        return run_keys_command(args)
     if args.command == "eval":
         from ensemblehub.eval_command import run_eval
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -203,3 +204,21 @@ class MetricCounter(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     labels: Mapped[str] = mapped_column(String(512), primary_key=True)
     value: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+
+
+class ApiKey(Base):
+    """An API key of a tenant. Only the key's SHA-256 is stored: the key itself is shown once,
+    when ``ensemblehub keys create`` makes it. Keys are random (256 bits), so a fast hash is
+    enough; a slow password hash would only slow every request down."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("key"))
+    tenant: Mapped[str] = mapped_column(String(128), index=True, nullable=False)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    # the key's first characters, so a listed key can be recognised without revealing it
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)
+    admin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
