@@ -61,7 +61,8 @@ class RewardSegmentAggregator(SegmentAggregator):
         notes: dict[str, Any] = {}
         for attempt in range(params.max_resamples + 1):
             records = ctx.generate(ctx.members, attempt=attempt)
-            ctx.score(records)
+            if len(records) > 1 or params.score_threshold is not None:
+                ctx.score(records)  # a lone candidate needs a score only for the threshold
             all_records.extend(records)
             best = max(records, key=lambda r: r.score if r.score is not None else float("-inf"))
             best_per_attempt.append(best)
