@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.errors import ApiError
+from api.guards import Principal, require_api_key
 from api.schemas.openai import (
     AggregationOnlyPresetRequest,
     ChatCompletionRequest,
@@ -34,6 +35,7 @@ def _respond(
     state: AppState,
     body: PromptFields,
     idempotency_key: str | None,
+    principal: Principal,
     *,
     kind: str,
     form: AnswerForm | None = None,
@@ -44,6 +46,11 @@ def _respond(
     prepared = completion_service.prepare(
         state, body, kind=kind, form=form, preset=preset, forced=forced, default_max_tokens=default_max_tokens
     )
+    prepared.tenant = principal.tenant
+    if body.background and body.stream:
+        raise ApiError(
+            400, "background and stream cannot be combined", code="invalid_request", param="background"
+        )
     if body.stream:
         if body.timeout is None:
             # a stream shows progress and keeps the connection alive: wait as long as allowed
@@ -54,6 +61,22 @@ def _respond(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Job-Id": job.id},
         )
+    if body.background:
+        if body.stream:
+            raise ApiError(
+                400, "background and stream cannot be combined", code="invalid_request", param="background"
+            )
+        job, _ = completion_service.submit(state, prepared, idempotency_key)
+        return JSONResponse(
+            {
+                "id": job.id,
+                "object": "job",
+                "status": job.status,
+                "created_at": int(job.created_at.timestamp()),
+            },
+            status_code=202,
+            headers={"Location": f"/v1/jobs/{job.id}"},
+        )
     return JSONResponse(completion_service.run_to_answer(state, prepared, idempotency_key))
 
 
@@ -62,11 +85,12 @@ def chat_completions(
     body: ChatCompletionRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
+    principal: Principal = Depends(require_api_key),
 ) -> JSONResponse | StreamingResponse:
     """The guide's ``prompt`` form answers ``text_completion``; OpenAI's ``messages`` form
     answers ``chat.completion``. Both carry ``choices[i].metadata`` (selected models, method,
     config, round trace)."""
-    return _respond(state, body, idempotency_key, kind="chat")
+    return _respond(state, body, idempotency_key, principal, kind="chat")
 
 
 @router.post("/completions", response_model=None)
@@ -74,9 +98,12 @@ def completions(
     body: CompletionRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
+    principal: Principal = Depends(require_api_key),
 ) -> JSONResponse | StreamingResponse:
     """OpenAI's legacy completions (``max_tokens`` defaults to 16, as there)."""
-    return _respond(state, body, idempotency_key, kind="completion", form="legacy", default_max_tokens=16)
+    return _respond(
+        state, body, idempotency_key, principal, kind="completion", form="legacy", default_max_tokens=16
+    )
 
 
 @router.post("/loop/completions", response_model=None)
@@ -84,6 +111,7 @@ def loop_completions(
     body: LoopRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
+    principal: Principal = Depends(require_api_key),
 ) -> JSONResponse | StreamingResponse:
     """Round robin over every member model (no selection); ``ensemble_config`` sets
     ``max_rounds``, ``score_threshold``, ``max_repeat``."""
@@ -94,7 +122,7 @@ def loop_completions(
         "aggregation_method": "round_robin",
         "use_output_aggregation": True,
     }
-    return _respond(state, body, idempotency_key, kind="loop", forced=forced)
+    return _respond(state, body, idempotency_key, principal, kind="loop", forced=forced)
 
 
 @router.post("/ensemble/presets/simple", response_model=None)
@@ -102,6 +130,7 @@ def preset_simple(
     body: SimplePresetRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
+    principal: Principal = Depends(require_api_key),
 ) -> JSONResponse | StreamingResponse:
     """Model selection, then output aggregation (``ensemble_method`` names the aggregation,
     e.g. ``reward_based``, or a guide alias such as ``simple``/``loop``)."""
@@ -114,7 +143,7 @@ def preset_simple(
     }
     if body.aggregation_level:
         forced["aggregation_level"] = body.aggregation_level
-    return _respond(state, body, idempotency_key, kind="preset_simple", forced=forced)
+    return _respond(state, body, idempotency_key, principal, kind="preset_simple", forced=forced)
 
 
 @router.post("/ensemble/presets/selection_only", response_model=None)
@@ -122,6 +151,7 @@ def preset_selection_only(
     body: SelectionOnlyPresetRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
+    principal: Principal = Depends(require_api_key),
 ) -> JSONResponse | StreamingResponse:
     """The selector picks; the best selected model writes the whole answer (no aggregation)."""
     forced = {
@@ -135,7 +165,7 @@ def preset_selection_only(
     best_only = completion_service.best_only_param(body.model_selection_method)
     if best_only and best_only not in params:
         forced["model_selection_params"] = {**params, best_only: 1}
-    return _respond(state, body, idempotency_key, kind="preset_selection_only", forced=forced)
+    return _respond(state, body, idempotency_key, principal, kind="preset_selection_only", forced=forced)
 
 
 @router.post("/ensemble/presets/aggregation_only", response_model=None)
@@ -143,6 +173,7 @@ def preset_aggregation_only(
     body: AggregationOnlyPresetRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
+    principal: Principal = Depends(require_api_key),
 ) -> JSONResponse | StreamingResponse:
     """Every model takes part (no selection); their outputs are aggregated."""
     forced = {
@@ -152,7 +183,7 @@ def preset_aggregation_only(
         "aggregation_level": body.aggregation_level,
         "use_output_aggregation": True,
     }
-    return _respond(state, body, idempotency_key, kind="preset_aggregation_only", forced=forced)
+    return _respond(state, body, idempotency_key, principal, kind="preset_aggregation_only", forced=forced)
 
 
 @router.get("/models")

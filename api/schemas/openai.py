@@ -50,6 +50,11 @@ class GenerationFields(BaseModel):
         default=None, description="seconds to wait before answering 504 with the job id (capped)"
     )
     webhook_url: str | None = Field(default=None, description="POSTed a signed event when the job ends")
+    background: bool = Field(
+        default=False,
+        description="submit and return at once (202 with the job id and a Location to poll), as in "
+        "OpenAI's background responses; pair with webhook_url to be called back",
+    )
     user: str | None = Field(default=None, description="accepted for OpenAI compatibility; not used")
     # OpenAI fields the ensemble cannot honour: accepted only at their neutral values
     frequency_penalty: float | None = None

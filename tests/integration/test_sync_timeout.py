@@ -74,3 +74,29 @@ def test_a_stream_retry_with_the_same_key_replays_the_finished_answer(stack):
     assert {c["id"] for c in chunks} == {plain["id"]}
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == plain["choices"][0]["message"]["content"]
+
+
+def test_background_submission_answers_202_and_the_job_can_be_polled(stack):
+    import time
+
+    import httpx
+
+    body = {
+        "model": "ensemble",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 4,
+        "background": True,
+    }
+    resp = httpx.post(stack.base_url + "/v1/chat/completions", json=body, timeout=30)
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["id"]
+    assert resp.headers["Location"] == f"/v1/jobs/{job_id}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = httpx.get(stack.base_url + resp.headers["Location"]).json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.2)
+    assert job["status"] == "succeeded"
+    both = httpx.post(stack.base_url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+    assert both.status_code == 400
