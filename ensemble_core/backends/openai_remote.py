@@ -66,7 +66,7 @@ KNOWN_ENGINE_OPTIONS = frozenset(
     }
 )
 _RETRY_STATUS = {429, 500, 502, 503, 504}
-_WORD = re.compile(r"\s*\S+\s*|\s+")
+_WORD = re.compile(r"\s*\S+|\s+")  # a word with the spaces before it, like most tokens
 
 
 class RemoteRejected(GenerationError):
@@ -271,9 +271,8 @@ class OpenAIGenerationSession:
 
     def prompt_statistics(self) -> PromptStatistics:
         offsets, values, tops = self._echo(self.prompt_text)
-        inside = [(v, t) for o, v, t in zip(offsets, values, tops, strict=True) if o < len(self.prompt_text)][
-            1:
-        ]
+        # the first token has no log-probability (nothing before it): _echo left it out
+        inside = [(v, t) for o, v, t in zip(offsets, values, tops, strict=True) if o < len(self.prompt_text)]
         if not inside:
             raise GenerationError(
                 f"{self.generator.name}: the server gives no prompt log-probabilities (echo), which "
