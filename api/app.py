@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api.errors import install_error_handlers
-from api.guards import BodySizeLimit, require_api_key
+from api.guards import BodySizeLimit, open_mode_notice, require_api_key
+from api.rate_limit import rate_limiter_for
 from api.routes import batches, completions, ensemble, info, jobs
 from api.services import config_service
 from api.settings import ApiSettings
@@ -43,6 +44,12 @@ def create_app(
             log.info("serving ensemble config version %s", row.version)
         except Exception as exc:  # noqa: BLE001 - start anyway; /status says what is down
             log.warning("could not set the start-up config version (database down?): %s", exc)
+        try:
+            notice = open_mode_notice(state, state.settings.host)
+            if notice:
+                log.warning(notice)
+        except Exception as exc:  # noqa: BLE001 - requests check for keys themselves
+            log.warning("could not check for API keys (database down?): %s", exc)
         yield
         state.background.shutdown(wait=True)  # finish sending accepted batches to the broker
         state.db.dispose()
@@ -69,6 +76,11 @@ def create_app(
         celery=celery,
         bus=event_bus_for(queue_settings.broker_url),
         startup_spec=startup_spec,
+        rate_limiter=rate_limiter_for(
+            queue_settings.broker_url,
+            limit=settings.rate_limit_requests,
+            window_s=settings.rate_limit_window_s,
+        ),
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)

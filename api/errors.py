@@ -7,7 +7,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ensemble_core.errors import ConfigError, EnsembleError
@@ -102,9 +105,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeoutError)
     async def _database_down(_req: Request, exc: Exception) -> JSONResponse:
+        # PoolTimeoutError: every connection is busy (or hangs on a database going away)
         return JSONResponse(
             envelope(503, "the database is unavailable; retry shortly", code="database_unavailable"),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(RedisError)
+    @app.exception_handler(BrokerOperationalError)
+    async def _broker_down(_req: Request, exc: Exception) -> JSONResponse:
+        # Redis is the transport only: what needs it (queueing, live events) waits for it
+        return JSONResponse(
+            envelope(503, "the job queue (broker) is unavailable; retry shortly", code="broker_unavailable"),
             status_code=503,
             headers={"Retry-After": "5"},
         )

@@ -1,35 +1,124 @@
-"""Request guards: API keys (401) and the request body size limit (413)."""
+"""Request guards: API keys and tenants (401/403), the rate limit (429), body size (413).
+
+Keys live in Postgres, hashed (``ensemblehub keys create --tenant NAME [--admin]``). As soon as
+one active key exists, every endpoint except ``/`` and ``/status`` needs
+``Authorization: Bearer <key>`` (what OpenAI's clients send as their ``api_key``), and what a
+request sees and creates belongs to its key's tenant. With no key at all the service is open,
+to requests from this machine only (the start-up notice says so): a local developer needs no
+key, and a server exposed by mistake answers nobody else.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, envelope
-from api.state import get_state
+from api.state import AppState, get_state
+from persistence import api_key_repository
+
+# the tenant of the keys in ENSEMBLEHUB_API_KEYS (the older, single-tenant way)
+ENV_KEYS_TENANT = "default"
+# peers that are this machine; "testclient" is Starlette's in-process client (no network peer)
+LOCAL_CLIENTS = frozenset({"127.0.0.1", "::1", "localhost", "testclient"})
 
 
-def require_api_key(request: Request) -> None:
-    """With ``ENSEMBLEHUB_API_KEYS`` set, /v1 needs ``Authorization: Bearer <key>`` (as OpenAI's
-    clients send their ``api_key``); without it the API is open (local use)."""
-    keys = [k.strip() for k in get_state(request).settings.api_keys.split(",") if k.strip()]
-    if not keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking. ``tenant`` None is the open mode (no keys exist): one local user."""
+
+    tenant: str | None
+    admin: bool
+    key_id: str | None = None
+
+
+OPEN_MODE = Principal(tenant=None, admin=True)
+
+
+def _unauthorized(message: str, code: str) -> ApiError:
+    return ApiError(401, message, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_api_key(request: Request) -> Principal:
+    """Authenticate the request and count it against its tenant's rate limit.
+
+    Routes that need the tenant take ``Depends(require_api_key)`` too: FastAPI runs it once
+    per request."""
+    state = get_state(request)
+    principal = _authenticate(state, request)
+    if principal.tenant is not None:
+        retry_after = state.rate_limiter.hit(principal.tenant)
+        if retry_after is not None:
+            limit, window = state.settings.rate_limit_requests, state.settings.rate_limit_window_s
+            raise ApiError(
+                429,
+                f"rate limit of tenant {principal.tenant!r} reached ({limit} requests per {window} s); "
+                f"retry in {int(retry_after)} s",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(int(retry_after))},
+            )
+    return principal
+
+
+def require_admin(principal: Principal = Depends(require_api_key)) -> Principal:
+    if not principal.admin:
         raise ApiError(
-            401,
-            "missing API key: send 'Authorization: Bearer <key>'",
-            code="missing_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
+            403,
+            "changing the ensemble config needs an admin key (ensemblehub keys create --admin)",
+            code="admin_key_required",
         )
-    if not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys):
-        raise ApiError(401, "invalid API key", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def _authenticate(state: AppState, request: Request) -> Principal:
+    token = _bearer_token(request)
+    env_keys = [k.strip() for k in state.settings.api_keys.split(",") if k.strip()]
+    if token and any(hmac.compare_digest(token.encode(), k.encode()) for k in env_keys):
+        return Principal(tenant=ENV_KEYS_TENANT, admin=True, key_id="env")
+    with state.db.transaction() as session:
+        row = api_key_repository.find_active_key(session, token) if token else None
+        if row is not None:
+            return Principal(tenant=row.tenant, admin=row.admin, key_id=row.id)
+        keys_exist = bool(env_keys) or api_key_repository.active_keys_exist(session)
+    if keys_exist:
+        if not token:
+            raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
+        raise _unauthorized("invalid API key", "invalid_api_key")
+    client = request.client.host if request.client else ""
+    if client not in LOCAL_CLIENTS and not client.startswith("127."):
+        raise _unauthorized(
+            "no API keys exist, so this server answers requests from its own machine only; "
+            "create one there with: ensemblehub keys create --tenant NAME",
+            "no_api_keys",
+        )
+    return OPEN_MODE
+
+
+def _bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def open_mode_notice(state: AppState, host: str) -> str | None:
+    """The start-up line of a server without keys (None when keys exist)."""
+    if state.settings.api_keys.strip():
+        return None
+    with state.db.transaction() as session:
+        if api_key_repository.active_keys_exist(session):
+            return None
+    notice = (
+        "OPEN MODE: no API keys exist, so the API needs no key and answers requests from this "
+        "machine (127.0.0.1) only. Create a key with: ensemblehub keys create --tenant NAME [--admin]"
+    )
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        notice += f". Bound to {host}: requests from other machines get 401 until a key exists."
+    return notice
 
 
 class BodySizeLimit:

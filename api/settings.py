@@ -17,8 +17,16 @@ class ApiSettings(BaseSettings):
     flower_basic_auth: str | None = None
     flower_port: int = 5555
     # webhook settings (secret, allowlist, retry schedule): jobqueue.webhook_policy.WebhookSettings
-    # comma-separated API keys; when set, /v1 endpoints need "Authorization: Bearer <key>"
+    # API keys live in Postgres (`ensemblehub keys create --tenant NAME`); these comma-separated
+    # keys (the older way) also work, as admin keys of the tenant "default"
     api_keys: str = ""
+    # per-tenant rate limit: at most this many requests per window (0: no limit); past it 429
+    rate_limit_requests: int = 600
+    rate_limit_window_s: int = 60
+    # caps on what one request may ask (400 with the cap in the message)
+    max_prompt_chars: int = 200_000
+    max_tokens_limit: int = 4096
+    max_rounds_limit: int = 64
     # request bodies above this answer 413 (a 10,000-item batch is about 2 MB)
     max_request_bytes: int = 64 * 1024 * 1024
     max_batch_items: int = 50_000

@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 from fastapi import Request
 
+from api.rate_limit import NoRateLimit, RateLimiter
 from api.settings import ApiSettings
 from ensemble_core.spec import EnsembleSpec
 from jobqueue.settings import QueueSettings
@@ -26,6 +27,7 @@ class AppState:
     # the spec given by `python -m ensemblehub.api` flags; None means "keep the latest version"
     startup_spec: EnsembleSpec | None = None
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    rate_limiter: RateLimiter = field(default_factory=NoRateLimit)
     # work that may finish after the answer (sending the rest of a large batch to the broker)
     background: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-background")

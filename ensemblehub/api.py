@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = ApiSettings()
     host = args.host or settings.host
     port = args.port or settings.port
-    app = create_app(settings, startup_spec=spec)
+    app = create_app(settings.model_copy(update={"host": host, "port": port}), startup_spec=spec)
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
 

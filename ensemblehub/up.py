@@ -114,6 +114,7 @@ def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: i
     import uvicorn
 
     from api.app import create_app
+    from api.settings import ApiSettings
     from ensemblehub.cli import flower_basic_auth
 
     services.migrate(db_url)
@@ -133,7 +134,9 @@ def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: i
     children.append(_spawn(services.flower_argv(port=flower_port, address="127.0.0.1", basic_auth=auth)))
     _banner(host, port, f"http://127.0.0.1:{flower_port}  (basic auth user: {auth.split(':', 1)[0]})")
     try:
-        uvicorn.run(create_app(startup_spec=spec), host=host, port=port, log_level="info")
+        # the app knows where it listens: the start-up notice of the open (keyless) mode says it
+        settings = ApiSettings().model_copy(update={"host": host, "port": port})
+        uvicorn.run(create_app(settings, startup_spec=spec), host=host, port=port, log_level="info")
     finally:
         for child in children:
             child.send_signal(signal.SIGTERM)

@@ -33,8 +33,14 @@ def make_celery(settings: QueueSettings, *, name: str = "ensemblehub") -> Celery
         task_time_limit=settings.task_hard_time_limit_s,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         broker_transport_options={"visibility_timeout": visibility_timeout},
+        # workers and beat outlive a broker restart: they reconnect by themselves, forever
+        # (the API, which must answer fast, lowers this for its producer)
+        broker_connection_retry=True,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
         broker_connection_timeout=3,
+        # a task running when the broker connection drops goes on: its result goes to Postgres
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_send_sent_event=True,
         worker_send_task_events=True,
         task_track_started=True,

@@ -61,8 +61,12 @@ def get_batch(session: Session, batch_id: str, *, tenant: str | None = None) -> 
     return batch
 
 
-def list_batches(session: Session, *, limit: int = 20, after: str | None = None) -> Sequence[Batch]:
+def list_batches(
+    session: Session, *, limit: int = 20, after: str | None = None, tenant: str | None = None
+) -> Sequence[Batch]:
     query = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+    if tenant is not None:
+        query = query.where(Batch.tenant == tenant)
     if after:
         anchor = session.get(Batch, after)
         if anchor is not None:

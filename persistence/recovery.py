@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from persistence.models import Job, utcnow
+from persistence.models import Batch, Job, utcnow
 from persistence.repository import Settled, settlement
 
 
@@ -70,3 +70,42 @@ def fail_orphan(session: Session, job_id: str, *, dead_after_s: float, message: 
         .returning(Job.id, Job.batch_id)
     ).first()
     return settlement(session, row, "failed")
+
+
+def mark_sent(session: Session, job_ids: Sequence[str]) -> None:
+    """These jobs' tasks are on the broker now; a batch still ``validating`` (its first send
+    failed while the broker was down) is in progress from here on."""
+    if not job_ids:
+        return
+    now = utcnow()
+    batch_ids = session.scalars(
+        update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=now).returning(Job.batch_id)
+    ).all()
+    started = {b for b in batch_ids if b is not None}
+    if started:
+        session.execute(
+            update(Batch)
+            .where(Batch.id.in_(started), Batch.status == "validating")
+            .values(status="in_progress", started_at=now)
+        )
+
+
+def forget_sends(session: Session) -> int:
+    """The broker lost its data (restarted empty): every queued job counts as never sent, so
+    the next sweep sends it again. Returns how many."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.status == "queued", Job.enqueued_at.is_not(None))
+        .values(enqueued_at=None)
+        .returning(Job.id)
+    ).all()
+    return len(rows)
+
+
+def withdraw_unsent_job(session: Session, job_id: str) -> bool:
+    """Delete a job that could not be sent, unless a worker got it after all. True if deleted:
+    the request that made it answers 503 and leaves nothing behind."""
+    done = session.execute(
+        delete(Job).where(Job.id == job_id, Job.status == "queued").returning(Job.id)
+    ).first()
+    return done is not None

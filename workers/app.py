@@ -24,7 +24,14 @@ def create_worker_app(settings: QueueSettings | None = None) -> Celery:
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True)
     def run_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         """Run ensemble job ``job_id`` (the id is the only argument, so Flower finds it)."""
-        return job_runner.run_job(get_runtime(), job_id, send_webhooks=lambda ids: enqueue_webhooks(app, ids))
+        try:
+            return job_runner.run_job(
+                get_runtime(), job_id, send_webhooks=lambda ids: enqueue_webhooks(app, ids)
+            )
+        except job_runner.DatabaseUnavailable as exc:
+            # Postgres is still down after the runner's own retries: try the job again later
+            # (the claim is conditional, so a retry of a job that did start is skipped)
+            raise self.retry(exc=exc, countdown=10, max_retries=None) from exc
 
     @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, ignore_result=True)
     def deliver_webhook(delivery_id: int) -> str:

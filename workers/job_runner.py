@@ -4,6 +4,10 @@ Everything here is idempotent under at-least-once delivery: the claim is a condi
 (only a queued job can start) and the result write only succeeds on a running job. The final
 state, the batch counters and the webhook event rows commit together; the webhook tasks are
 sent after that commit.
+
+Postgres restarting is waited out: the claim and the final write are retried for
+``database_retry_s`` (a finished answer is not thrown away for a blip). A claim that still
+fails raises :class:`DatabaseUnavailable`, and the task is retried later.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ensemble_core.engine import run_ensemble
 from ensemble_core.errors import EnsembleError
@@ -26,20 +33,38 @@ from workers.runtime import WorkerRuntime
 log = logging.getLogger(__name__)
 
 SendWebhooks = Callable[[list[int]], None]
+T = TypeVar("T")
+
+# errors of a database that is down or restarting (not of a bad statement)
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
+
+
+class DatabaseUnavailable(Exception):
+    """Postgres did not answer for ``database_retry_s``; the task should be retried later."""
+
+
+def with_database_retry(runtime: WorkerRuntime, what: str, action: Callable[[], T]) -> T:
+    """Run a transaction, retrying it while the database is down (it must be idempotent)."""
+    deadline = time.monotonic() + runtime.settings.database_retry_s
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except DATABASE_DOWN as exc:
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(f"{what}: the database did not answer: {exc}") from exc
+            log.warning("%s: database unavailable, retrying in %.1f s: %s", what, delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks | None = None) -> str:
     """Returns the final status, or "skipped" when another delivery already owns the job."""
-    with runtime.db.transaction() as session:
-        job = repository.claim_job(session, job_id, worker=runtime.hostname)
-        if job is None:
-            return "skipped"
-        request_json: dict[str, Any] = dict(job.request)
-        version = (
-            repository.get_config_version(session, job.config_version_id) if job.config_version_id else None
-        )
-        spec_json = dict(version.spec) if version else None
-    runtime.bus.publish(job_id, {"type": "started"})
+    claimed = with_database_retry(runtime, f"claim {job_id}", lambda: _claim(runtime, job_id))
+    if claimed is None:
+        return "skipped"
+    request_json, spec_json = claimed
+    _publish(runtime, job_id, {"type": "started"})
 
     stop_beat = threading.Event()
     beat = threading.Thread(target=_job_heartbeat, args=(runtime, job_id, stop_beat), daemon=True)
@@ -64,18 +89,40 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
         )
     except EnsembleError as exc:
         status, deliveries = _fail(runtime, job_id, exc.code, str(exc))
+    except DatabaseUnavailable:
+        # the job stays running without a heartbeat: the sweeper gives it another attempt
+        raise
     except Exception as exc:  # noqa: BLE001 - every job must end in a final state with a stable code
         log.exception("job %s failed", job_id)
         status, deliveries = _fail(runtime, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
     finally:
         stop_beat.set()
-    runtime.bus.publish(job_id, {"type": "done", "status": status})
+    _publish(runtime, job_id, {"type": "done", "status": status})
     if deliveries and send_webhooks is not None:
         try:
             send_webhooks(deliveries)
         except Exception as exc:  # noqa: BLE001 - the rows stay pending; a re-send finds them
             log.warning("could not enqueue webhook deliveries %s: %s", deliveries, exc)
     return status
+
+
+def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    with runtime.db.transaction() as session:
+        job = repository.claim_job(session, job_id, worker=runtime.hostname)
+        if job is None:
+            return None
+        version = (
+            repository.get_config_version(session, job.config_version_id) if job.config_version_id else None
+        )
+        return dict(job.request), (dict(version.spec) if version else None)
+
+
+def _publish(runtime: WorkerRuntime, job_id: str, event: dict[str, Any]) -> None:
+    """Events are a fast path only (waiters re-read Postgres): a broker blip must not fail a job."""
+    try:
+        runtime.bus.publish(job_id, event)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not publish %s of job %s: %s", event.get("type"), job_id, exc)
 
 
 def _run_choices(
@@ -96,7 +143,7 @@ def _run_choices(
 
         def on_segment(event: SegmentEvent, index: int = index) -> None:
             segment = _without_nul(event.model_dump(mode="json"))
-            runtime.bus.publish(job_id, {"type": "segment", "index": index, **segment})
+            _publish(runtime, job_id, {"type": "segment", "index": index, **segment})
 
         results.append(run_ensemble(spec, config, choice_request, runtime.pool, on_segment=on_segment))
     return results
@@ -143,11 +190,16 @@ def _member_subset(spec: EnsembleSpec, names: list[str] | None) -> EnsembleSpec:
 
 
 def _settle(runtime: WorkerRuntime, transition: Callable[[Any], Settled | None]) -> tuple[str, list[int]]:
-    """Apply the final-state transition; record its webhook events in the same transaction."""
-    with runtime.db.transaction() as session:
-        settled = transition(session)
-        deliveries = record_settlement_events(session, [settled]) if settled is not None else []
-    return (settled.status if settled is not None else "skipped"), deliveries
+    """Apply the final-state transition; record its webhook events in the same transaction.
+    Retried while the database is down (the transition is conditional, so at most once)."""
+
+    def attempt() -> tuple[str, list[int]]:
+        with runtime.db.transaction() as session:
+            settled = transition(session)
+            deliveries = record_settlement_events(session, [settled]) if settled is not None else []
+        return (settled.status if settled is not None else "skipped"), deliveries
+
+    return with_database_retry(runtime, "store the final state", attempt)
 
 
 def _fail(runtime: WorkerRuntime, job_id: str, code: str, message: str) -> tuple[str, list[int]]:
@@ -161,10 +213,14 @@ def _fail(runtime: WorkerRuntime, job_id: str, code: str, message: str) -> tuple
 
 
 def _job_heartbeat(runtime: WorkerRuntime, job_id: str, stop: threading.Event) -> None:
-    # the sweeper treats a running job without a recent heartbeat as orphaned by a dead worker
-    while not stop.wait(runtime.settings.heartbeat_interval_s):
+    # the sweeper treats a running job without a recent heartbeat as orphaned by a dead worker;
+    # after a failed beat (database restarting) the next comes sooner, before the sweeper looks
+    interval = runtime.settings.heartbeat_interval_s
+    while not stop.wait(interval):
         try:
             with runtime.db.transaction() as session:
                 repository.heartbeat_job(session, job_id)
+            interval = runtime.settings.heartbeat_interval_s
         except Exception as exc:  # noqa: BLE001
             log.warning("job heartbeat failed: %s", exc)
+            interval = min(1.0, runtime.settings.heartbeat_interval_s)

@@ -19,3 +19,5 @@ class WorkerSettings(BaseSettings):
     # a webhook attempt still pending this long after it was due lost its task: send it again
     webhook_stale_after_s: float = 60.0
     max_attempts: int = 3  # after this many lost workers the job fails with `worker_lost`
+    # a worker keeps retrying a database write (claim, result) this long while Postgres is down
+    database_retry_s: float = 120.0

@@ -1,7 +1,9 @@
 """The periodic sweeper (run by Celery beat): no accepted job is ever lost.
 
 - queued jobs that never reached the broker, or whose message was lost, are sent (again);
-  a duplicate message is harmless because the claim is a conditional update;
+  a duplicate message is harmless because the claim is a conditional update. A broker that
+  lost its data (Redis restarted empty) is noticed by a missing marker key
+  (``jobqueue.broker_marker``): then every queued job is sent again at once;
 - running jobs whose heartbeat stopped (their worker died: OOM, kill -9, preemption) go back
   to the queue, or fail for good with ``worker_lost`` after ``max_attempts`` attempts;
 - webhook attempts that were due a while ago but never picked up are sent again (a
@@ -15,9 +17,10 @@ from dataclasses import dataclass, field
 
 from celery import Celery
 
-from jobqueue.celery_config import enqueue_job, enqueue_webhooks
+from jobqueue.broker_marker import broker_lost_messages, set_broker_marker
+from jobqueue.celery_config import enqueue_jobs, enqueue_webhooks
 from jobqueue.webhook_events import record_settlement_events
-from persistence import recovery, repository, webhook_repository
+from persistence import recovery, webhook_repository
 from persistence.db import Database
 from workers.settings import WorkerSettings
 
@@ -30,6 +33,8 @@ class SweepReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     webhooks: list[str] = field(default_factory=list)
+    # queued jobs whose message the broker lost when it restarted empty
+    resent_after_broker_loss: int = 0
 
     def as_dict(self) -> dict[str, list[str]]:
         return {
@@ -40,8 +45,17 @@ class SweepReport:
         }
 
 
+SEND_CHUNK = 500
+
+
 def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport:
     report = SweepReport()
+    broker_url = str(celery.conf.broker_url or "")
+    if broker_lost_messages(broker_url):
+        with db.transaction() as session:
+            report.resent_after_broker_loss = recovery.forget_sends(session)
+        # set only now: should the line above fail, the next sweep still sees the loss
+        set_broker_marker(broker_url)
     with db.transaction() as session:
         orphans = [
             (j.id, j.attempts)
@@ -74,11 +88,16 @@ def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport
                 session, unsent_grace_s=settings.unsent_grace_s, resend_after_s=settings.resend_after_s
             )
         )
-    for job_id in to_send:
-        enqueue_job(celery, job_id)  # raises while the broker is down: the next sweep retries
+    for start in range(0, len(to_send), SEND_CHUNK):
+        chunk = to_send[start : start + SEND_CHUNK]
+        enqueue_jobs(celery, chunk)  # raises while the broker is down: the next sweep retries
         with db.transaction() as session:
-            repository.mark_enqueued(session, [job_id])
-        report.sent.append(job_id)
+            recovery.mark_sent(session, chunk)
+        report.sent += chunk
     if report.sent or report.requeued or report.failed or report.webhooks:
-        log.warning("sweep: %s", report.as_dict())
+        log.warning(
+            "sweep: %s (resent after broker data loss: %d)",
+            {k: len(v) for k, v in report.as_dict().items()},
+            report.resent_after_broker_loss,
+        )
     return report

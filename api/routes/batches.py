@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from api.guards import Principal, require_api_key
 from api.schemas.batch import BatchRequest
 from api.services import batch_service, webhook_service
 from api.state import AppState, get_state
@@ -18,9 +19,11 @@ JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonl
 
 
 @router.post("", status_code=202)
-def submit_batch(body: BatchRequest, state: AppState = Depends(get_state)) -> JSONResponse:
+def submit_batch(
+    body: BatchRequest, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> JSONResponse:
     """Accept every example at once (202); each runs as its own job. Poll the ``Location``."""
-    batch = batch_service.create_batch(state, body)
+    batch = batch_service.create_batch(state, body, tenant=principal.tenant)
     return JSONResponse(
         batch_service.batch_view(batch),
         status_code=202,
@@ -33,9 +36,10 @@ def list_batches(
     limit: int = Query(default=20, ge=1, le=100),
     after: str | None = None,
     state: AppState = Depends(get_state),
+    principal: Principal = Depends(require_api_key),
 ) -> dict[str, Any]:
     with state.db.transaction() as session:
-        rows = batch_repository.list_batches(session, limit=limit + 1, after=after)
+        rows = batch_repository.list_batches(session, limit=limit + 1, after=after, tenant=principal.tenant)
         data = [batch_service.batch_view(b) for b in rows[:limit]]
     return {
         "object": "list",
@@ -46,9 +50,11 @@ def list_batches(
 
 
 @router.get("/{batch_id}")
-def get_batch(batch_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
+def get_batch(
+    batch_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
     """Status (validating, in_progress, finalizing, completed, failed, cancelling, cancelled) and counts."""
-    return batch_service.batch_view(batch_service.load_batch(state, batch_id))
+    return batch_service.batch_view(batch_service.load_batch(state, batch_id, tenant=principal.tenant))
 
 
 @router.get("/{batch_id}/results", response_model=None)
@@ -58,9 +64,11 @@ def batch_results(
     after: int = Query(default=-1, ge=-1, description="return items whose input index is after this"),
     limit: int = Query(default=100, ge=1, le=1000),
     state: AppState = Depends(get_state),
+    principal: Principal = Depends(require_api_key),
 ) -> dict[str, Any] | StreamingResponse:
     """Items in input order with their result or error: paged JSON, or every item as JSON
     lines with ``Accept: application/x-ndjson``."""
+    batch_service.load_batch(state, batch_id, tenant=principal.tenant)
     accept = request.headers.get("accept", "")
     if any(t in accept for t in JSONL_TYPES):
         return StreamingResponse(
@@ -70,18 +78,25 @@ def batch_results(
 
 
 @router.post("/{batch_id}/cancel")
-def cancel_batch(batch_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
+def cancel_batch(
+    batch_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
     """Queued items are cancelled; finished ones are kept; running ones finish."""
+    batch_service.load_batch(state, batch_id, tenant=principal.tenant)
     return batch_service.batch_view(batch_service.cancel_batch(state, batch_id))
 
 
 @router.get("/{batch_id}/webhooks")
-def batch_webhooks(batch_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
-    batch_service.load_batch(state, batch_id)
+def batch_webhooks(
+    batch_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
+    batch_service.load_batch(state, batch_id, tenant=principal.tenant)
     return webhook_service.list_deliveries(state, batch_id=batch_id)
 
 
 @router.post("/{batch_id}/webhooks/resend", status_code=202)
-def resend_batch_webhook(batch_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
-    batch_service.load_batch(state, batch_id)
+def resend_batch_webhook(
+    batch_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
+    batch_service.load_batch(state, batch_id, tenant=principal.tenant)
     return webhook_service.resend(state, batch_id=batch_id)

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
 
+from api.guards import Principal, require_admin, require_api_key
 from api.schemas.ensemble import ConfigUpdate, InferenceRequest
-from api.services import config_service, job_service
+from api.services import config_service, job_service, limits
 from api.services.messages import build_generation, instruction_messages
 from api.state import AppState, get_state
 from ensemble_core.methods import list_methods
@@ -41,7 +42,15 @@ def get_config(state: AppState = Depends(get_state)) -> dict[str, Any]:
 
 
 @router.post("/config")
-def post_config(body: ConfigUpdate, state: AppState = Depends(get_state)) -> dict[str, Any]:
+def post_config(
+    body: ConfigUpdate, state: AppState = Depends(get_state), _admin: Principal = Depends(require_admin)
+) -> dict[str, Any]:
+    """Store a new config version (needs an admin key once keys exist)."""
+    defaults = body.default_ensemble_config or {}
+    if isinstance(defaults.get("max_rounds"), int):
+        limits.check_max_rounds(
+            state.settings, defaults["max_rounds"], param="default_ensemble_config.max_rounds"
+        )
     update = body.model_dump(mode="json", exclude_none=True, exclude={"note"})
     row = config_service.append_version(state.db, update, body.note)
     return version_view(row)
@@ -62,6 +71,7 @@ def inference(
     body: InferenceRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
+    principal: Principal = Depends(require_api_key),
 ) -> JSONResponse:
     row, spec = config_service.current_version(state.db)
     config = config_service.merge_config(
@@ -78,6 +88,7 @@ def inference(
         stop=body.stop,
         seed=body.seed,
     )
+    limits.check_request_limits(state.settings, generation, config)
     job, _ = job_service.submit_job(
         state,
         kind="inference",
@@ -86,6 +97,7 @@ def inference(
         config_version_id=row.id,
         idempotency_key=idempotency_key,
         webhook_url=body.webhook_url,
+        tenant=principal.tenant,
     )
     job = job_service.wait_for_job(state, job.id, job_service.resolve_timeout(state, body.timeout))
     job_service.raise_unless_succeeded(job)

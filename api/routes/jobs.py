@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from api.errors import ApiError
+from api.guards import Principal, require_api_key
 from api.services import job_service, webhook_service
 from api.state import AppState, get_state
 from jobqueue.webhook_events import record_settlement_events
@@ -17,14 +18,18 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
-    return job_service.job_view(job_service.load_job(state, job_id))
+def get_job(
+    job_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
+    return job_service.job_view(job_service.load_job(state, job_id, tenant=principal.tenant))
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
+def cancel_job(
+    job_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
     """Cancel a queued job. A running job is not interrupted (409); a finished one stays."""
-    job = job_service.load_job(state, job_id)
+    job = job_service.load_job(state, job_id, tenant=principal.tenant)
     if job.status == "cancelled":
         return job_service.job_view(job)
     with state.db.transaction() as session:
@@ -44,16 +49,20 @@ def cancel_job(job_id: str, state: AppState = Depends(get_state)) -> dict[str, A
 
 
 @router.get("/{job_id}/webhooks")
-def job_webhooks(job_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
+def job_webhooks(
+    job_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
     """Every delivery attempt of the job's webhook events (one row per attempt)."""
-    job_service.load_job(state, job_id)
+    job_service.load_job(state, job_id, tenant=principal.tenant)
     return webhook_service.list_deliveries(state, job_id=job_id)
 
 
 @router.post("/{job_id}/webhooks/resend", status_code=202)
-def resend_job_webhook(job_id: str, state: AppState = Depends(get_state)) -> dict[str, Any]:
+def resend_job_webhook(
+    job_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
     """Send the job's latest event again (same event id), e.g. after the schedule was spent."""
-    job_service.load_job(state, job_id)
+    job_service.load_job(state, job_id, tenant=principal.tenant)
     return webhook_service.resend(state, job_id=job_id)
 
 
@@ -64,6 +73,7 @@ def list_jobs(
     after: str | None = None,
     batch_id: str | None = None,
     state: AppState = Depends(get_state),
+    principal: Principal = Depends(require_api_key),
 ) -> dict[str, Any]:
     if status is not None and status not in JOB_STATUSES:
         raise ApiError(
@@ -73,7 +83,9 @@ def list_jobs(
             param="status",
         )
     with state.db.transaction() as session:
-        rows = repository.list_jobs(session, status=status, limit=limit + 1, after=after, batch_id=batch_id)
+        rows = repository.list_jobs(
+            session, status=status, limit=limit + 1, after=after, batch_id=batch_id, tenant=principal.tenant
+        )
         data = [job_service.job_view(j) for j in rows[:limit]]
     return {
         "object": "list",

@@ -16,9 +16,9 @@ from typing import Any
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 
-from api.errors import ApiError, ServiceUnavailable
+from api.errors import ApiError
 from api.schemas.batch import BatchRequest
-from api.services import config_service, job_service, webhook_service
+from api.services import config_service, job_service, limits, webhook_service
 from api.services.messages import build_generation, instruction_messages
 from api.state import AppState
 from ensemble_core.spec import EnsembleConfig
@@ -33,7 +33,11 @@ FIRST_CHUNK = 500  # items sent before the 202 answer
 CHUNK = 1000  # items per background send (and per "mark as sent" update)
 
 
-def create_batch(state: AppState, body: BatchRequest) -> Batch:
+def create_batch(state: AppState, body: BatchRequest, *, tenant: str | None = None) -> Batch:
+    """Store the batch and its items (all ``tenant``'s; None: the open, keyless mode), then
+    send the items to the broker. With the broker down the batch is accepted all the same:
+    its items wait in Postgres, unsent, and the sweeper sends them once the broker is back
+    (the job table is the outbox)."""
     if len(body.examples) > state.settings.max_batch_items:
         raise ApiError(
             413,
@@ -61,6 +65,9 @@ def create_batch(state: AppState, body: BatchRequest) -> Batch:
             top_p=body.top_p,
             seed=body.seed,
         )
+        limits.check_request_limits(
+            state.settings, generation, configs[key], param_prefix=f"examples.{index}."
+        )
         rows.append(
             {
                 "id": new_id("job"),
@@ -73,29 +80,30 @@ def create_batch(state: AppState, body: BatchRequest) -> Batch:
                 "config_version_id": version.id,
                 "batch_id": batch_id,
                 "batch_index": index,
+                "tenant": tenant,
+                "tenant_key": tenant or "",
             }
         )
     metadata = {"batch_size": body.batch_size, "metadata": body.metadata or {}}
     with state.db.transaction() as session:
         batch_repository.create_batch(
-            session, batch_id=batch_id, total=len(rows), webhook_url=body.webhook_url, metadata=metadata
+            session,
+            batch_id=batch_id,
+            total=len(rows),
+            webhook_url=body.webhook_url,
+            metadata=metadata,
+            tenant=tenant,
         )
         batch_repository.insert_batch_jobs(session, rows)
     ids = [r["id"] for r in rows]
-    # the first chunk goes out before answering, so a broker outage is a 503 now rather than
-    # a batch that never starts; the rest follows in the background (items already run)
+    # the first chunk goes out before answering (the items start at once); the rest follows
+    # in the background
     first, rest = ids[:FIRST_CHUNK], ids[FIRST_CHUNK:]
     try:
         enqueue_jobs(state.celery, first)
     except (KombuOperationalError, RedisError, OSError) as exc:
-        log.warning("enqueue of batch %s failed: %s", batch_id, exc)
-        with state.db.transaction() as session:
-            batch_repository.fail_batch(
-                session, batch_id, code="broker_unavailable", message=f"could not enqueue: {exc}"
-            )
-        raise ServiceUnavailable(
-            "the job queue (broker) is unavailable; retry shortly", code="broker_unavailable"
-        ) from exc
+        log.warning("batch %s: broker unavailable, the sweeper sends its items later: %s", batch_id, exc)
+        return load_batch(state, batch_id)
     with state.db.transaction() as session:
         batch_repository.mark_batch_enqueued(session, batch_id, first)
     if rest:
@@ -135,9 +143,10 @@ def _item_config(
         ) from exc
 
 
-def load_batch(state: AppState, batch_id: str) -> Batch:
+def load_batch(state: AppState, batch_id: str, *, tenant: str | None = None) -> Batch:
+    """The batch, if it is ``tenant``'s (None: any); another tenant's batch is a 404 too."""
     with state.db.transaction() as session:
-        batch = batch_repository.get_batch(session, batch_id)
+        batch = batch_repository.get_batch(session, batch_id, tenant=tenant)
     if batch is None:
         raise ApiError(404, f"no batch with id {batch_id!r}", code="batch_not_found", param="batch_id")
     return batch

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from api.errors import ApiError
 from api.schemas.openai import ChatMessageIn, PromptFields
-from api.services import config_service, job_service
+from api.services import config_service, job_service, limits
 from api.services.messages import build_generation
 from api.state import AppState
 from ensemble_core.methods import list_methods
@@ -56,6 +56,8 @@ class PreparedJob:
     webhook_url: str | None = None
     include_usage: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # whose job it is (None in the open, keyless mode); set by the route from the API key
+    tenant: str | None = None
 
 
 def prepare(
@@ -96,6 +98,7 @@ def prepare(
         stop=stop,
         seed=body.seed,
     )
+    limits.check_request_limits(state.settings, generation, config)
     extra: dict[str, Any] = {"endpoint": kind}
     if body.n > 1:
         extra["n"] = body.n
@@ -129,6 +132,7 @@ def submit(
         config_version_id=prepared.config_version_id,
         idempotency_key=idempotency_key,
         webhook_url=prepared.webhook_url,
+        tenant=prepared.tenant,
         extra=prepared.extra,
         fingerprint=prepared.fingerprint,
         job_id=job_id,

@@ -2,7 +2,11 @@
 
 Order matters: the job row is committed before the task is sent, so a worker never sees a
 task for a job that does not exist yet, and a crash between the two leaves a queued row that
-can be found and re-sent (never a task without a row).
+the sweeper finds and sends (the job table is its own outbox; never a task without a row).
+
+A synchronous request cannot be answered while the broker is down, so it answers 503 with
+``Retry-After`` and withdraws its row: nothing half-accepted stays behind, and a retry with
+the same ``Idempotency-Key`` starts afresh instead of attaching to a job that never ran.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from api.state import AppState
 from ensemble_core.spec import EnsembleConfig, GenerationRequest
 from jobqueue.celery_config import enqueue_job
 from jobqueue.webhook_policy import CallbackURLRefused, check_callback_url
-from persistence import repository
+from persistence import recovery, repository
 from persistence.models import Job
 
 log = logging.getLogger(__name__)
@@ -136,20 +140,25 @@ def refuse_when_queue_full(state: AppState, adding: int = 1) -> None:
         )
 
 
+BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
+
+
 def send(state: AppState, job_id: str) -> None:
+    """Hand the committed job to the broker. If the broker is down, withdraw the job and
+    answer 503; should a worker have got it after all (the send failed after the message
+    was stored), the job stays and the request goes on as accepted."""
     try:
         enqueue_job(state.celery, job_id)
-    except (KombuOperationalError, RedisError, OSError) as exc:
-        # the row is committed but the broker is down: fail it visibly rather than leave a
-        # promise nobody will keep (the sweeper of the reliability work re-sends instead)
+    except BROKER_ERRORS as exc:
         log.warning("enqueue of %s failed: %s", job_id, exc)
         with state.db.transaction() as session:
-            repository.fail_job(
-                session, job_id, code="broker_unavailable", message=f"could not enqueue: {exc}"
-            )
-        raise ServiceUnavailable(
-            "the job queue (broker) is unavailable; retry shortly", code="broker_unavailable"
-        ) from exc
+            withdrawn = recovery.withdraw_unsent_job(session, job_id)
+        if withdrawn:
+            raise ServiceUnavailable(
+                "the job queue (broker) is unavailable; nothing was stored, retry shortly",
+                code="broker_unavailable",
+            ) from exc
+        return
     with state.db.transaction() as session:
         repository.mark_enqueued(session, [job_id])
 
@@ -158,18 +167,40 @@ def wait_for_job(state: AppState, job_id: str, timeout_s: float) -> Job:
     """Wait until the job is final or the timeout passes; returns the job as last read.
 
     Events on the bus wake us at once; the database is re-read every second in case an event
-    was missed (Postgres is the truth)."""
+    was missed (Postgres is the truth). Without the bus (Redis restarting) the database alone
+    is polled, so a job that finishes meanwhile is still answered."""
     deadline = time.monotonic() + timeout_s
-    with state.bus.subscribe(job_id) as sub:
+    sub = _subscribe(state, job_id)
+    try:
         job = load_job(state, job_id)
         while not repository.is_final(job.status):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            event = sub.get(min(1.0, remaining))
+            event: dict[str, Any] | None = None
+            if sub is not None:
+                try:
+                    event = sub.get(min(1.0, remaining))
+                except BROKER_ERRORS as exc:
+                    log.warning("job events of %s lost (%s); polling the database", job_id, exc)
+                    sub.close()
+                    sub = None
+            else:
+                time.sleep(min(0.5, remaining))
             if event is None or event.get("type") == "done":
                 job = load_job(state, job_id)
+    finally:
+        if sub is not None:
+            sub.close()
     return job
+
+
+def _subscribe(state: AppState, job_id: str) -> Any:
+    try:
+        return state.bus.subscribe(job_id)
+    except BROKER_ERRORS as exc:
+        log.warning("cannot subscribe to job events (%s); polling the database", exc)
+        return None
 
 
 def load_job(state: AppState, job_id: str, *, tenant: str | None = None) -> Job:
@@ -195,6 +226,7 @@ _FAILED_JOB_STATUS = {
     "model_not_found": 404,
     "broker_unavailable": 503,
     "worker_lost": 503,
+    "database_unavailable": 503,
 }
 
 

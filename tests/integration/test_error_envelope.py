@@ -139,9 +139,9 @@ def test_503_and_504_are_envelopes_too(stack):
     )
     with TestClient(dead) as client:
         _error(client.post("/v1/chat/completions", json=PROMPT), 503, "broker_unavailable")
-        _error(
-            client.post("/v1/ensemble/batch", json={"examples": [{"input": "x"}]}), 503, "broker_unavailable"
-        )
+        stream = client.post("/v1/chat/completions", json={**PROMPT, "stream": True})
+        _error(stream, 503, "broker_unavailable")
+        assert stream.headers["retry-after"]
 
 
 def test_a_failing_job_is_an_error_frame_in_a_stream_and_an_envelope_otherwise(stack):

@@ -1,0 +1,47 @@
+"""Caps on what one request may ask, so that one client cannot tie a worker up for hours.
+
+Each refusal is a 400 that names the field, the value and the cap (``ENSEMBLEHUB_MAX_*``).
+The body size (413), the batch size (413) and the per-tenant rate (429) are checked elsewhere:
+in ``api.guards`` and ``batch_service``.
+"""
+
+from __future__ import annotations
+
+from api.errors import ApiError
+from api.settings import ApiSettings
+from ensemble_core.spec import EnsembleConfig, GenerationRequest
+
+
+def check_request_limits(
+    settings: ApiSettings, generation: GenerationRequest, config: EnsembleConfig, *, param_prefix: str = ""
+) -> None:
+    where = f"{param_prefix.rstrip('.')}: " if param_prefix else ""
+    chars = sum(len(m.content) for m in generation.messages)
+    if chars > settings.max_prompt_chars:
+        raise ApiError(
+            400,
+            f"{where}the prompt has {chars} characters; this server takes at most "
+            f"{settings.max_prompt_chars} (ENSEMBLEHUB_MAX_PROMPT_CHARS)",
+            code="prompt_too_long",
+            param=f"{param_prefix}messages",
+        )
+    if generation.max_tokens > settings.max_tokens_limit:
+        raise ApiError(
+            400,
+            f"{where}max_tokens={generation.max_tokens} is more than this server allows "
+            f"({settings.max_tokens_limit}, ENSEMBLEHUB_MAX_TOKENS_LIMIT)",
+            code="max_tokens_too_large",
+            param=f"{param_prefix}max_tokens",
+        )
+    check_max_rounds(settings, config.max_rounds, param=f"{param_prefix}max_rounds")
+
+
+def check_max_rounds(settings: ApiSettings, max_rounds: int | None, *, param: str = "max_rounds") -> None:
+    if max_rounds is not None and max_rounds > settings.max_rounds_limit:
+        raise ApiError(
+            400,
+            f"max_rounds={max_rounds} is more than this server allows "
+            f"({settings.max_rounds_limit}, ENSEMBLEHUB_MAX_ROUNDS_LIMIT)",
+            code="max_rounds_too_large",
+            param=param,
+        )
