@@ -66,7 +66,7 @@ def _respond(
             raise ApiError(
                 400, "background and stream cannot be combined", code="invalid_request", param="background"
             )
-        job, _ = completion_service.submit(state, prepared, idempotency_key)
+        job, _ = completion_service.submit(state, prepared, idempotency_key, accept_unsent=True)
         return JSONResponse(
             {
                 "id": job.id,

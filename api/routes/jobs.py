@@ -44,7 +44,7 @@ def cancel_job(
             param="job_id",
         )
     webhook_service.send(state, deliveries)
-    state.bus.publish(job_id, {"type": "done", "status": "cancelled"})
+    job_service.publish_event(state, job_id, {"type": "done", "status": "cancelled"})
     return job_service.job_view(job_service.load_job(state, job_id))
 
 

@@ -122,8 +122,15 @@ def prepare(
 
 
 def submit(
-    state: AppState, prepared: PreparedJob, idempotency_key: str | None, *, job_id: str | None = None
+    state: AppState,
+    prepared: PreparedJob,
+    idempotency_key: str | None,
+    *,
+    job_id: str | None = None,
+    accept_unsent: bool = False,
 ) -> tuple[Job, bool]:
+    """``accept_unsent``: a job answered later (``background``) is accepted even while the
+    broker is down; the sweeper sends it when the broker is back."""
     return job_service.submit_job(
         state,
         kind=prepared.kind,
@@ -136,6 +143,7 @@ def submit(
         extra=prepared.extra,
         fingerprint=prepared.fingerprint,
         job_id=job_id,
+        accept_unsent=accept_unsent,
     )
 
 

@@ -45,13 +45,16 @@ def submit_job(
     extra: dict[str, Any] | None = None,
     fingerprint: str | None = None,
     job_id: str | None = None,
+    accept_unsent: bool = False,
 ) -> tuple[Job, bool]:
     """Store and enqueue a job. Returns (job, created); with a known idempotency key the
     existing job comes back and nothing new is enqueued.
 
     ``fingerprint`` identifies the client's request: the same key with a different request is
     a client bug and answers 409 instead of silently returning another request's answer.
-    ``job_id`` lets a caller subscribe to the job's events before its task is sent."""
+    ``job_id`` lets a caller subscribe to the job's events before its task is sent.
+    ``accept_unsent``: the caller answers 202 and the client polls, so a broker outage need
+    not refuse the job: it waits in Postgres and the sweeper sends it once the broker is back."""
     if idempotency_key:
         with state.db.transaction() as session:
             existing = repository.find_job_by_idempotency_key(session, idempotency_key, tenant=tenant)
@@ -86,7 +89,7 @@ def submit_job(
         if existing is None:
             raise
         return _same_request(existing, fingerprint), False
-    send(state, job.id)
+    send(state, job.id, accept_unsent=accept_unsent)
     return job, True
 
 
@@ -143,14 +146,17 @@ def refuse_when_queue_full(state: AppState, adding: int = 1) -> None:
 BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
 
 
-def send(state: AppState, job_id: str) -> None:
+def send(state: AppState, job_id: str, *, accept_unsent: bool = False) -> None:
     """Hand the committed job to the broker. If the broker is down, withdraw the job and
     answer 503; should a worker have got it after all (the send failed after the message
-    was stored), the job stays and the request goes on as accepted."""
+    was stored), the job stays and the request goes on as accepted. With ``accept_unsent``
+    the job stays unsent for the sweeper instead."""
     try:
         enqueue_job(state.celery, job_id)
     except BROKER_ERRORS as exc:
         log.warning("enqueue of %s failed: %s", job_id, exc)
+        if accept_unsent:
+            return
         with state.db.transaction() as session:
             withdrawn = recovery.withdraw_unsent_job(session, job_id)
         if withdrawn:
@@ -193,6 +199,15 @@ def wait_for_job(state: AppState, job_id: str, timeout_s: float) -> Job:
         if sub is not None:
             sub.close()
     return job
+
+
+def publish_event(state: AppState, job_id: str, event: dict[str, Any]) -> None:
+    """Wake the job's waiters. Events are a fast path only (waiters re-read Postgres), so a
+    broker outage must not fail the request that changed the job."""
+    try:
+        state.bus.publish(job_id, event)
+    except BROKER_ERRORS as exc:
+        log.warning("could not publish %s of job %s: %s", event.get("type"), job_id, exc)
 
 
 def _subscribe(state: AppState, job_id: str) -> Any:

@@ -101,3 +101,21 @@ def test_a_batch_with_the_broker_down_is_accepted_and_the_sweeper_sends_it_later
             with db.transaction() as session:
                 batch_repository.cancel_batch(session, batch_id)
         db.dispose()
+
+
+def test_a_background_job_with_the_broker_down_is_accepted_and_waits_unsent(database_url):
+    with TestClient(_app(database_url)) as client:
+        resp = client.post(
+            "/v1/chat/completions",
+            json={"model": "ensemble", "prompt": "hi", "max_tokens": 4, "background": True},
+        )
+        assert resp.status_code == 202, resp.text
+        job_id = resp.json()["id"]
+        try:
+            db = Database(database_url)
+            with db.transaction() as session:
+                job = session.get(Job, job_id)
+                assert (job.status, job.enqueued_at) == ("queued", None)  # the sweeper's to send
+            db.dispose()
+        finally:
+            assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
