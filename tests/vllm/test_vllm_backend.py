@@ -103,7 +103,13 @@ def test_a_model_in_its_own_process(tmp_path: Path) -> None:
         path=str(path),
         engine="vllm",
         name="tiny-vllm",
-        engine_options={"separate_process": True, "enforce_eager": True, "max_model_len": 512},
+        # what --vllm_enforce_eager and --vllm_disable_chunked_prefill set
+        engine_options={
+            "separate_process": True,
+            "enforce_eager": True,
+            "enable_chunked_prefill": False,
+            "max_model_len": 512,
+        },
     )
     try:
         assert _greedy(pool, own, 12)[0].token_ids == _greedy(pool, hf, 12)[0].token_ids
