@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from api.errors import install_error_handlers
 from api.guards import BodySizeLimit, open_mode_notice, require_api_key
 from api.rate_limit import rate_limiter_for
-from api.routes import batches, completions, ensemble, info, jobs
+from api.routes import batches, completions, ensemble, files, info, jobs, metrics, openai_batches
 from api.services import config_service
 from api.settings import ApiSettings
 from api.state import AppState
@@ -90,4 +90,7 @@ def create_app(
     app.include_router(ensemble.router, dependencies=protected)
     app.include_router(batches.router, dependencies=protected)
     app.include_router(jobs.router, dependencies=protected)
+    app.include_router(files.router, dependencies=protected)
+    app.include_router(openai_batches.router, dependencies=protected)
+    metrics.install(app, queue_settings)  # GET /metrics, open like /status; times every request
     return app

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import case, insert, select, update
 from sqlalchemy.orm import Session
 
+from persistence import metrics_repository
 from persistence.models import Batch, Job, utcnow
 
 OPEN_BATCH_STATUSES = ("validating", "in_progress", "finalizing")
@@ -106,6 +107,7 @@ def fail_batch(session: Session, batch_id: str, *, code: str, message: str) -> N
             finished_at=now,
         )
     )
+    metrics_repository.record_final_jobs(session, "failed", len(failed))
 
 
 def count_batch_items(
@@ -166,6 +168,7 @@ def cancel_batch(session: Session, batch_id: str) -> tuple[str | None, int]:
         .returning(Job.id)
     ).all()
     final = count_batch_items(session, batch_id, cancelled=len(cancelled))
+    metrics_repository.record_final_jobs(session, "cancelled", len(cancelled))
     return final, len(cancelled)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from persistence import metrics_repository
 from persistence.batch_repository import count_batch_items
 from persistence.models import (
     FINAL_JOB_STATUSES,
@@ -39,14 +40,16 @@ _BATCH_COUNTER = {"succeeded": "completed", "failed": "failed", "cancelled": "ca
 
 
 def settlement(session: Session, row: Any, status: str) -> Settled | None:
-    """Count the item in its batch in the same transaction as its state change: the state
-    change is conditional, so the counter moves exactly once per item."""
+    """Count the item in its batch (and the job in the metric counters) in the same
+    transaction as its state change: the state change is conditional, so the counters move
+    exactly once per item."""
     if row is None:
         return None
     job_id, batch_id = row
     batch_status = None
     if batch_id is not None:
         batch_status = count_batch_items(session, batch_id, **{_BATCH_COUNTER[status]: 1})
+    metrics_repository.record_final_job(session, job_id, status)
     return Settled(job_id=job_id, status=status, batch_id=batch_id, batch_status=batch_status)
 
 

@@ -152,3 +152,18 @@ def wait_for_worker(base_url: str, worker: Process, timeout: float = 60) -> None
             return
         time.sleep(0.3)
     raise TimeoutError(f"no worker heartbeat in {timeout}s\n{worker.log()}")
+
+
+@contextmanager
+def queue_paused(broker_url: str, queue: str = "models") -> Iterator[None]:
+    """The worker stops taking tasks from ``queue`` (Celery remote control), so new tasks wait
+    in Redis for as long as a test needs; it takes them again on exit."""
+    from celery import Celery
+
+    control = Celery(broker=broker_url).control
+    # limit=1: the stack runs one worker; without a limit the call waits out the whole timeout
+    assert control.cancel_consumer(queue, reply=True, timeout=15, limit=1), "no worker answered"
+    try:
+        yield
+    finally:
+        control.add_consumer(queue, reply=True, timeout=15, limit=1)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.schemas.batch import BatchRequest
@@ -33,19 +34,19 @@ FIRST_CHUNK = 500  # items sent before the 202 answer
 CHUNK = 1000  # items per background send (and per "mark as sent" update)
 
 
-def create_batch(state: AppState, body: BatchRequest, *, tenant: str | None = None) -> Batch:
-    """Store the batch and its items (all ``tenant``'s; None: the open, keyless mode), then
-    send the items to the broker. With the broker down the batch is accepted all the same:
-    its items wait in Postgres, unsent, and the sweeper sends them once the broker is back
-    (the job table is the outbox)."""
-    if len(body.examples) > state.settings.max_batch_items:
+def check_size(state: AppState, count: int, *, param: str) -> None:
+    """A batch holds at most ``max_batch_items`` items (413)."""
+    if count > state.settings.max_batch_items:
         raise ApiError(
             413,
-            f"{len(body.examples)} items is more than the {state.settings.max_batch_items} one batch may hold; "
-            "split it",
+            f"{count} items is more than the {state.settings.max_batch_items} one batch may hold; split it",
             code="batch_too_large",
-            param="examples",
+            param=param,
         )
+
+
+def create_batch(state: AppState, body: BatchRequest, *, tenant: str | None = None) -> Batch:
+    check_size(state, len(body.examples), param="examples")
     if body.webhook_url:
         job_service.check_webhook_url(state, body.webhook_url)
     job_service.refuse_when_queue_full(state, adding=len(body.examples))
@@ -80,21 +81,44 @@ def create_batch(state: AppState, body: BatchRequest, *, tenant: str | None = No
                 "config_version_id": version.id,
                 "batch_id": batch_id,
                 "batch_index": index,
-                "tenant": tenant,
-                "tenant_key": tenant or "",
             }
         )
     metadata = {"batch_size": body.batch_size, "metadata": body.metadata or {}}
+    return store_and_enqueue(
+        state, batch_id, rows, webhook_url=body.webhook_url, metadata=metadata, tenant=tenant
+    )
+
+
+def store_and_enqueue(
+    state: AppState,
+    batch_id: str,
+    rows: list[dict[str, Any]],
+    *,
+    webhook_url: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    also_store: Callable[[Session], None] | None = None,
+    tenant: str | None = None,
+) -> Batch:
+    """Store the batch and its item rows in one transaction (with ``also_store``'s rows, e.g.
+    the OpenAI Batch API's link to its input file), then send the items to the broker.
+
+    The batch and its items belong to ``tenant`` (None: the open, keyless mode). With the
+    broker down the batch is accepted all the same: its items wait in Postgres, unsent, and
+    the sweeper sends them once the broker is back (the job table is the outbox)."""
+    for row in rows:
+        row["tenant"], row["tenant_key"] = tenant, tenant or ""
     with state.db.transaction() as session:
         batch_repository.create_batch(
             session,
             batch_id=batch_id,
             total=len(rows),
-            webhook_url=body.webhook_url,
+            webhook_url=webhook_url,
             metadata=metadata,
             tenant=tenant,
         )
         batch_repository.insert_batch_jobs(session, rows)
+        if also_store is not None:
+            also_store(session)
     ids = [r["id"] for r in rows]
     # the first chunk goes out before answering (the items start at once); the rest follows
     # in the background

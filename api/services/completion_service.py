@@ -18,7 +18,7 @@ from api.services.messages import build_generation
 from api.state import AppState
 from ensemble_core.methods import list_methods
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
-from persistence.models import Job
+from persistence.models import ConfigVersion, Job
 
 AnswerForm = Literal["text", "chat", "legacy"]
 
@@ -69,15 +69,17 @@ def prepare(
     preset: dict[str, Any] | None = None,
     forced: dict[str, Any] | None = None,
     default_max_tokens: int = 256,
+    current: tuple[ConfigVersion, EnsembleSpec] | None = None,
 ) -> PreparedJob:
     """Validate the body against the current config version and build the job's request.
 
     ``preset`` fields are defaults the request's ``ensemble_config`` may override; ``forced``
-    fields define the endpoint (loop, presets) and win over the request's."""
+    fields define the endpoint (loop, presets) and win over the request's. ``current`` is the
+    config version already read by a caller that prepares many requests (OpenAI batches)."""
     _refuse_unsupported(body)
     messages = _messages(body)
     form = form or ("chat" if body.messages is not None else "text")
-    row, spec = config_service.current_version(state.db)
+    row, spec = current or config_service.current_version(state.db)
     models = _member_filter(body.model, spec)
     overrides = {**(preset or {}), **(body.ensemble_config or {}), **(forced or {})}
     config = config_service.merge_config(

@@ -57,7 +57,7 @@ def upgrade() -> None:
     # jobs that ended before this migration: the final-state counters start exact
     op.execute(
         "INSERT INTO metric_counters (name, labels, value) "
-        "SELECT 'jobs_finished_total', '{\"state\":\"' || status || '\"}', COUNT(*) FROM jobs "
+        "SELECT 'jobs_finished', '{\"state\":\"' || status || '\"}', COUNT(*) FROM jobs "
         "WHERE status IN ('succeeded', 'failed', 'cancelled') GROUP BY status"
     )
 

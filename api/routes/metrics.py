@@ -1,0 +1,43 @@
+"""``GET /metrics`` in Prometheus' text format (design: ``api.services.metrics_service``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from api.request_metrics import RequestMetrics, RequestTiming
+from api.services import metrics_service
+from api.state import get_state
+from jobqueue.settings import QueueSettings
+
+router = APIRouter(tags=["metrics"])
+
+
+@dataclass
+class MetricsState:
+    requests: RequestMetrics
+    broker: redis.Redis | None
+
+
+def install(app: FastAPI, queue_settings: QueueSettings) -> None:
+    """Time every request (outermost middleware: 413s and 500s count too) and serve /metrics."""
+    requests = RequestMetrics()
+    app.state.metrics = MetricsState(requests, metrics_service.broker_client(queue_settings.broker_url))
+    app.add_middleware(RequestTiming, metrics=requests)
+    app.include_router(router)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Jobs by state, queue depth, request and job latency, tokens per model, rounds per job and
+    segment wins. Open like /status: scrape it from the internal network."""
+    holder: MetricsState = request.app.state.metrics
+    body = await run_in_threadpool(
+        metrics_service.exposition, get_state(request), holder.broker, holder.requests.exposition()
+    )
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
