@@ -21,3 +21,6 @@ test: install lint
 
 bench:
 	$(PYTHON) bench/engine.py
+	$(PYTHON) bench/overhead.py
+	$(PYTHON) bench/submit.py
+	$(PYTHON) bench/first_answer.py
