@@ -39,7 +39,7 @@ class WebhookReceiver:
 
 
 @contextmanager
-def webhook_receiver(script: list[int] | None = None) -> Iterator[WebhookReceiver]:
+def webhook_receiver(script: list[int] | None = None, port: int = 0) -> Iterator[WebhookReceiver]:
     holder: dict[str, WebhookReceiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -56,7 +56,7 @@ def webhook_receiver(script: list[int] | None = None) -> Iterator[WebhookReceive
         def log_message(self, *_args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     holder["receiver"] = WebhookReceiver(
         url=f"http://127.0.0.1:{server.server_address[1]}/hooks/ensemble", script=list(script or [])
     )
