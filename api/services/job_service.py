@@ -176,29 +176,53 @@ def wait_for_job(state: AppState, job_id: str, timeout_s: float) -> Job:
     was missed (Postgres is the truth). Without the bus (Redis restarting) the database alone
     is polled, so a job that finishes meanwhile is still answered."""
     deadline = time.monotonic() + timeout_s
-    sub = _subscribe(state, job_id)
-    try:
+    with JobEvents.open(state, job_id) as events:
         job = load_job(state, job_id)
         while not repository.is_final(job.status):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            event: dict[str, Any] | None = None
-            if sub is not None:
-                try:
-                    event = sub.get(min(1.0, remaining))
-                except BROKER_ERRORS as exc:
-                    log.warning("job events of %s lost (%s); polling the database", job_id, exc)
-                    sub.close()
-                    sub = None
-            else:
-                time.sleep(min(0.5, remaining))
+            event = events.get(min(1.0, remaining))
             if event is None or event.get("type") == "done":
                 job = load_job(state, job_id)
-    finally:
-        if sub is not None:
-            sub.close()
     return job
+
+
+class JobEvents:
+    """A job's event subscription that outlives the broker: once Redis fails, ``get`` waits
+    a moment and answers None, so the caller re-reads the job from Postgres (the truth)."""
+
+    def __init__(self, job_id: str, subscription: Any | None) -> None:
+        self.job_id, self._sub = job_id, subscription
+
+    @classmethod
+    def open(cls, state: AppState, job_id: str) -> JobEvents:
+        try:
+            return cls(job_id, state.bus.subscribe(job_id))
+        except BROKER_ERRORS as exc:
+            log.warning("cannot subscribe to job events (%s); polling the database", exc)
+            return cls(job_id, None)
+
+    def get(self, timeout: float) -> dict[str, Any] | None:
+        if self._sub is not None:
+            try:
+                return self._sub.get(timeout)  # type: ignore[no-any-return]
+            except BROKER_ERRORS as exc:
+                log.warning("job events of %s lost (%s); polling the database", self.job_id, exc)
+                self.close()
+        time.sleep(min(0.5, max(0.0, timeout)))
+        return None
+
+    def close(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    def __enter__(self) -> JobEvents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def publish_event(state: AppState, job_id: str, event: dict[str, Any]) -> None:
@@ -208,14 +232,6 @@ def publish_event(state: AppState, job_id: str, event: dict[str, Any]) -> None:
         state.bus.publish(job_id, event)
     except BROKER_ERRORS as exc:
         log.warning("could not publish %s of job %s: %s", event.get("type"), job_id, exc)
-
-
-def _subscribe(state: AppState, job_id: str) -> Any:
-    try:
-        return state.bus.subscribe(job_id)
-    except BROKER_ERRORS as exc:
-        log.warning("cannot subscribe to job events (%s); polling the database", exc)
-        return None
 
 
 def load_job(state: AppState, job_id: str, *, tenant: str | None = None) -> Job:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from api.errors import envelope
 from api.services import job_service
@@ -47,7 +48,7 @@ def open_stream(
     except BaseException:
         subscription.close()
         raise
-    return job, _frames(state, prepared, job, subscription)
+    return job, _frames(state, prepared, job, job_service.JobEvents(job.id, subscription))
 
 
 def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> Iterator[str]:
@@ -55,7 +56,7 @@ def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any)
         yield from _relay(state, prepared, job, subscription)
     except Exception as exc:  # noqa: BLE001 - the 200 is sent already: the error goes in the stream
         log.exception("stream of job %s broke", job.id)
-        database = isinstance(exc, DBAPIError)
+        database = isinstance(exc, (DBAPIError, PoolTimeoutError))
         yield _error_frame(
             503 if database else 500,
             "the database is unavailable; poll the job"
