@@ -112,17 +112,20 @@ def run(
     count: int,
     *,
     threads: int = 4,
+    pace_s: float = 0.06,
     fault_after: int,
     fault: Callable[[], None],
 ) -> tuple[list[Outcome], dict[str, float]]:
-    """Send ``count`` submissions from ``threads`` clients; once ``fault_after`` have been
-    answered, run ``fault`` (in this thread) while the others keep sending."""
+    """Send ``count`` submissions from ``threads`` clients, submission i not before
+    ``i * pace_s`` (a steady stream, so it runs before, during and after the fault); once
+    ``fault_after`` have been answered, run ``fault`` (in this thread) while they go on."""
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     answered = threading.Event()
     clients = [client_factory() for _ in range(threads)]
 
     def worker(index: int) -> None:
+        time.sleep(max(0.0, times["start"] + index * pace_s - time.monotonic()))
         result = submit(clients[index % threads], index)
         with lock:
             outcomes.append(result)

@@ -68,7 +68,7 @@ def test_every_accepted_submission_finishes_across_a_redis_restart(fault_stack, 
     report(
         "Redis killed (no persistence) and restarted during a stream of submissions",
         tried=f"{SUBMISSIONS} submissions from 4 clients ({', '.join(f'{k}: {n}' for k, n in Counter(o.kind for o in outcomes).items())}); "
-        f"Redis down {DOWN_S:.0f} s after the 60th answer",
+        f"one every 60 ms; Redis down {DOWN_S:.0f} s after the 60th answer",
         answers=load.statuses(outcomes),
         refused_with_503=f"{len(refused)} (Retry-After; nothing stored: {len(keys)} keys checked)",
         accepted=f"{len(accepted)} submissions = {jobs_done} jobs, all finished: {dict(final['jobs'] + final['batch_items'])}",
