@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,12 +38,35 @@ def ensure_startup_version(db: Database, startup_spec: EnsembleSpec | None) -> C
         )
 
 
+# The current version is read on every submission; caching it per process for a second saves
+# a query and a spec validation per request. A change made through this process shows at once
+# (the cache is dropped), one made through another API replica within CURRENT_VERSION_TTL_S.
+CURRENT_VERSION_TTL_S = 1.0
+_current_cache: weakref.WeakKeyDictionary[Database, tuple[float, ConfigVersion, EnsembleSpec]] = (
+    weakref.WeakKeyDictionary()
+)
+_cache_lock = threading.Lock()
+
+
 def current_version(db: Database) -> tuple[ConfigVersion, EnsembleSpec]:
+    now = time.monotonic()
+    with _cache_lock:
+        cached = _current_cache.get(db)
+    if cached is not None and cached[0] > now:
+        return cached[1], cached[2]
     with db.transaction() as session:
         row = repository.latest_config_version(session)
     if row is None:
         row = ensure_startup_version(db, None)
-    return row, EnsembleSpec.model_validate(row.spec)
+    spec = EnsembleSpec.model_validate(row.spec)
+    with _cache_lock:
+        _current_cache[db] = (now + CURRENT_VERSION_TTL_S, row, spec)
+    return row, spec
+
+
+def forget_current_version(db: Database) -> None:
+    with _cache_lock:
+        _current_cache.pop(db, None)
 
 
 def append_version(db: Database, update: dict[str, Any], note: str | None) -> ConfigVersion:
@@ -57,9 +83,11 @@ def append_version(db: Database, update: dict[str, Any], note: str | None) -> Co
         }
     spec = parse_spec(merged)
     with db.transaction() as session:
-        return repository.append_config_version(
+        row = repository.append_config_version(
             session, spec=spec.model_dump(mode="json"), content_hash=spec.content_hash(), note=note
         )
+    forget_current_version(db)
+    return row
 
 
 def parse_spec(data: dict[str, Any]) -> EnsembleSpec:
