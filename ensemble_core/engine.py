@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from ensemble_core.loop_detection import repeated_ngram_tail
 from ensemble_core.members import Member, build_members
 from ensemble_core.methods import EnsemblePlan, plan_for
 from ensemble_core.pool import ModelPool
-from ensemble_core.ports import GenerationSession, Scorer, SegmentLimits
+from ensemble_core.ports import GenerationSession, SegmentLimits
 from ensemble_core.result import EnsembleResult, ModelUsage, SegmentEvent, Usage
 from ensemble_core.scorers.combined import CombinedScorer, build_scorer
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
@@ -76,7 +77,7 @@ class EnsembleJob:
         self.session_owner: dict[str, str] = {}
         self.usage: dict[str, ModelUsage] = {}
         self.executor: ThreadPoolExecutor | None = None
-        self.scorer: Scorer | None = None
+        self.scorer: CombinedScorer | None = None
         self.selected: list[Member] = []
 
     # -- resources ------------------------------------------------------------------------
@@ -157,7 +158,8 @@ class EnsembleJob:
         for key, session in self.sessions.items():
             usage = self.member_usage(self.session_owner[key])
             usage.prompt = session.counters.prompt_tokens
-            usage.prefilled += session.counters.prefilled
+            # tokens run through a forward pass only to be scored are prefill work too
+            usage.prefilled += session.counters.prefilled + session.counters.scored
             usage.forward_passes += session.counters.forward_passes
         if isinstance(self.scorer, CombinedScorer):
             for name, counts in self.scorer.usage().items():
@@ -238,7 +240,7 @@ class RoundLoop:
             candidates = session.generate(self.accepted_text, [m.sampling for m in group], limits)
             return [CandidateRecord(m, c, attempt) for m, c in zip(group, candidates, strict=True)]
 
-        batches = job.run_parallel([lambda g=g: decode(g) for g in groups.values()])
+        batches = job.run_parallel([functools.partial(decode, g) for g in groups.values()])
         by_member = {r.member.name: r for batch in batches for r in batch}
         records = [by_member[m.name] for m in members]
         for record in records:

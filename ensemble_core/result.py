@@ -24,7 +24,8 @@ class ModelUsage(BaseModel):
 
     ``prompt``: tokens of the chat prompt in this model's tokenizer; ``generated``: tokens it
     decoded (winners and losers); ``prefilled``: tokens it ran through a prefill forward pass
-    (the prompt once, then only what the KV cache did not already hold); ``discarded``:
+    (the prompt once, then only what the KV cache did not already hold, plus candidates it read
+    only to score them); ``discarded``:
     generated tokens of candidates that lost their round.
     """
 

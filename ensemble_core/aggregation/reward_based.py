@@ -76,10 +76,13 @@ class RewardSegmentAggregator(SegmentAggregator):
             notes["attempts"] = len(best_per_attempt)
             below = [p for p in (_primary(b) for b in best_per_attempt) if p is not None]
             notes["below_threshold"] = bool(below) and max(below) < (params.score_threshold or 0.0)
-        winner = max(
-            best_per_attempt, key=lambda r: _primary(r) if _primary(r) is not None else float("-inf")
-        )
+        winner = max(best_per_attempt, key=_primary_or_floor)
         return RoundOutcome(winner=winner, candidates=all_records, notes=notes)
+
+
+def _primary_or_floor(record: CandidateRecord) -> float:
+    primary = _primary(record)
+    return primary if primary is not None else float("-inf")
 
 
 def _primary(record: CandidateRecord) -> float | None:

@@ -155,7 +155,8 @@ class HFGenerationSession:
             raise GenerationError(f"{self.generator.name}: forward pass failed: {exc}") from exc
         self.cache.append(ids)
         self.counters.forward_passes += 1
-        return out.logits
+        logits: torch.Tensor = out.logits
+        return logits
 
     def _sync(self, target: list[int], *, feed_last: bool) -> list[int]:
         """Make the single-row cache a prefix of ``target``; return the ids still to feed.

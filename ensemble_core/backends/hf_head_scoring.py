@@ -31,8 +31,8 @@ class HeadModel:
         self.tokenizer = load_tokenizer(spec, cache_dir)
         self.model = from_pretrained(auto_class, spec, cache_dir)
         self.device = input_device(self.model)
-        self.body = getattr(self.model, "base_model", None)
-        self.head = getattr(self.model, "score", None) or getattr(self.model, "classifier", None)
+        self.body: Any = getattr(self.model, "base_model", None)
+        self.head: Any = getattr(self.model, "score", None) or getattr(self.model, "classifier", None)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0

@@ -102,11 +102,12 @@ def load_kwargs(spec: ModelSpec) -> tuple[dict[str, Any], bool]:
             )
         try:
             import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
+            from transformers import BitsAndBytesConfig as _BitsAndBytesConfig
         except ImportError as exc:
             raise ModelLoadError(
                 f"quantization {spec.quantization!r} needs the bitsandbytes package: pip install bitsandbytes"
             ) from exc
+        BitsAndBytesConfig: Any = _BitsAndBytesConfig  # noqa: N806 (untyped in transformers)
         if spec.quantization == "8bit":
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         else:
@@ -155,4 +156,5 @@ def load_tokenizer(spec: ModelSpec, cache_dir: Path | None) -> Any:
 
 
 def input_device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    device: torch.device = next(model.parameters()).device
+    return device

@@ -32,8 +32,9 @@ class PrefixCache:
         from transformers import DynamicCache
 
         self.cache = DynamicCache(config=model_config)
-        if hasattr(self.cache, "activate_past_recording"):
-            self.cache.activate_past_recording()
+        recorder: Any = self.cache
+        if hasattr(recorder, "activate_past_recording"):
+            recorder.activate_past_recording()
         self.rows: list[list[int]] = [[]]
 
     @property
@@ -68,7 +69,8 @@ class PrefixCache:
         current = len(self.rows[0])
         if length >= current:
             return
-        for layer in self.cache.layers:
+        layers: list[Any] = list(self.cache.layers)
+        for layer in layers:
             keys = getattr(layer, "keys", None)
             if keys is None or keys.numel() == 0:
                 continue

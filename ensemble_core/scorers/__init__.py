@@ -5,6 +5,8 @@ that need torch (reward model, PRM, embedding) live in ``ensemble_core.backends`
 here by ``"module:Class"`` strings, imported only when a job uses them.
 """
 
+from pydantic import BaseModel
+
 from ensemble_core.scorers.specs import (
     EmbeddingScorerSpec,
     LikelihoodScorerSpec,
@@ -14,7 +16,7 @@ from ensemble_core.scorers.specs import (
     ScorerSpec,
 )
 
-SCORER_TYPES: dict[str, tuple[type, str]] = {
+SCORER_TYPES: dict[str, tuple[type[BaseModel], str]] = {
     "likelihood": (LikelihoodScorerSpec, "mean log-probability of the candidate under scorer models"),
     "reward_model": (RewardModelScorerSpec, "sequence-classification reward model (one logit)"),
     "prm": (ProcessRewardScorerSpec, "process reward model: mean good-step probability"),

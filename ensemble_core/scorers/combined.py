@@ -120,7 +120,7 @@ class CombinedScorer:
 def build_scorer(
     raw_specs: list[Any], host: ScorerHost, normalization: Normalization = "zscore"
 ) -> CombinedScorer:
-    specs = parse_scorer_specs(raw_specs) if raw_specs else [LikelihoodScorerSpec()]
+    specs = parse_scorer_specs(raw_specs) if raw_specs else [LikelihoodScorerSpec.model_validate({})]
     parts: list[tuple[Any, Scorer]] = []
     for spec in specs:
         cls = load_object(SCORER_IMPLEMENTATIONS[spec.type])
