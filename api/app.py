@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api.errors import install_error_handlers
+from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.guards import BodySizeLimit, open_mode_notice, require_api_key
 from api.rate_limit import rate_limiter_for
 from api.routes import batches, completions, ensemble, files, info, jobs, metrics, openai_batches
@@ -59,6 +59,7 @@ def create_app(
         version=info.VERSION,
         description="Several language models answer together: OpenAI-compatible, queue-backed.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     celery = make_celery(queue_settings, name="ensemblehub-api")
     # the API must answer fast when the broker is down instead of retrying for a minute

@@ -9,10 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas.errors import ErrorEnvelope
 from ensemble_core.errors import ConfigError, EnsembleError
 
 _TYPES = {
@@ -27,6 +28,24 @@ _TYPES = {
     500: "server_error",
     503: "service_unavailable",
     504: "timeout_error",
+}
+
+
+# every answer but a 2xx, as the OpenAPI document shows it (one envelope for all of them)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in {
+        400: "bad request (a stable `code` says what)",
+        401: "missing or invalid API key (`Authorization: Bearer <key>`)",
+        403: "this key may not do that (config changes need an admin key)",
+        404: "no such thing, or not this tenant's",
+        409: "conflict with the current state (e.g. cancelling a finished job)",
+        413: "request body, or batch, too large",
+        422: "the body or a parameter does not match the schema",
+        429: "rate limit or queue full; see `Retry-After`",
+        503: "Postgres or Redis unavailable; see `Retry-After`",
+        504: "the job did not finish in time; it goes on (`error.job_id`, `Location`)",
+    }.items()
 }
 
 
@@ -103,8 +122,20 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    @app.exception_handler(DataError)
+    async def _bad_value(_req: Request, exc: Exception) -> JSONResponse:
+        # a value Postgres cannot hold (a NUL character, a number out of range): the client's
+        # mistake, not an outage
+        message = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        return JSONResponse(
+            envelope(
+                400, f"a value of this request cannot be stored or searched: {message}", code="invalid_value"
+            ),
+            status_code=400,
+        )
+
     @app.exception_handler(OperationalError)
-    @app.exception_handler(DBAPIError)
+    @app.exception_handler(InterfaceError)
     @app.exception_handler(PoolTimeoutError)
     async def _database_down(_req: Request, exc: Exception) -> JSONResponse:
         # PoolTimeoutError: every connection is busy (or hangs on a database going away)

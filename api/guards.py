@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, envelope
@@ -39,18 +40,24 @@ class Principal:
 
 OPEN_MODE = Principal(tenant=None, admin=True)
 
+# documents the scheme in OpenAPI (/docs gets an "Authorize" button); the check is ours
+BEARER = HTTPBearer(auto_error=False, description="an API key made by `ensemblehub keys create`")
+
 
 def _unauthorized(message: str, code: str) -> ApiError:
     return ApiError(401, message, code=code, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_api_key(request: Request) -> Principal:
+def require_api_key(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)
+) -> Principal:
     """Authenticate the request and count it against its tenant's rate limit.
 
     Routes that need the tenant take ``Depends(require_api_key)`` too: FastAPI runs it once
     per request."""
     state = get_state(request)
-    principal = _authenticate(state, request)
+    token = credentials.credentials.strip() if credentials and credentials.credentials.strip() else None
+    principal = _authenticate(state, request, token)
     if principal.tenant is not None:
         retry_after = state.rate_limiter.hit(principal.tenant)
         if retry_after is not None:
@@ -75,8 +82,7 @@ def require_admin(principal: Principal = Depends(require_api_key)) -> Principal:
     return principal
 
 
-def _authenticate(state: AppState, request: Request) -> Principal:
-    token = _bearer_token(request)
+def _authenticate(state: AppState, request: Request, token: str | None) -> Principal:
     env_keys = [k.strip() for k in state.settings.api_keys.split(",") if k.strip()]
     if token and any(hmac.compare_digest(token.encode(), k.encode()) for k in env_keys):
         return Principal(tenant=ENV_KEYS_TENANT, admin=True, key_id="env")
@@ -97,12 +103,6 @@ def _authenticate(state: AppState, request: Request) -> Principal:
             "no_api_keys",
         )
     return OPEN_MODE
-
-
-def _bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
 
 
 def open_mode_notice(state: AppState, host: str) -> str | None:

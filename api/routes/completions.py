@@ -24,6 +24,16 @@ from api.state import AppState, get_state
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
+# what a generating endpoint answers besides errors: JSON, an SSE stream (``stream: true``)
+# or, for ``background: true``, 202 with the job to poll
+ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the answer (JSON), or its server-sent events with `stream: true`",
+        "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+    },
+    202: {"description": "`background: true`: the job is accepted; poll `Location` (/v1/jobs/{id})"},
+}
+
 IdempotencyKey = Header(
     default=None,
     alias="Idempotency-Key",
@@ -80,7 +90,7 @@ def _respond(
     return JSONResponse(completion_service.run_to_answer(state, prepared, idempotency_key))
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=ANSWERS)
 def chat_completions(
     body: ChatCompletionRequest,
     state: AppState = Depends(get_state),
@@ -93,7 +103,7 @@ def chat_completions(
     return _respond(state, body, idempotency_key, principal, kind="chat")
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=ANSWERS)
 def completions(
     body: CompletionRequest,
     state: AppState = Depends(get_state),
@@ -106,7 +116,7 @@ def completions(
     )
 
 
-@router.post("/loop/completions", response_model=None)
+@router.post("/loop/completions", response_model=None, responses=ANSWERS)
 def loop_completions(
     body: LoopRequest,
     state: AppState = Depends(get_state),
@@ -125,7 +135,7 @@ def loop_completions(
     return _respond(state, body, idempotency_key, principal, kind="loop", forced=forced)
 
 
-@router.post("/ensemble/presets/simple", response_model=None)
+@router.post("/ensemble/presets/simple", response_model=None, responses=ANSWERS)
 def preset_simple(
     body: SimplePresetRequest,
     state: AppState = Depends(get_state),
@@ -146,7 +156,7 @@ def preset_simple(
     return _respond(state, body, idempotency_key, principal, kind="preset_simple", forced=forced)
 
 
-@router.post("/ensemble/presets/selection_only", response_model=None)
+@router.post("/ensemble/presets/selection_only", response_model=None, responses=ANSWERS)
 def preset_selection_only(
     body: SelectionOnlyPresetRequest,
     state: AppState = Depends(get_state),
@@ -168,7 +178,7 @@ def preset_selection_only(
     return _respond(state, body, idempotency_key, principal, kind="preset_selection_only", forced=forced)
 
 
-@router.post("/ensemble/presets/aggregation_only", response_model=None)
+@router.post("/ensemble/presets/aggregation_only", response_model=None, responses=ANSWERS)
 def preset_aggregation_only(
     body: AggregationOnlyPresetRequest,
     state: AppState = Depends(get_state),
