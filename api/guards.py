@@ -95,14 +95,22 @@ def _authenticate(state: AppState, request: Request, token: str | None) -> Princ
         if not token:
             raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
         raise _unauthorized("invalid API key", "invalid_api_key")
-    client = request.client.host if request.client else ""
-    if client not in LOCAL_CLIENTS and not client.startswith("127."):
+    if not is_local_client(request.client.host if request.client else ""):
         raise _unauthorized(
             "no API keys exist, so this server answers requests from its own machine only; "
             "create one there with: ensemblehub keys create --tenant NAME",
             "no_api_keys",
         )
     return OPEN_MODE
+
+
+def is_local_client(host: str) -> bool:
+    """A peer on this machine: 127.0.0.0/8, ::1, or IPv4 loopback seen through a dual-stack
+    socket (``::ffff:127.0.0.1``). Behind a proxy on this machine uvicorn reports the client
+    of ``X-Forwarded-For`` (it trusts that header from 127.0.0.1 only), so proxied traffic from
+    elsewhere is not local."""
+    host = host.removeprefix("::ffff:")
+    return host in LOCAL_CLIENTS or host.startswith("127.")
 
 
 def open_mode_notice(state: AppState, host: str) -> str | None:

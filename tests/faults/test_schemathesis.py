@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -39,7 +40,7 @@ def capped_api(fault_stack: FaultStack) -> Iterator[str]:
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(fault_stack, capped_api, tmp_path):
     report_path = tmp_path / "schemathesis.json"
-    argv = ["st", "run", capped_api + "/openapi.json", "--checks", CHECKS]
+    argv = [sys.executable, "-m", "schemathesis.cli", "run", capped_api + "/openapi.json", "--checks", CHECKS]
     argv += ["--max-examples", str(MAX_EXAMPLES), "--phases", "examples,coverage,fuzzing,stateful"]
     argv += ["-H", f"Authorization: Bearer {fault_stack.keys['alice']}", "--seed", "1", "--workers", "1"]
     argv += ["--request-timeout", "90", "--report", "json", "--report-json-path", str(report_path)]
