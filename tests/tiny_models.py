@@ -80,7 +80,22 @@ def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None
         )
     if arch == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=2048, **common)
-    raise ValueError(f"unknown tiny arch {arch!r}; use 'llama' or 'gpt2'")
+    if arch == "gemma3":  # sliding-window attention (window 8) beside full attention, like Gemma 3
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=2048,
+            **common,
+        )
+    raise ValueError(f"unknown tiny arch {arch!r}; use 'llama', 'gpt2' or 'gemma3'")
 
 
 def build_tiny_model(

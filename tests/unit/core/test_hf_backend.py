@@ -182,3 +182,23 @@ def test_pool_loads_once_per_weights(pool: ModelPool, tiny_dirs: dict[str, Path]
     rows = [r for r in pool.loaded() if r["path"] == str(tiny_dirs["llama"])]
     assert len(rows) == 1
     assert set(rows[0]) >= {"name", "path", "engine", "device", "load_seconds"}
+
+
+def test_sliding_window_cache_crops_past_the_window(tmp_path: Path) -> None:
+    """Gemma 3 layers forget states beyond their window; the prefix cache keeps them so that a
+    crop far past the window (window 8 here, 60+ tokens) still equals a fresh prefill."""
+    from tests.tiny_models import build_tiny_model
+
+    generator = HFTextGenerator(ModelSpec(path=str(build_tiny_model(tmp_path / "gemma3", arch="gemma3"))))
+    reuse = generator.open_session(MESSAGES, reuse_cache=True, seed=1)
+    naive = generator.open_session(MESSAGES, reuse_cache=False)
+    accepted = ""
+    for _ in range(5):
+        # two candidates of 12 tokens each, then a crop back to the accepted text
+        accepted += reuse.generate(accepted, [HOT, HOT], SegmentLimits(max_new_tokens=12, boundary="none"))[
+            1
+        ].text
+    target = generator.encode(reuse.prompt_text + accepted + " ten")
+    assert len(target) > 60
+    with torch.inference_mode():
+        torch.testing.assert_close(reuse._prefill(target), naive._prefill(target), atol=1e-4, rtol=1e-4)
