@@ -20,7 +20,14 @@ class BatchExample(BaseModel):
 
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"examples": [{"input": "What is 2+2?"}, {"input": "Name a colour."}], "max_tokens": 8}
+            ]
+        },
+    )
 
     examples: list[BatchExample] = Field(min_length=1)
     batch_size: int | None = Field(

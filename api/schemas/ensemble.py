@@ -12,7 +12,12 @@ from ensemble_core.spec import ModelSpec
 class InferenceRequest(BaseModel):
     """``POST /v1/ensemble/inference`` (the guide's body)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"instruction": "Answer briefly.", "input": "What is 2+2?", "max_tokens": 8}]
+        },
+    )
 
     instruction: str | None = Field(default=None, description="system prompt")
     input: str = Field(description="the user's message")

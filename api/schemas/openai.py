@@ -82,11 +82,27 @@ class PromptFields(GenerationFields):
 class ChatCompletionRequest(PromptFields):
     """``POST /v1/chat/completions``."""
 
+    # shown in /docs and sent as-is by schemathesis' examples phase
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "ensemble",
+                    "messages": [{"role": "user", "content": "What is 2+2?"}],
+                    "max_tokens": 8,
+                },
+                {"model": "ensemble", "prompt": "What is 2+2?", "max_tokens": 8, "max_rounds": 2},
+            ]
+        }
+    )
+
     max_completion_tokens: int | None = Field(default=None, ge=1)
 
 
 class CompletionRequest(PromptFields):
     """``POST /v1/completions`` (OpenAI's legacy completions; ``max_tokens`` defaults to 16 there)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "ensemble", "prompt": "Once upon"}]})
 
     echo: bool = False
     suffix: str | None = None
@@ -95,6 +111,10 @@ class CompletionRequest(PromptFields):
 
 class LoopRequest(PromptFields):
     """``POST /v1/loop/completions``: round robin over every member model."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"prompt": "Name three colours.", "max_tokens": 8, "max_rounds": 2}]}
+    )
 
 
 class SimplePresetRequest(PromptFields):

@@ -19,7 +19,7 @@ import pytest
 from tests import services
 from tests.faults.infra import FaultStack, report
 
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 6
 CHECKS = "no_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 
