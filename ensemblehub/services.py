@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from persistence.db import create_database_if_missing, upgrade_to_head
@@ -64,7 +63,7 @@ def beat_argv(schedule_dir: str) -> list[str]:
 
 
 def run_worker(*, queues: str, name: str | None, loglevel: str) -> int:
-    return subprocess.call(worker_argv(queues=queues, name=name, loglevel=loglevel))
+    return _become(worker_argv(queues=queues, name=name, loglevel=loglevel))
 
 
 def flower_argv(*, port: int | None, address: str, basic_auth: str) -> list[str]:
@@ -83,4 +82,13 @@ def flower_argv(*, port: int | None, address: str, basic_auth: str) -> list[str]
 
 
 def run_flower(*, port: int | None, address: str, basic_auth: str) -> int:
-    return subprocess.call(flower_argv(port=port, address=address, basic_auth=basic_auth))
+    return _become(flower_argv(port=port, address=address, basic_auth=basic_auth))
+
+
+def _become(argv: list[str]) -> int:
+    """Replace this process with ``argv`` (same pid): a supervisor's SIGTERM or kill reaches
+    the worker or Flower itself, never an intermediate process that dies and orphans it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+    return 0  # not reached
