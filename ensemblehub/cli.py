@@ -94,6 +94,9 @@ def flower_basic_auth() -> str:
     """Flower is never open: without ENSEMBLEHUB_FLOWER_BASIC_AUTH a random password is made."""
     configured = os.environ.get("ENSEMBLEHUB_FLOWER_BASIC_AUTH")
     if configured:
+        user, _, password = configured.partition(":")
+        if not user or not password:
+            raise SystemExit("ENSEMBLEHUB_FLOWER_BASIC_AUTH must be user:password (both non-empty)")
         return configured
     auth = f"admin:{secrets.token_urlsafe(12)}"
     print(f"Flower basic auth (generated; set ENSEMBLEHUB_FLOWER_BASIC_AUTH to choose): {auth}", flush=True)
