@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from api.guards import require_api_key
 from api.request_metrics import RequestMetrics, RequestTiming
 from api.services import metrics_service
 from api.state import get_state
@@ -32,7 +33,9 @@ def install(app: FastAPI, queue_settings: QueueSettings) -> None:
     app.include_router(router)
 
 
-@router.get("/metrics", response_class=Response)
+# like every endpoint but `/` and `/status`: a key once keys exist (Prometheus sends it as its
+# scrape `authorization` credentials), the local machine only in open mode
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require_api_key)])
 async def metrics(request: Request) -> Response:
     """Jobs by state, queue depth, request and job latency, tokens per model, rounds per job and
     segment wins. Open like /status: scrape it from the internal network."""
