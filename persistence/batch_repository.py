@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from persistence import metrics_repository
 from persistence.models import Batch, Job, utcnow
+from persistence.paging import after_anchor
 
 OPEN_BATCH_STATUSES = ("validating", "in_progress", "finalizing")
 FINAL_BATCH_STATUSES = ("completed", "failed", "cancelled")
@@ -68,13 +69,7 @@ def list_batches(
     query = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
     if tenant is not None:
         query = query.where(Batch.tenant == tenant)
-    if after:
-        anchor = session.get(Batch, after)
-        if anchor is not None:
-            query = query.where(
-                (Batch.created_at < anchor.created_at)
-                | ((Batch.created_at == anchor.created_at) & (Batch.id < anchor.id))
-            )
+    query = after_anchor(session, query, Batch, after)
     return session.scalars(query).all()
 
 

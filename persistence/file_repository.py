@@ -11,6 +11,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from persistence.models import Batch, OpenAIBatch, StoredFile, new_id
+from persistence.paging import after_anchor
 
 
 def create_file(
@@ -61,13 +62,7 @@ def list_files(
         query = query.where(StoredFile.purpose == purpose)
     if tenant is not None:
         query = query.where(StoredFile.tenant == tenant)
-    if after:
-        anchor = session.get(StoredFile, after)
-        if anchor is not None:
-            query = query.where(
-                (StoredFile.created_at < anchor.created_at)
-                | ((StoredFile.created_at == anchor.created_at) & (StoredFile.id < anchor.id))
-            )
+    query = after_anchor(session, query, StoredFile, after)
     return session.scalars(query).all()
 
 
@@ -155,11 +150,5 @@ def list_openai_batches(
     )
     if tenant is not None:
         query = query.where(Batch.tenant == tenant)
-    if after:
-        anchor = session.get(Batch, after)
-        if anchor is not None:
-            query = query.where(
-                (Batch.created_at < anchor.created_at)
-                | ((Batch.created_at == anchor.created_at) & (Batch.id < anchor.id))
-            )
+    query = after_anchor(session, query, Batch, after)
     return [(link, batch) for link, batch in session.execute(query).all()]

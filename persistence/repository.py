@@ -20,6 +20,7 @@ from persistence.models import (
     new_id,
     utcnow,
 )
+from persistence.paging import after_anchor
 
 
 @dataclass(frozen=True)
@@ -148,13 +149,7 @@ def list_jobs(
         query = query.where(Job.batch_id == batch_id)
     if tenant is not None:
         query = query.where(Job.tenant == tenant)
-    if after:
-        anchor = session.get(Job, after)
-        if anchor is not None:
-            query = query.where(
-                (Job.created_at < anchor.created_at)
-                | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
-            )
+    query = after_anchor(session, query, Job, after)
     return session.scalars(query).all()
 
 
