@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ensemble_core.backends.hf_batching import DecodeBatcher, batchable
 from ensemble_core.backends.hf_loading import from_pretrained, input_device, load_tokenizer
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
+from ensemble_core.backends.sampling import sample_token
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
     Candidate,
@@ -80,7 +83,20 @@ class HFTextGenerator:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = min(self.eos_ids)
+        self.batcher = self._make_batcher(spec)
         self.load_seconds = time.perf_counter() - started
+
+    def _make_batcher(self, spec: ModelSpec) -> DecodeBatcher | None:
+        """Concurrent jobs on this model share decode steps (see ``hf_batching``) unless the
+        spec says ``engine_options.batch_across_jobs: false`` or the model cannot be batched."""
+        options = spec.engine_options
+        if not options.get("batch_across_jobs", True) or not batchable(self.model.config):
+            return None
+        return DecodeBatcher(
+            self,
+            window_s=float(options.get("batch_window_ms", 20)) / 1000,
+            max_rows=int(options.get("batch_max_rows", 64)),
+        )
 
     def open_session(
         self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
@@ -97,20 +113,7 @@ class HFTextGenerator:
 
 
 def _sample(logits: torch.Tensor, samplings: list[Sampling], rng: torch.Generator) -> list[int]:
-    chosen: list[int] = []
-    for row, sampling in enumerate(samplings):
-        row_logits = logits[row]
-        if sampling.temperature <= 0:
-            chosen.append(int(torch.argmax(row_logits)))
-            continue
-        probs = torch.softmax(row_logits.float() / sampling.temperature, dim=-1)
-        if sampling.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > sampling.top_p
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        chosen.append(int(torch.multinomial(probs.cpu(), 1, generator=rng)))
-    return chosen
+    return [sample_token(logits[row], sampling, rng) for row, sampling in enumerate(samplings)]
 
 
 class HFGenerationSession:
@@ -133,7 +136,16 @@ class HFGenerationSession:
         self.rng = torch.Generator().manual_seed(seed if seed is not None else 0)
         self.device = input_device(self.model)
         self.cache: PrefixCache | None = None
+        # single-row caches of this session's candidates decoded in a batch wave, each with
+        # the ids it holds: the next round starts from whichever shares most with its text
+        self.batch_rows: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
         self.lock = threading.Lock()  # one job may share a session between members
+        # the batcher waits for every open session before a wave; a session dropped without
+        # close() (a notebook) is counted out when it is garbage-collected
+        self._release = None
+        if generator.batcher is not None:
+            generator.batcher.session_opened()
+            self._release = weakref.finalize(self, generator.batcher.session_closed)
 
     # -- cache bookkeeping ---------------------------------------------------------------
     def _forward(
@@ -164,14 +176,46 @@ class HFGenerationSession:
         With ``feed_last`` at least one id is left to feed (its logits are needed).
         """
         if self.cache is None or not self.reuse_cache:
+            self.batch_rows = []
             self.cache = PrefixCache(self.model.config)
             return list(target)
+        self._adopt_batch_row(target)
         row, shared = self.cache.best_row(target)
         self.cache.keep_row(row)
         if feed_last:
             shared = min(shared, len(target) - 1)
         self.cache.crop_to(shared)
         return list(target[shared:])
+
+    def _adopt_batch_row(self, target: list[int]) -> None:
+        """Install the batch-decoded row that shares most with ``target`` if it beats the cache."""
+        if not self.batch_rows or self.cache is None:
+            return
+        _, current = self.cache.best_row(target)
+        best = max(self.batch_rows, key=lambda entry: common_prefix_length(entry[0], target))
+        rows, self.batch_rows = self.batch_rows, []
+        del rows
+        if common_prefix_length(best[0], target) > current:
+            self.cache.adopt_row(best[0], best[1])
+
+    def prefill_for_batch(self, accepted_text: str) -> torch.Tensor:
+        """Bring the cache to prompt + ``accepted_text`` (one row) for a batch wave; return the
+        next-token logits, shape [1, vocab]."""
+        with torch.inference_mode():
+            return self._prefill(self.generator.encode(self.prompt_text + accepted_text))
+
+    def keep_batch_row(self, fed: list[int], cache: Any, row: int, left_pad: int) -> None:
+        """Keep row ``row`` of a wave's batch cache (its real columns, ``fed`` ids) for reuse."""
+        if not self.reuse_cache:
+            return
+        layers = [
+            (
+                layer.keys[row : row + 1, :, left_pad:, :].clone(),
+                layer.values[row : row + 1, :, left_pad:, :].clone(),
+            )
+            for layer in cache.layers
+        ]
+        self.batch_rows.append((list(fed), layers))
 
     def _prefill(self, target: list[int]) -> torch.Tensor:
         """Bring the cache to ``target`` and return the next-token logits, shape [1, vocab]."""
@@ -207,6 +251,9 @@ class HFGenerationSession:
         if not samplings or limits.max_new_tokens <= 0:
             return []
         with self.lock:
+            batcher = self.generator.batcher
+            if batcher is not None and batcher.open_sessions > 1:
+                return batcher.generate(self, accepted_text, samplings, limits)
             return self._generate(accepted_text, samplings, limits)
 
     def _generate(
@@ -292,3 +339,6 @@ class HFGenerationSession:
 
     def close(self) -> None:
         self.cache = None
+        self.batch_rows = []
+        if self._release is not None:
+            self._release()  # runs session_closed at most once

@@ -5,7 +5,9 @@ Shared by the generator and the scorer backends so that every model honours the 
 bitsandbytes, GPU only) and ``engine_options`` keys ``attn_implementation`` (e.g. ``"eager"``),
 ``use_device_map`` (bool, load with ``device_map`` instead of ``.to(device)``), ``torch_dtype``
 (``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``), ``trust_remote_code`` (bool) and
-``cpu_threads`` (int, torch intra-op threads for CPU models).
+``cpu_threads`` (int, torch intra-op threads for CPU models), and the cross-job batching knobs
+``batch_across_jobs`` (bool, default true), ``batch_max_rows`` (int, default 64) and
+``batch_window_ms`` (float, default 20) described in ``hf_batching``.
 
 CPU threads: decoding one token of a small model is hundreds of tiny matrix products, where
 OpenMP's fork/join costs more than a second thread gains, and on a busy machine spinning
@@ -28,7 +30,16 @@ from ensemble_core.errors import ModelLoadError
 from ensemble_core.spec import ModelSpec
 
 KNOWN_ENGINE_OPTIONS = frozenset(
-    {"attn_implementation", "use_device_map", "torch_dtype", "trust_remote_code", "cpu_threads"}
+    {
+        "attn_implementation",
+        "use_device_map",
+        "torch_dtype",
+        "trust_remote_code",
+        "cpu_threads",
+        "batch_across_jobs",
+        "batch_max_rows",
+        "batch_window_ms",
+    }
 )
 
 

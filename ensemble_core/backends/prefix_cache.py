@@ -65,6 +65,15 @@ class PrefixCache:
         self.cache.batch_repeat_interleave(n)
         self.rows = [list(self.rows[0]) for _ in range(n)]
 
+    def adopt_row(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Replace the cache by one row given as per-layer (keys, values) holding ``ids``."""
+        for layer, (keys, values) in zip(self.cache.layers, layers, strict=True):
+            if not getattr(layer, "is_initialized", False):
+                layer.lazy_initialization(keys, values)
+            layer.keys = keys
+            layer.values = values
+        self.rows = [list(ids)]
+
     def crop_to(self, length: int) -> None:
         current = len(self.rows[0])
         if length >= current:
