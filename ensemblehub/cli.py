@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--queues", default="models,webhooks,maintenance")
     w.add_argument("--name", default=None, help="worker node name (default: ensemblehub@<host>.<pid>)")
     w.add_argument("--loglevel", default="INFO")
+    w.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs run at once, batched on shared models (default: ENSEMBLEHUB_CONCURRENCY or 8)",
+    )
 
     f = sub.add_parser(
         "flower", help="run the Flower dashboard (basic auth from ENSEMBLEHUB_FLOWER_BASIC_AUTH)"
@@ -77,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return api_main([a for a in (argv if argv is not None else sys.argv[1:]) if a != "api"])
     if args.command == "worker":
-        return services.run_worker(queues=args.queues, name=args.name, loglevel=args.loglevel)
+        return services.run_worker(
+            queues=args.queues, name=args.name, loglevel=args.loglevel, concurrency=args.concurrency
+        )
     if args.command == "flower":
         return services.run_flower(port=args.port, address=args.address, basic_auth=flower_basic_auth())
     if args.command == "migrate":

@@ -24,9 +24,19 @@ def migrate_command() -> int:
 
 
 def worker_argv(
-    *, queues: str = "models,webhooks,maintenance", name: str | None = None, loglevel: str = "INFO"
+    *,
+    queues: str = "models,webhooks,maintenance",
+    name: str | None = None,
+    loglevel: str = "INFO",
+    concurrency: int | None = None,
 ) -> list[str]:
-    # solo pool: one process holds the models (one worker per GPU); events on for Flower
+    # one process holds the models (one worker per GPU); a pool of threads runs several jobs at
+    # once so that their decode steps share forward passes (ensemble_core.backends.hf_batching);
+    # events on for Flower
+    if concurrency is None:
+        from workers.settings import WorkerSettings
+
+        concurrency = WorkerSettings().concurrency
     argv = [
         sys.executable,
         "-m",
@@ -35,7 +45,9 @@ def worker_argv(
         "workers.app",
         "worker",
         "--pool",
-        "solo",
+        "threads",
+        "--concurrency",
+        str(concurrency),
         "-E",
         "-Q",
         queues,
@@ -62,8 +74,8 @@ def beat_argv(schedule_dir: str) -> list[str]:
     ]
 
 
-def run_worker(*, queues: str, name: str | None, loglevel: str) -> int:
-    return _become(worker_argv(queues=queues, name=name, loglevel=loglevel))
+def run_worker(*, queues: str, name: str | None, loglevel: str, concurrency: int | None = None) -> int:
+    return _become(worker_argv(queues=queues, name=name, loglevel=loglevel, concurrency=concurrency))
 
 
 def flower_argv(*, port: int | None, address: str, basic_auth: str) -> list[str]:

@@ -85,7 +85,9 @@ def _banner(host: str, port: int, flower: str | None) -> None:
     base = f"http://{host}:{port}"
     print("\nEnsemble-Hub is up:", flush=True)
     print(f"  API        {base}   (docs: {base}/docs, health: {base}/status)")
-    print("  Workers    models (solo pool), webhooks+maintenance, and beat (the job sweeper)")
+    print(
+        "  Workers    models (threads pool, jobs batched), webhooks+maintenance, and beat (the job sweeper)"
+    )
     if flower:
         print(f"  Flower     {flower}")
     print("First request to try:")
@@ -123,9 +125,9 @@ def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: i
     )
     state_dir.mkdir(parents=True, exist_ok=True)
     children: list[subprocess.Popen[bytes]] = [
-        # the model worker runs one ensemble job at a time (solo pool) ...
+        # the model worker runs several jobs at once, their decode steps batched ...
         _spawn(services.worker_argv(queues="models", name=f"ensemblehub-models@%h.{os.getpid()}")),
-        # ... so webhooks and the sweeper get their own worker and never wait behind a job
+        # ... webhooks and the sweeper get their own worker and never wait behind the models
         _spawn(services.worker_argv(queues="webhooks,maintenance", name=f"ensemblehub-io@%h.{os.getpid()}")),
         _spawn(services.beat_argv(str(state_dir))),
     ]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -10,6 +11,10 @@ class WorkerSettings(BaseSettings):
 
     # converted bundled models (GGUF -> safetensors) are cached here once
     model_cache_dir: Path = Path.home() / ".cache" / "ensemblehub" / "models"
+    # jobs one worker process runs at once (Celery threads pool): their decode steps on the same
+    # model are batched, so more concurrent jobs means more tokens per second, up to the
+    # batcher's row limit; each running job holds its KV cache in memory
+    concurrency: int = Field(8, ge=1, le=256)
     heartbeat_interval_s: float = 5.0
     # the sweeper (Celery beat): how often it runs and what it considers lost
     sweep_interval_s: float = 10.0

@@ -191,7 +191,19 @@ class FaultStack:
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str, queues: str) -> services.Process:
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo", "-E"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        "4",
+        "-E",
+    ]
     argv += ["-Q", queues, "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"]
     return services.Process(argv, env, log_dir / f"worker-{name}.log")
 

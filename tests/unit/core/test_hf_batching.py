@@ -23,7 +23,9 @@ HOT = Sampling(1.0, 0.95)
 def generator(request, tiny_dirs: dict[str, Path]) -> HFTextGenerator:  # type: ignore[no-untyped-def]
     # a generator of its own: the session-wide pool's sessions must not count in its waves
     return HFTextGenerator(
-        ModelSpec(path=str(tiny_dirs[request.param]), name=request.param, engine_options={"batch_window_ms": 200})
+        ModelSpec(
+            path=str(tiny_dirs[request.param]), name=request.param, engine_options={"batch_window_ms": 200}
+        )
     )
 
 
@@ -102,9 +104,7 @@ def test_a_failing_call_fails_alone(generator: HFTextGenerator, monkeypatch: pyt
         raise GenerationError("this session's prefill failed")
 
     monkeypatch.setattr(broken, "prefill_for_batch", refuse)
-    outcomes = _concurrently(
-        3, lambda i: _catch(lambda: sessions[i].generate("", [HOT], LIMITS))
-    )
+    outcomes = _concurrently(3, lambda i: _catch(lambda: sessions[i].generate("", [HOT], LIMITS)))
     for session in sessions:
         session.close()
     assert isinstance(outcomes[1], GenerationError)
