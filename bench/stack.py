@@ -23,15 +23,23 @@ class BenchStack:
 
 @contextmanager
 def running_stack(
-    model_specs: list[dict], flags: Sequence[str] = (), workers: int = 1
+    model_specs: list[dict] | None,
+    flags: Sequence[str] = (),
+    workers: int = 1,
+    worker_env: dict[str, str] | None = None,
 ) -> Iterator[BenchStack]:
+    """``model_specs=None``: the bundled default ensemble (no ``--model_specs`` flag)."""
     with ExitStack() as stack:
         db_url = stack.enter_context(services.migrated_database())
         broker = stack.enter_context(services.private_redis_db())
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ehub-bench-")))
         env = services.service_env(db_url, broker)
-        procs = [services.start_worker(env, log_dir, name=f"w{i}") for i in range(workers)]
-        api, base = services.start_api(env, log_dir, ["--model_specs", json.dumps(model_specs), *flags])
+        procs = [
+            services.start_worker({**env, **(worker_env or {})}, log_dir, name=f"w{i}")
+            for i in range(workers)
+        ]
+        spec_flags = ["--model_specs", json.dumps(model_specs)] if model_specs is not None else []
+        api, base = services.start_api(env, log_dir, [*spec_flags, *flags])
         procs.append(api)
         stack.callback(lambda: [p.stop() for p in procs])
         services.wait_for_worker(base, procs[0])

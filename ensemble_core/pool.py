@@ -3,7 +3,8 @@
 A worker process keeps one pool for its lifetime. Members that differ only in sampling
 (``temperature``, ``top_p``, ``name``) share one load, because ``ModelSpec.load_key()`` leaves
 those out. Scorer models (reward models, encoders) are kept in the same pool under their own
-kind. Loading is lazy and thread-safe: two jobs asking for the same model at once load it once.
+kind. Loading is lazy and thread-safe: two jobs asking for the same model at once load it once, and
+loads run one at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class ModelPool:
         self._loaded: dict[tuple[str, str], _Loaded] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
+        # one load at a time per process: transformers' lazy module imports are not
+        # thread-safe (two threads loading different models at once saw "cannot import name
+        # 'AutoModelForCausalLM'"), and on a CPU two loads at once are no faster anyway
+        self._loading = threading.RLock()  # re-entrant: a factory may load what it builds on
 
     def generator(self, spec: ModelSpec) -> TextGenerator:
         """The text generator for ``spec``, loaded on first use."""
@@ -59,7 +64,7 @@ class ModelPool:
             if key in self._loaded:
                 return self._loaded[key].obj
             lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
+        with lock, self._loading:
             if key in self._loaded:
                 return self._loaded[key].obj
             started = time.perf_counter()

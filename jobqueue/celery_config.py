@@ -19,6 +19,9 @@ from jobqueue.settings import QueueSettings
 
 def make_celery(settings: QueueSettings, *, name: str = "ensemblehub") -> Celery:
     app = Celery(name, broker=settings.broker_url)
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # the same Redis transport with one repair for thread-pool workers (see the module)
+        app.conf.broker_transport = "jobqueue.redis_transport:Transport"
     # a task whose worker dies stays invisible on Redis for visibility_timeout, so it must
     # exceed the hard time limit, or a long job would be handed to a second worker
     visibility_timeout = settings.task_hard_time_limit_s + 600

@@ -33,8 +33,8 @@ class BatchRequest(BaseModel):
     batch_size: int | None = Field(
         default=None,
         ge=1,
-        description="accepted for compatibility with the guide; every item is its own job and runs "
-        "as soon as a worker is free (add workers for more parallelism)",
+        description="accepted for compatibility with the guide; every item is its own job, a model "
+        "worker runs ENSEMBLEHUB_CONCURRENCY of them at once and decodes them in one batch",
     )
     ensemble_config: dict[str, Any] | None = Field(
         default=None, description="defaults for every item; an item's own ensemble_config wins"
