@@ -8,7 +8,12 @@ channel's pools are gone: it raises ``AttributeError`` ('NoneType' object has no
 in tests/faults/test_redis_restart.py). The solo pool never met it: its consumer is blocked
 while a task runs, so nothing is unacknowledged when it notices the loss.
 
-Skipping that restore loses nothing: the messages are still in Redis' unacked set (restored
+The same torn-down channel is still used to acknowledge the tasks that were running when the
+connection dropped; that ack raises the same ``AttributeError`` when they finish, and kills the
+worker too. Such a message can no longer be acknowledged on that connection anyway: Redis
+delivers it again after ``visibility_timeout``, and the job's conditional claim skips it.
+
+Skipping that restore or ack loses nothing: the messages are still in Redis' unacked set (restored
 after ``visibility_timeout``), the running jobs go on and store their results in Postgres, and
 the sweeper re-sends any queued job whose message the broker lost. So the worker logs it and
 reconnects instead of dying.
@@ -31,6 +36,20 @@ class QoS(redis.QoS):
             log.warning(
                 "broker connection lost: unacknowledged messages left to Redis' own restore (%s)", exc
             )
+            return None
+
+    def ack(self, delivery_tag):  # type: ignore[no-untyped-def]
+        try:
+            return super().ack(delivery_tag)
+        except AttributeError as exc:
+            log.warning("ack of %s on a closed broker connection skipped (%s)", delivery_tag, exc)
+            return None
+
+    def reject(self, delivery_tag, requeue=False):  # type: ignore[no-untyped-def]
+        try:
+            return super().reject(delivery_tag, requeue=requeue)
+        except AttributeError as exc:
+            log.warning("reject of %s on a closed broker connection skipped (%s)", delivery_tag, exc)
             return None
 
 

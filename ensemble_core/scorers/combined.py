@@ -10,6 +10,7 @@ the primary one: ``score_threshold`` compares its raw score.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ensemble_core.lazy_import import load_object
@@ -33,6 +34,10 @@ class ScorerHost(Protocol):
     members: list[Member]
 
     def session(self, member: Member) -> GenerationSession: ...
+
+    def run_parallel(self, tasks: list[Callable[[], Any]]) -> list[Any]:
+        """Run independent forward work (different models) concurrently where allowed."""
+        ...
 
 
 def normalise(values: list[float], method: Normalization) -> list[float]:

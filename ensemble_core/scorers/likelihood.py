@@ -14,10 +14,11 @@ prefix taken from that model's KV cache; zero for own-weights scores.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from ensemble_core.members import Member
-from ensemble_core.ports import Sampling, ScoringRequest
+from ensemble_core.ports import ContinuationScore, Sampling, ScoringRequest
 from ensemble_core.scorers.combined import ScorerHost
 from ensemble_core.scorers.specs import LikelihoodScorerSpec
 from ensemble_core.spec import ModelSpec
@@ -55,6 +56,7 @@ class LikelihoodScorer:
     def score(self, request: ScoringRequest) -> list[float]:
         n = len(request.candidates)
         values: list[list[float]] = [[] for _ in range(n)]
+        forward: list[tuple[Member, list[int]]] = []  # scorer models that need a forward pass
         for scorer in self._scorer_members():
             wanted: list[int] = []
             for i in range(n):
@@ -66,12 +68,16 @@ class LikelihoodScorer:
                     values[i].append(sum(logprobs) / len(logprobs))
                 else:
                     wanted.append(i)
-            if not wanted:
-                continue
+            if wanted:
+                forward.append((scorer, wanted))
+
+        def run(scorer: Member, wanted: list[int]) -> list[ContinuationScore]:
             session = self.host.session(scorer)
-            scores = session.score_continuations(
-                request.accepted_text, [request.candidates[i] for i in wanted]
-            )
+            return session.score_continuations(request.accepted_text, [request.candidates[i] for i in wanted])
+
+        # different scorer models score concurrently (each on its own cached prefix)
+        results = self.host.run_parallel([functools.partial(run, s, w) for s, w in forward])
+        for (_, wanted), scores in zip(forward, results, strict=True):
             for i, result in zip(wanted, scores, strict=True):
                 if math.isfinite(result.mean_logprob):
                     values[i].append(result.mean_logprob)
