@@ -74,6 +74,9 @@ class _Host:
     def session(self, member: Member) -> _Session:
         return _Session(self.log, member.name)
 
+    def run_parallel(self, tasks):  # type: ignore[no-untyped-def]
+        return [task() for task in tasks]
+
 
 def _member(i: int, key: str) -> Member:
     return Member(i, f"m{i}", ModelSpec(path=key), key, Sampling())
