@@ -58,7 +58,9 @@ class _Call:
     arrived: float = field(default_factory=time.monotonic)
     results: list[Candidate | None] = field(default_factory=list)
     rows_left: int = 0
+    taken: bool = False  # in a wave
     done: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
 
@@ -125,26 +127,42 @@ class DecodeBatcher:
         with self._cond:
             self._queue.append(call)
             self._cond.notify_all()
-            while not call.done:
-                wave = self._take_wave() if not self._leading else None
-                if wave is None:
-                    self._cond.wait(timeout=self._wait_time())
-                    continue
-                self._leading = True
-                self._cond.release()
-                try:
-                    self._run_wave(wave)
-                finally:
-                    self._cond.acquire()
+        while not call.taken:
+            wave = self._await_wave(call)
+            if wave is None:
+                break  # our call is in another thread's wave
+            try:
+                self._run_wave(wave)
+            finally:
+                with self._cond:
                     self._leading = False
-                    for member in wave:  # a failed wave must not leave anyone waiting
-                        if not member.done:
-                            member.error = member.error or GenerationError("batched decoding stopped")
-                            member.done = True
-                    self._cond.notify_all()
+                    self._cond.notify_all()  # the queued calls may form the next wave
+                for member in wave:  # a failed wave must not leave anyone waiting
+                    if not member.done:
+                        member.error = member.error or GenerationError("batched decoding stopped")
+                        self._finish(member)
+        call.finished.wait()
         if call.error is not None:
             raise call.error
         return [c for c in call.results if c is not None]
+
+    def _await_wave(self, call: _Call) -> list[_Call] | None:
+        """Wait until ``call`` is taken into a wave; return the wave if this thread leads it.
+
+        Only queued callers wait here, on the shared condition: without a timeout while a wave
+        runs (its end notifies), with the remaining window otherwise. Callers in a running wave
+        wait on their own event, so finishing one call wakes one thread."""
+        with self._cond:
+            while not call.taken:
+                if self._leading:
+                    self._cond.wait()
+                    continue
+                wave = self._take_wave()
+                if wave is not None:
+                    self._leading = True
+                    return wave
+                self._cond.wait(timeout=self._wait_time())
+        return None
 
     def _wait_time(self) -> float:
         if not self._queue:
@@ -164,14 +182,14 @@ class DecodeBatcher:
         taken = 0
         while self._queue and (not wave or taken + len(self._queue[0].samplings) <= self.max_rows):
             call = self._queue.pop(0)
+            call.taken = True
             wave.append(call)
             taken += len(call.samplings)
         return wave
 
     def _finish(self, call: _Call) -> None:
-        with self._cond:
-            call.done = True
-            self._cond.notify_all()
+        call.done = True
+        call.finished.set()
 
     # -- the wave ---------------------------------------------------------------------------
     @torch.inference_mode()
