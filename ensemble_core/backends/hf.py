@@ -198,20 +198,29 @@ class HFGenerationSession:
         if common_prefix_length(best[0], target) > current:
             self.cache.adopt_row(best[0], best[1])
 
-    def prefill_for_batch(self, accepted_text: str) -> torch.Tensor:
-        """Bring the cache to prompt + ``accepted_text`` (one row) for a batch wave; return the
-        next-token logits, shape [1, vocab]."""
-        with torch.inference_mode():
-            return self._prefill(self.generator.encode(self.prompt_text + accepted_text))
+    def prepare_for_batch(self, accepted_text: str, shared_max: int) -> tuple[list[int], torch.Tensor | None]:
+        """Bring the cache (one row) toward prompt + ``accepted_text`` for a batch wave.
 
-    def keep_batch_row(self, fed: list[int], cache: Any, row: int, left_pad: int) -> None:
-        """Keep row ``row`` of a wave's batch cache (its real columns, ``fed`` ids) for reuse."""
+        Returns the ids still to feed and no logits when they are few (at most ``shared_max``:
+        the wave feeds them for every call in one pass), or no ids and the next-token logits
+        [1, vocab] after prefilling them here (first round, or a long new text)."""
+        with torch.inference_mode():
+            rest = self._sync(self.generator.encode(self.prompt_text + accepted_text), feed_last=True)
+            self.counters.prefilled += len(rest)
+            assert self.cache is not None
+            if self.cache.rows[0] and len(rest) <= shared_max:
+                return rest, None
+            return [], self._forward([rest])[:, -1, :]
+
+    def keep_batch_row(self, fed: list[int], cache: Any, row: int, columns: torch.Tensor) -> None:
+        """Keep row ``row`` of a wave's batch cache for reuse: its real ``columns`` (the others
+        are padding), which hold the keys/values of the ``fed`` ids."""
         if not self.reuse_cache:
             return
         layers = [
             (
-                layer.keys[row : row + 1, :, left_pad:, :].clone(),
-                layer.values[row : row + 1, :, left_pad:, :].clone(),
+                layer.keys[row : row + 1].index_select(2, columns),
+                layer.values[row : row + 1].index_select(2, columns),
             )
             for layer in cache.layers
         ]

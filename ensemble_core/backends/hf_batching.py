@@ -10,12 +10,14 @@ goes through the model's batcher. Calls that arrive together form a *wave*: the 
 waits until every open session has a call queued (or ``window_s`` passes, or ``max_rows`` rows
 are waiting), then leads the wave while the others wait for their own results:
 
-1. each call's prompt + accepted text is prefilled on its own session cache (batch of one:
-   prefill is compute-bound already, a batch would not make it cheaper, and the session keeps
-   its per-job prefix cache exactly as on the direct path);
+1. each call's session brings its own prefix cache up to date (the longest cached prefix of
+   prompt + accepted text, as on the direct path); a first round or a long new text is
+   prefilled there, alone (prompt prefill is compute-bound: a batch would not make it cheaper);
 2. the single-row caches are copied into one batch, left-padded with zero keys that the
-   attention mask hides, each row once per candidate sampling, with explicit position ids;
-3. one decode loop runs every row; a row that reaches its segment end leaves the batch at once
+   attention mask hides, with explicit position ids; the short rests (typically the segment
+   accepted last round, up to ``SHARED_PREFILL_MAX`` tokens) are fed for all calls in one
+   forward pass (a forward pass of one row costs almost as much as one of sixty-four);
+3. each row is copied once per candidate sampling, and one decode loop runs every row; a row that reaches its segment end leaves the batch at once
    (its KV row is handed back to its session as a reusable prefix for the next round), and a
    call whose rows are all done is released immediately, so its job can score and queue its
    next round while the others finish.
@@ -46,6 +48,9 @@ from ensemble_core.segment_text import check_candidate
 if TYPE_CHECKING:
     from ensemble_core.backends.hf import HFGenerationSession
 
+# a rest longer than this is prefilled alone: padding every row of the wave to it would cost more
+SHARED_PREFILL_MAX = 8
+
 
 @dataclass
 class _Call:
@@ -70,7 +75,6 @@ class _Row:
 
     call: _Call
     index: int  # which of the call's samplings
-    left_pad: int  # zero columns before this row's real keys
     fed: list[int]  # token ids whose keys/values this row holds (prefix + generated so far)
     position: int  # position id of the next token fed
     ids: list[int] = field(default_factory=list)
@@ -204,10 +208,11 @@ class DecodeBatcher:
                 call.error = exc
             self._finish(call)
             return
-        prepared: list[tuple[_Call, torch.Tensor]] = []
+        prepared: list[tuple[_Call, list[int], torch.Tensor | None]] = []
         for call in wave:
             try:
-                prepared.append((call, call.session.prefill_for_batch(call.accepted_text)))
+                rest, logits = call.session.prepare_for_batch(call.accepted_text, SHARED_PREFILL_MAX)
+                prepared.append((call, rest, logits))
             except BaseException as exc:  # noqa: BLE001
                 call.error = exc
                 self._finish(call)
@@ -215,7 +220,7 @@ class DecodeBatcher:
             try:
                 self._decode(prepared)
             except BaseException as exc:  # noqa: BLE001 - every call still waiting gets the error
-                for call, _ in prepared:
+                for call, _, _ in prepared:
                     if not call.done:
                         call.error = (
                             exc
@@ -224,32 +229,31 @@ class DecodeBatcher:
                         )
                         self._finish(call)
 
-    def _decode(self, prepared: list[tuple[_Call, torch.Tensor]]) -> None:
+    def _decode(self, prepared: list[tuple[_Call, list[int], torch.Tensor | None]]) -> None:
         gen = self.generator
         model = gen.model
-        lengths = [len(call.session.cache.rows[0]) for call, _ in prepared]
+        calls = [call for call, _, _ in prepared]
+        lengths = [len(call.session.cache.rows[0]) for call in calls]
         width = max(lengths)
+        cache = _merged_cache(model.config, [call.session.cache.cache for call in calls], lengths, width)
+        mask = torch.zeros((len(calls), width), dtype=torch.long)
+        for i, length in enumerate(lengths):
+            mask[i, width - length :] = 1
+        mask, logits = self._shared_prefill(cache, mask, prepared, lengths)
         rows: list[_Row] = []
-        source: list[int] = []  # which prepared call each row copies
-        for i, ((call, _), length) in enumerate(zip(prepared, lengths, strict=True)):
+        source: list[int] = []  # which call each row copies
+        for i, ((call, rest, _), length) in enumerate(zip(prepared, lengths, strict=True)):
             call.results = [None] * len(call.samplings)
             call.rows_left = len(call.samplings)
-            prefix = list(call.session.cache.rows[0])
+            fed = list(call.session.cache.rows[0]) + rest
             for j in range(len(call.samplings)):
-                rows.append(_Row(call, j, width - length, list(prefix), length))
+                rows.append(_Row(call, j, list(fed), length + len(rest)))
                 source.append(i)
-        cache = _merged_cache(
-            model.config, [call.session.cache.cache for call, _ in prepared], lengths, width
-        )
         index = torch.tensor(source)
-        for layer in cache.layers:
-            layer.keys = layer.keys.index_select(0, index)
-            layer.values = layer.values.index_select(0, index)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            mask[r, row.left_pad :] = 1
-        logits = torch.cat([lg for _, lg in prepared], dim=0).index_select(0, index)
-        tails = {id(call): call.accepted_text[-64:] for call, _ in prepared}
+        cache.batch_select_indices(index)
+        mask = mask.index_select(0, index)
+        logits = logits.index_select(0, index)
+        tails = {id(call): call.accepted_text[-64:] for call in calls}
         step = 0
         while rows:
             chosen = _sample_rows(logits, rows)
@@ -264,7 +268,7 @@ class DecodeBatcher:
                     row.call.results[row.index] = Candidate(gen.decode(row.ids), row.ids, row.logps, "length")
                     finished = True
                 if finished:
-                    session.keep_batch_row(row.fed, cache, r, row.left_pad)
+                    session.keep_batch_row(row.fed, cache, r, mask[r].nonzero().squeeze(1))
                     row.call.rows_left -= 1
                     if row.call.rows_left == 0:
                         self._finish(row.call)
@@ -284,22 +288,60 @@ class DecodeBatcher:
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
             positions = torch.tensor([[row.position] for row in rows], dtype=torch.long)
             inputs = torch.tensor([[t] for t in chosen], dtype=torch.long)
-            try:
-                out = model(
-                    input_ids=inputs.to(gen.device),
-                    attention_mask=mask.to(gen.device),
-                    position_ids=positions.to(gen.device),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            except RuntimeError as exc:
-                raise GenerationError(f"{gen.name}: batched forward pass failed: {exc}") from exc
-            logits = out.logits[:, -1, :]
+            logits = self._forward(inputs, mask, positions, cache).logits[:, -1, :]
             for row, token in zip(rows, chosen, strict=True):
                 row.fed.append(token)
                 row.position += 1
             step += 1
+
+    def _shared_prefill(
+        self,
+        cache: Any,
+        mask: torch.Tensor,
+        prepared: list[tuple[_Call, list[int], torch.Tensor | None]],
+        lengths: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed every call's short rest (the last accepted segment) in one forward pass over the
+        merged cache; return the extended mask and each call's next-token logits.
+
+        Rests are right-aligned: a shorter rest is preceded by pad columns that the mask hides
+        (every row already holds real keys, so no query attends to nothing). A call prefilled
+        on its own (first round, or a long rest) feeds only pads here and keeps its logits."""
+        gen = self.generator
+        rests = [rest for _, rest, _ in prepared]
+        span = max(len(rest) for rest in rests)
+        if span == 0:
+            return mask, torch.cat([lg for _, _, lg in prepared if lg is not None], dim=0)
+        inputs = torch.full((len(rests), span), gen.pad_id, dtype=torch.long)
+        positions = torch.zeros((len(rests), span), dtype=torch.long)
+        new_mask = torch.zeros((len(rests), span), dtype=torch.long)
+        for i, (rest, length) in enumerate(zip(rests, lengths, strict=True)):
+            pad = span - len(rest)
+            if rest:
+                inputs[i, pad:] = torch.tensor(rest)
+                new_mask[i, pad:] = 1
+            positions[i] = torch.clamp(torch.arange(span) - pad, min=0) + length
+        mask = torch.cat([mask, new_mask], dim=1)
+        out = self._forward(inputs, mask, positions, cache)
+        fed_logits = out.logits[:, -1, :]
+        for call, _, _ in prepared:
+            call.session.counters.forward_passes += 1
+        logits = [own if own is not None else fed_logits[i : i + 1] for i, (_, _, own) in enumerate(prepared)]
+        return mask, torch.cat(logits, dim=0)
+
+    def _forward(self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
+        gen = self.generator
+        try:
+            return gen.model(
+                input_ids=inputs.to(gen.device),
+                attention_mask=mask.to(gen.device),
+                position_ids=positions.to(gen.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        except RuntimeError as exc:
+            raise GenerationError(f"{gen.name}: batched forward pass failed: {exc}") from exc
 
     def _advance(self, row: _Row, token: int, logprob: float, tail: str) -> bool:
         """Add ``token`` to ``row``; return whether its candidate ended (result recorded)."""
