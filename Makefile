@@ -23,4 +23,5 @@ bench:
 	$(PYTHON) bench/engine.py
 	$(PYTHON) bench/overhead.py
 	$(PYTHON) bench/submit.py
+	$(PYTHON) bench/batch.py
 	$(PYTHON) bench/first_answer.py
