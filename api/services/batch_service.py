@@ -30,7 +30,7 @@ from persistence.models import Batch, Job, new_id
 
 log = logging.getLogger(__name__)
 
-FIRST_CHUNK = 500  # items sent before the 202 answer
+FIRST_CHUNK = 100  # items sent before the 202 answer (more than a worker takes at once)
 CHUNK = 1000  # items per background send (and per "mark as sent" update)
 
 
