@@ -21,7 +21,7 @@ import torch
 from ensemble_core.backends.hf_batching import DecodeBatcher, batchable
 from ensemble_core.backends.hf_loading import from_pretrained, input_device, load_tokenizer
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
-from ensemble_core.backends.sampling import sample_token
+from ensemble_core.backends.sampling import extend_candidate, sample_token
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
     Candidate,
@@ -31,7 +31,6 @@ from ensemble_core.ports import (
     SegmentLimits,
     SessionCounters,
 )
-from ensemble_core.segment_text import check_candidate
 from ensemble_core.spec import ChatMessage, ModelSpec
 
 _FALLBACK_TEMPLATE = (
@@ -286,20 +285,16 @@ class HFGenerationSession:
                 if results[row] is not None:
                     continue
                 self.counters.generated += 1
-                if token in gen.eos_ids and not limits.ignore_eos:
-                    results[row] = Candidate(gen.decode(ids[row]), ids[row], logps[row], "eos")
-                    continue
-                ids[row].append(token)
-                logps[row].append(float(logprobs[row, token]))
-                text = gen.decode(ids[row])
-                finish, stop = check_candidate(text, len(ids[row]), limits, tail)
-                if finish is not None:
-                    candidate = Candidate(text, ids[row], logps[row], finish)
-                    if stop is not None:
-                        candidate.text = text[: stop.keep_chars]
-                        candidate.stop_string = stop.string
-                        candidate.trim_accepted = stop.trim_accepted
-                    results[row] = candidate
+                results[row] = extend_candidate(
+                    ids[row],
+                    logps[row],
+                    token,
+                    float(logprobs[row, token]),
+                    limits=limits,
+                    accepted_tail=tail,
+                    eos_ids=gen.eos_ids,
+                    decode=gen.decode,
+                )
             if all(r is not None for r in results) or step == limits.max_new_tokens - 1:
                 break
             logits = self._forward([[t] for t in chosen])[:, -1, :]

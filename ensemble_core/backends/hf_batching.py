@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ensemble_core.backends.sampling import sample_token
+from ensemble_core.backends.sampling import extend_candidate, sample_token
 from ensemble_core.errors import GenerationError
 from ensemble_core.ports import Candidate, Sampling, SegmentLimits
-from ensemble_core.segment_text import check_candidate
 
 if TYPE_CHECKING:
     from ensemble_core.backends.hf import HFGenerationSession
+    from ensemble_core.backends.prefix_cache import PrefixCache
 
 # a rest longer than this is prefilled alone: padding every row of the wave to it would cost more
 SHARED_PREFILL_MAX = 8
@@ -233,19 +233,20 @@ class DecodeBatcher:
         gen = self.generator
         model = gen.model
         calls = [call for call, _, _ in prepared]
-        lengths = [len(call.session.cache.rows[0]) for call in calls]
+        prefixes = [_prefix_cache(call) for call in calls]
+        lengths = [len(prefix.rows[0]) for prefix in prefixes]
         width = max(lengths)
-        cache = _merged_cache(model.config, [call.session.cache.cache for call in calls], lengths, width)
+        cache = _merged_cache(model.config, [prefix.cache for prefix in prefixes], lengths, width)
         mask = torch.zeros((len(calls), width), dtype=torch.long)
         for i, length in enumerate(lengths):
             mask[i, width - length :] = 1
         mask, logits = self._shared_prefill(cache, mask, prepared, lengths)
         rows: list[_Row] = []
         source: list[int] = []  # which call each row copies
-        for i, ((call, rest, _), length) in enumerate(zip(prepared, lengths, strict=True)):
+        for i, ((call, rest, _), length, prefix) in enumerate(zip(prepared, lengths, prefixes, strict=True)):
             call.results = [None] * len(call.samplings)
             call.rows_left = len(call.samplings)
-            fed = list(call.session.cache.rows[0]) + rest
+            fed = list(prefix.rows[0]) + rest
             for j in range(len(call.samplings)):
                 rows.append(_Row(call, j, list(fed), length + len(rest)))
                 source.append(i)
@@ -254,7 +255,6 @@ class DecodeBatcher:
         mask = mask.index_select(0, index)
         logits = logits.index_select(0, index)
         tails = {id(call): call.accepted_text[-64:] for call in calls}
-        step = 0
         while rows:
             chosen = _sample_rows(logits, rows)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -292,7 +292,6 @@ class DecodeBatcher:
             for row, token in zip(rows, chosen, strict=True):
                 row.fed.append(token)
                 row.position += 1
-            step += 1
 
     def _shared_prefill(
         self,
@@ -346,23 +345,27 @@ class DecodeBatcher:
     def _advance(self, row: _Row, token: int, logprob: float, tail: str) -> bool:
         """Add ``token`` to ``row``; return whether its candidate ended (result recorded)."""
         gen = self.generator
-        limits = row.call.limits
-        if token in gen.eos_ids and not limits.ignore_eos:
-            row.call.results[row.index] = Candidate(gen.decode(row.ids), row.ids, row.logps, "eos")
-            return True
-        row.ids.append(token)
-        row.logps.append(logprob)
-        text = gen.decode(row.ids)
-        finish, stop = check_candidate(text, len(row.ids), limits, tail)
-        if finish is None:
+        candidate = extend_candidate(
+            row.ids,
+            row.logps,
+            token,
+            logprob,
+            limits=row.call.limits,
+            accepted_tail=tail,
+            eos_ids=gen.eos_ids,
+            decode=gen.decode,
+        )
+        if candidate is None:
             return False
-        candidate = Candidate(text, row.ids, row.logps, finish)
-        if stop is not None:
-            candidate.text = text[: stop.keep_chars]
-            candidate.stop_string = stop.string
-            candidate.trim_accepted = stop.trim_accepted
         row.call.results[row.index] = candidate
         return True
+
+
+def _prefix_cache(call: _Call) -> PrefixCache:
+    """The call's session cache, which ``prepare_for_batch`` has just brought up to date."""
+    if call.session.cache is None:
+        raise GenerationError("a session joined a batch wave without a prefix cache")
+    return call.session.cache
 
 
 def _merged_cache(model_config: Any, caches: list[Any], lengths: list[int], width: int) -> Any:
@@ -370,7 +373,8 @@ def _merged_cache(model_config: Any, caches: list[Any], lengths: list[int], widt
     from transformers import DynamicCache
 
     merged = DynamicCache(config=model_config)
-    for layer_index, layer in enumerate(merged.layers):
+    merged_layers: list[Any] = list(merged.layers)
+    for layer_index, layer in enumerate(merged_layers):
         keys, values = [], []
         for cache, length in zip(caches, lengths, strict=True):
             source = cache.layers[layer_index]

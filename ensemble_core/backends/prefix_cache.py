@@ -67,7 +67,8 @@ class PrefixCache:
 
     def adopt_row(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Replace the cache by one row given as per-layer (keys, values) holding ``ids``."""
-        for layer, (keys, values) in zip(self.cache.layers, layers, strict=True):
+        own: list[Any] = list(self.cache.layers)
+        for layer, (keys, values) in zip(own, layers, strict=True):
             if not getattr(layer, "is_initialized", False):
                 layer.lazy_initialization(keys, values)
             layer.keys = keys

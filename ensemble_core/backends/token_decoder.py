@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ensemble_core.backends.hf_token import HFTokenStepper
+from ensemble_core.backends.sampling import top_p_filter
 from ensemble_core.backends.token_vocab import CONTROL_PREFIX, EOS_KEY, UnionVocabulary, build_union, key_text
 from ensemble_core.errors import GenerationError
 from ensemble_core.loop_detection import repeated_ngram_tail
@@ -92,12 +93,7 @@ def choose(probs: torch.Tensor, sampling: Sampling, rng: torch.Generator) -> int
     if sampling.temperature <= 0:
         return int(torch.argmax(probs))
     logits = torch.log(probs.clamp_min(1e-300)) / sampling.temperature
-    tempered = torch.softmax(logits, dim=-1)
-    if sampling.top_p < 1.0:
-        ordered, order = torch.sort(tempered, descending=True)
-        outside = torch.cumsum(ordered, dim=-1) - ordered > sampling.top_p
-        ordered[outside] = 0.0
-        tempered = torch.zeros_like(tempered).scatter(0, order, ordered)
+    tempered = top_p_filter(torch.softmax(logits, dim=-1), sampling.top_p)
     return int(torch.multinomial(tempered.float(), 1, generator=rng))
 
 
