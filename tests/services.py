@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from ensemblehub.services import worker_argv
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("ENSEMBLEHUB_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_BASE = os.environ.get("ENSEMBLEHUB_TEST_REDIS", "redis://127.0.0.1:6379")
@@ -97,25 +99,12 @@ class Process:
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "w1") -> Process:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
-        "worker",
-        "--pool",
-        "threads",
-        "--concurrency",
-        env.get("ENSEMBLEHUB_CONCURRENCY", "4"),
-        "-E",
-        "-Q",
-        "models,webhooks,maintenance",
-        "-n",
-        f"{name}-{uuid.uuid4().hex[:6]}@%h",
-        "--loglevel",
-        "INFO",
-    ]
+    # the same command line as `ensemblehub worker`, with a small thread pool
+    argv = worker_argv(
+        queues="models,webhooks,maintenance",
+        name=f"{name}-{uuid.uuid4().hex[:6]}@%h",
+        concurrency=int(env.get("ENSEMBLEHUB_CONCURRENCY", "4")),
+    )
     return Process(argv, env, log_dir / f"worker-{name}.log")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import redis
 
+from ensemblehub.services import worker_argv
 from tests import services
 from tests.conftest import WEBHOOK_SECRET
 
@@ -191,20 +192,7 @@ class FaultStack:
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str, queues: str) -> services.Process:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
-        "worker",
-        "--pool",
-        "threads",
-        "--concurrency",
-        "4",
-        "-E",
-    ]
-    argv += ["-Q", queues, "-n", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"]
+    argv = worker_argv(queues=queues, name=f"{name}-{os.getpid()}@%h", concurrency=4)
     return services.Process(argv, env, log_dir / f"worker-{name}.log")
 
 
