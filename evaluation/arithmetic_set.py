@@ -48,7 +48,49 @@ def _two_step(rng: random.Random) -> tuple[str, int]:
     return question, a + bags * each
 
 
+def _price(rng: random.Random) -> tuple[str, int]:
+    name = rng.choice(NAMES)
+    count, price = rng.randint(2, 9), rng.randint(2, 15)
+    thing = rng.choice(["pens", "cakes", "tickets", "plants", "cups"])
+    return f"{name} buys {count} {thing} that cost {price} dollars each. How many dollars does {name} pay?", (
+        count * price
+    )
+
+
+def _share(rng: random.Random) -> tuple[str, int]:
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    friends = rng.randint(2, 8)
+    # never as many each as there are friends: an echo of the question would end on the answer
+    each = rng.choice([n for n in range(2, 10) if n != friends])
+    return (
+        f"{name} shares {friends * each} {thing} equally among {friends} friends. "
+        f"How many {thing} does each friend get?",
+        each,
+    )
+
+
+def _compare(rng: random.Random) -> tuple[str, int]:
+    first, second = rng.sample(NAMES, 2)
+    thing = rng.choice(THINGS)
+    a, b = rng.randint(3, 40), rng.randint(41, 95)
+    return (
+        f"{first} has {a} {thing} and {second} has {b} {thing}. How many more {thing} does {second} have?",
+        (b - a),
+    )
+
+
+def _time(rng: random.Random) -> tuple[str, int]:
+    name = rng.choice(NAMES)
+    days, minutes = rng.randint(2, 7), rng.choice([10, 15, 20, 25, 30, 40, 45])
+    return (
+        f"{name} reads for {minutes} minutes every day for {days} days. How many minutes does {name} read in total?",
+        days * minutes,
+    )
+
+
 TEMPLATES: tuple[Template, ...] = (_add, _subtract, _multiply, _two_step)
+# the wider set that the built-in evaluation items draw on
+ALL_TEMPLATES: tuple[Template, ...] = TEMPLATES + (_price, _share, _compare, _time)
 
 
 def builtin_problems(count: int = 20, seed: int = 0) -> list[dict[str, str]]:

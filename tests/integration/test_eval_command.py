@@ -1,4 +1,4 @@
-"""`ensemblehub eval`: the built-in set and the comparison table, on tiny models."""
+"""`ensemblehub eval`: singles, oracle and methods in one table, on tiny models and a few items."""
 
 from __future__ import annotations
 
@@ -6,58 +6,83 @@ import json
 import subprocess
 import sys
 
-from evaluation.arithmetic_set import builtin_problems
+from evaluation.item_set import builtin_items
 from tests.services import ROOT
 
 
-def test_builtin_set_is_deterministic_and_answers_are_right():
-    items = builtin_problems(8, seed=3)
-    assert items == builtin_problems(8, seed=3)
-    assert items != builtin_problems(8, seed=4)
-    import re
-
-    # "X has A things and gets B more": the answer is A + B
-    a, b = (int(n) for n in re.findall(r"\d+", items[0]["question"]))
-    assert int(items[0]["answer"]) == a + b
-
-
-def test_eval_prints_one_row_per_model_and_method(tiny_model_dirs, tmp_path):
-    specs = [
-        {"path": str(tiny_model_dirs["llama"]), "name": "tiny-llama"},
-        {"path": str(tiny_model_dirs["gpt2"]), "name": "tiny-gpt2"},
-    ]
-    data = tmp_path / "qa.jsonl"
-    data.write_text("\n".join(json.dumps(x) for x in builtin_problems(2)) + "\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ensemblehub.cli",
-            "eval",
-            str(data),
-            "--model_specs",
-            json.dumps(specs),
-            "--methods",
-            "round_robin,reward_based",
-            "--max-tokens",
-            "6",
-        ],
+def _eval(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ensemblehub.cli", "eval", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_export_items_writes_the_selected_split(tmp_path):
+    target = tmp_path / "items.jsonl"
+    out = _eval(
+        "--split", "dev", "--kinds", "fact,multiple_choice", "--limit", "6", "--export-items", str(target)
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    assert len(rows) == 6
+    assert {r["split"] for r in rows} == {"dev"} and {r["kind"] for r in rows} == {"fact", "multiple_choice"}
+    dev = {it.id: it for it in builtin_items("dev")}
+    assert all(dev[r["id"]].answers == tuple(r["answers"]) for r in rows)
+
+
+def test_eval_prints_singles_oracle_and_methods(tiny_model_dirs, tmp_path):
+    specs = [
+        {"path": str(tiny_model_dirs["llama"]), "name": "tiny-llama"},
+        {"path": str(tiny_model_dirs["gpt2"]), "name": "tiny-gpt2"},
+    ]
+    items = tmp_path / "qa.jsonl"
+    answers = tmp_path / "answers.jsonl"
+    _eval("--split", "test", "--limit", "3", "--export-items", str(items))
+    out = _eval(
+        str(items),
+        "--model_specs",
+        json.dumps(specs),
+        "--methods",
+        "round_robin,response:majority_vote",
+        "--method",
+        'rr64={"aggregation_method": "round_robin", "max_rounds": 64}',
+        "--max-tokens",
+        "4",
+        "--output",
+        str(answers),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    assert lines[0].split("|")[1].strip() == "row"
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    assert header[0] == "row" and "overall" in header and "generated tokens" in header
     labels = [line.split("|")[1].strip() for line in lines[1:]]
     assert labels == [
         "single: tiny-llama",
         "single: tiny-gpt2",
+        "oracle (any member right)",
         "ensemble: round_robin",
-        "ensemble: reward_based",
+        "ensemble: response:majority_vote",
+        "ensemble: rr64",
     ]
+    overall = header.index("overall")
     for line in lines[1:]:
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        assert cells[1].endswith("/2)")
-        assert int(cells[2]) > 0 and int(cells[3]) > 0
+        assert cells[overall].endswith("/3)")
+        assert int(cells[header.index("generated tokens")]) > 0
+    written = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert len(written) == 3 * len(labels)
+    # the oracle is right exactly where a member is
+    by_row: dict[str, dict[str, bool]] = {}
+    for w in written:
+        by_row.setdefault(w["row"], {})[w["item"]] = w["correct"]
+    for item, right in by_row["oracle (any member right)"].items():
+        assert right == (by_row["single: tiny-llama"][item] or by_row["single: tiny-gpt2"][item])
+
+
+def test_a_misspelled_method_fails_before_loading(tmp_path):
+    out = _eval("--limit", "2", "--methods", "round_robn", "--model_specs", '[{"path": "/nonexistent"}]')
+    assert out.returncode == 1
+    assert "round_robn" in out.stderr
