@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI
 from api.errors import ERROR_RESPONSES, install_error_handlers
 from api.guards import BodySizeLimit, open_mode_notice, require_api_key
 from api.rate_limit import rate_limiter_for
+from api.request_id import RequestId
 from api.routes import batches, completions, ensemble, files, info, jobs, metrics, openai_batches
 from api.services import config_service
 from api.settings import ApiSettings
@@ -94,4 +95,5 @@ def create_app(
     app.include_router(files.router, dependencies=protected)
     app.include_router(openai_batches.router, dependencies=protected)
     metrics.install(app, queue_settings)  # GET /metrics, open like /status; times every request
+    app.add_middleware(RequestId)  # outermost: every answer carries it, errors included
     return app

@@ -35,13 +35,13 @@ _TYPES = {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope, "description": description}
     for status, description in {
-        400: "bad request (a stable `code` says what)",
+        400: "bad request: a body that does not validate or an invalid value (`code` and `param` say what)",
         401: "missing or invalid API key (`Authorization: Bearer <key>`)",
         403: "this key may not do that (config changes need an admin key)",
         404: "no such thing, or not this tenant's",
         409: "conflict with the current state (e.g. cancelling a finished job)",
         413: "request body, or batch, too large",
-        422: "the body or a parameter does not match the schema",
+        422: "a value this service refuses to act on (e.g. a webhook_url to a private address)",
         429: "rate limit or queue full; see `Retry-After`",
         503: "Postgres or Redis unavailable; see `Retry-After`",
         504: "the job did not finish in time; it goes on (`error.job_id`, `Location`)",
@@ -105,9 +105,11 @@ def install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
             for e in errors[:5]
         )
+        # 400 as OpenAI (and vLLM) answer a body that does not validate: SDK users catch
+        # BadRequestError; ``param`` names the first field at fault
         return JSONResponse(
-            envelope(422, message or "invalid request", code="invalid_request", param=".".join(loc) or None),
-            status_code=422,
+            envelope(400, message or "invalid request", code="invalid_request", param=".".join(loc) or None),
+            status_code=400,
         )
 
     @app.exception_handler(StarletteHTTPException)

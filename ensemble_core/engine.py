@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import random
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from ensemble_core.aggregation.base import CandidateRecord, SegmentAggregator, S
 from ensemble_core.aggregation.level_base import LevelAggregator, LevelOutcome
 from ensemble_core.errors import EnsembleError, GenerationError
 from ensemble_core.loop_detection import repeated_ngram_tail
-from ensemble_core.members import Member, build_members
+from ensemble_core.members import Member, build_members, segment_limits
 from ensemble_core.methods import EnsemblePlan, plan_for
 from ensemble_core.pool import ModelPool
 from ensemble_core.ports import GenerationSession, SegmentLimits
@@ -70,7 +71,10 @@ class EnsembleJob:
         self.pool = pool
         self.plan = plan
         self.on_segment = on_segment
-        self.rng = random.Random(request.seed if request.seed is not None else 0)
+        # no seed: fresh randomness for every run (each of n choices is a run); the seed drawn
+        # is in the trace, so a run can still be replayed
+        self.seed = request.seed if request.seed is not None else secrets.randbits(63)
+        self.rng = random.Random(self.seed)
         self.members = build_members(spec.model_specs, request)
         self.params: SegmentParams = plan.aggregator_params
         self.sessions: dict[str, GenerationSession] = {}
@@ -167,6 +171,7 @@ class EnsembleJob:
         first = self.sessions.get(selected[0].load_key)
         trace: dict[str, Any] = {
             "method": self.plan.label,
+            "seed": self.seed,
             "selection": {
                 "method": self.plan.selector_name,
                 "params": self.plan.selector_params.model_dump(mode="json"),
@@ -263,10 +268,11 @@ class RoundLoop:
             remaining = request.max_tokens - self.generated_tokens
             if remaining <= 0:
                 return self.accepted_text, "max_tokens"
-            self.limits = SegmentLimits(
+            self.limits = segment_limits(
+                request,
+                generated=self.generated_tokens,
                 max_new_tokens=min(params.segment_tokens, remaining),
                 boundary=params.segment_boundary,
-                stop_strings=tuple(request.stop),
                 min_tokens=params.min_segment_tokens,
                 ignore_eos=params.ignore_eos,
             )

@@ -24,10 +24,34 @@ CandidateFinish = Literal["boundary", "eos", "length", "stop_string", "boundary_
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one candidate is sampled. ``temperature == 0`` means greedy."""
+    """How one candidate is sampled. ``temperature == 0`` means greedy.
+
+    The rest are vLLM's sampling fields, at their neutral values by default: ``top_k`` (0: off),
+    ``min_p`` (drop tokens below ``min_p`` times the top probability), ``repetition_penalty``
+    (over prompt and output tokens, as HF and vLLM apply it), ``presence_penalty`` and
+    ``frequency_penalty`` (over the output: the accepted answer plus this candidate) and
+    ``logit_bias`` (token id, bias) pairs in this model's vocabulary. Penalties and biases
+    change which token is picked, greedy included; reported log-probabilities stay the model's.
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether the logits need penalties or biases before a token is chosen."""
+        return bool(
+            self.logit_bias
+            or self.repetition_penalty != 1.0
+            or self.presence_penalty
+            or self.frequency_penalty
+        )
 
 
 @dataclass(frozen=True)
@@ -46,7 +70,13 @@ class SegmentLimits:
     stop_strings: tuple[str, ...] = ()
     boundary_strings: tuple[str, ...] = ()
     min_tokens: int = 1
-    ignore_eos: bool = False  # benchmarks only: decode past EOS for a fixed amount of work
+    ignore_eos: bool = False  # decode past EOS (benchmarks, and the request's ``ignore_eos``)
+    # the request's own fields: EOS and ``stop_token_ids`` are masked until this segment has
+    # ``eos_after`` tokens (what is left of the request's ``min_tokens``)
+    eos_after: int = 0
+    stop_token_ids: tuple[int, ...] = ()  # end the answer like EOS (not in the text)
+    include_stop_str: bool = False  # a stop string stays in the text
+    skip_special_tokens: bool = True  # special tokens (other than EOS) are left out of the text
 
 
 @dataclass

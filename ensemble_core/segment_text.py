@@ -34,8 +34,11 @@ class StopMatch:
     trim_accepted: int  # characters to remove from the end of the accepted text (stop string spans both)
 
 
-def find_stop(accepted_tail: str, text: str, stops: tuple[str, ...]) -> StopMatch | None:
-    """The earliest stop string that involves the new ``text`` (it may begin in the accepted tail)."""
+def find_stop(
+    accepted_tail: str, text: str, stops: tuple[str, ...], *, include: bool = False
+) -> StopMatch | None:
+    """The earliest stop string that involves the new ``text`` (it may begin in the accepted
+    tail). ``include`` (vLLM's ``include_stop_str_in_output``) keeps the stop string."""
     combined = accepted_tail + text
     best: StopMatch | None = None
     best_pos = len(combined) + 1
@@ -46,8 +49,11 @@ def find_stop(accepted_tail: str, text: str, stops: tuple[str, ...]) -> StopMatc
         pos = combined.find(stop, start)
         if pos != -1 and pos < best_pos:
             best_pos = pos
-            keep = max(0, pos - len(accepted_tail))
-            trim = max(0, len(accepted_tail) - pos)
+            if include:
+                keep, trim = pos + len(stop) - len(accepted_tail), 0
+            else:
+                keep = max(0, pos - len(accepted_tail))
+                trim = max(0, len(accepted_tail) - pos)
             best = StopMatch(string=stop, keep_chars=keep, trim_accepted=trim)
     return best
 
@@ -57,7 +63,7 @@ def check_candidate(
 ) -> tuple[CandidateFinish | None, StopMatch | None]:
     """Decide after one more token whether the candidate ends, and why."""
     if limits.stop_strings:
-        match = find_stop(accepted_tail, text, limits.stop_strings)
+        match = find_stop(accepted_tail, text, limits.stop_strings, include=limits.include_stop_str)
         if match is not None:
             return "stop_string", match
     for marker in limits.boundary_strings:

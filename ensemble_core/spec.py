@@ -124,3 +124,22 @@ class GenerationRequest(_Frozen):
     top_p: float | None = None
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    # vLLM's extra sampling fields (neutral by default); see ``ports.Sampling``/``SegmentLimits``
+    top_k: int = Field(default=0, ge=-1, description="0 or -1: off")
+    min_p: float = Field(default=0.0, ge=0, le=1)
+    repetition_penalty: float = Field(default=1.0, gt=0, le=10)
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    logit_bias: dict[int, float] = Field(default_factory=dict, description="token id -> bias (-100..100)")
+    min_tokens: int = Field(default=0, ge=0, description="tokens before EOS or a stop token may end")
+    ignore_eos: bool = False
+    stop_token_ids: list[int] = Field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, v: dict[int, float]) -> dict[int, float]:
+        if any(not -100 <= bias <= 100 for bias in v.values()) or any(token < 0 for token in v):
+            raise ValueError("logit_bias maps token ids (>= 0) to biases between -100 and 100")
+        return v

@@ -85,9 +85,10 @@ def _respond(
                 "created_at": int(job.created_at.timestamp()),
             },
             status_code=202,
-            headers={"Location": f"/v1/jobs/{job.id}"},
+            headers={"Location": f"/v1/jobs/{job.id}", "X-Job-Id": job.id},
         )
-    return JSONResponse(completion_service.run_to_answer(state, prepared, idempotency_key))
+    answer = completion_service.run_to_answer(state, prepared, idempotency_key)
+    return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
 
 
 @router.post("/chat/completions", response_model=None, responses=ANSWERS)

@@ -120,7 +120,8 @@ def inference(
             "config": config_json,
             "config_version_id": job.config_version_id,
             "usage": _openai_usage(result),
-        }
+        },
+        headers={"X-Job-Id": job.id},
     )
 
 

@@ -1,7 +1,8 @@
-"""``GET /`` and ``GET /status``."""
+"""``GET /``, ``GET /health`` and ``GET /status``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -27,3 +28,21 @@ def root(request: Request) -> dict[str, Any]:
 def status(state: AppState = Depends(get_state)) -> JSONResponse:
     body = service_status(state)
     return JSONResponse(body, status_code=200 if body["status"] != "unavailable" else 503)
+
+
+@router.get("/health", responses={503: {"description": "Postgres or Redis is down"}})
+def health(state: AppState = Depends(get_state)) -> JSONResponse:
+    """Liveness for load balancers and clients (guidellm probes it): 200 while Postgres and
+    Redis answer, else 503. Cheap: two pings, no worker listing (that is ``/status``)."""
+    checks = {"database": _answers(state.db.ping), "broker": _answers(state.bus.ping)}
+    ok = all(checks.values())
+    body = {"status": "ok" if ok else "unavailable", "checks": checks}
+    return JSONResponse(body, status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
+
+
+def _answers(ping: Callable[[], Any]) -> bool:
+    try:
+        ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "down"
+        return False

@@ -55,13 +55,30 @@ class GenerationFields(BaseModel):
         description="submit and return at once (202 with the job id and a Location to poll), as in "
         "OpenAI's background responses; pair with webhook_url to be called back",
     )
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="token id (in each member's vocabulary) -> bias from -100 to 100"
+    )
+    # vLLM's extra sampling fields (send them with the openai SDK's extra_body)
+    top_k: int | None = Field(default=None, ge=-1, description="0 or -1: off")
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    min_tokens: int | None = Field(default=None, ge=0, description="tokens before EOS may end the answer")
+    ignore_eos: bool | None = None
+    stop_token_ids: list[int] | None = Field(default=None, description="token ids that end the answer")
+    include_stop_str_in_output: bool | None = None
+    skip_special_tokens: bool | None = None
+    # OpenAI fields with no meaning here: accepted and ignored
     user: str | None = Field(default=None, description="accepted for OpenAI compatibility; not used")
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
     # OpenAI fields the ensemble cannot honour: accepted only at their neutral values
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
     logprobs: bool | int | None = None
     top_logprobs: int | None = None
-    logit_bias: dict[str, float] | None = None
     tools: list[Any] | None = None
     tool_choice: Any | None = None
     response_format: dict[str, Any] | None = None

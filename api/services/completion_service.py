@@ -24,11 +24,8 @@ AnswerForm = Literal["text", "chat", "legacy"]
 
 # OpenAI fields the ensemble cannot honour, with the value that means "not used"
 _NEUTRAL = {
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
     "logprobs": (None, False, 0),
     "top_logprobs": (None, 0),
-    "logit_bias": (None, {}),
     "tools": (None, []),
     "tool_choice": (None, "none", "auto"),
     "echo": (None, False),
@@ -37,7 +34,30 @@ _NEUTRAL = {
 }
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # fields that do not change what is generated: left out of the idempotency fingerprint
-_TRANSPORT_FIELDS = {"timeout", "stream", "stream_options", "user"}
+_TRANSPORT_FIELDS = {
+    "timeout",
+    "stream",
+    "stream_options",
+    "user",
+    "parallel_tool_calls",
+    "store",
+    "metadata",
+    "service_tier",
+    "prompt_cache_key",
+}
+# the request's sampling fields that go to the engine as they are (vLLM's names)
+_SAMPLING_FIELDS = (
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+)
 
 
 @dataclass
@@ -99,6 +119,7 @@ def prepare(
         top_p=body.top_p,
         stop=stop,
         seed=body.seed,
+        **sampling_fields(body, max_tokens),
     )
     limits.check_request_limits(state.settings, generation, config)
     extra: dict[str, Any] = {"endpoint": kind}
@@ -209,6 +230,39 @@ def usage_view(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- request checks
+
+
+def sampling_fields(body: PromptFields, max_tokens: int) -> dict[str, Any]:
+    """vLLM's sampling fields the request set, checked where the schema cannot (400 with the
+    field as ``param``)."""
+    fields: dict[str, Any] = {
+        name: getattr(body, name) for name in _SAMPLING_FIELDS if getattr(body, name) is not None
+    }
+    if body.logit_bias:
+        try:
+            bias = {int(token): float(value) for token, value in body.logit_bias.items()}
+        except ValueError as exc:
+            raise ApiError(
+                400, "logit_bias keys must be token ids (integers)", code="invalid_value", param="logit_bias"
+            ) from exc
+        if any(token < 0 for token in bias) or any(not -100 <= v <= 100 for v in bias.values()):
+            raise ApiError(
+                400,
+                "logit_bias maps token ids (>= 0) to biases between -100 and 100",
+                code="invalid_value",
+                param="logit_bias",
+            )
+        fields["logit_bias"] = bias
+    if any(token < 0 for token in body.stop_token_ids or []):
+        raise ApiError(400, "stop_token_ids must be >= 0", code="invalid_value", param="stop_token_ids")
+    if (body.min_tokens or 0) > max_tokens:
+        raise ApiError(
+            400,
+            f"min_tokens ({body.min_tokens}) must not exceed max_tokens ({max_tokens})",
+            code="invalid_value",
+            param="min_tokens",
+        )
+    return fields
 
 
 def _refuse_unsupported(body: PromptFields) -> None:

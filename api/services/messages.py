@@ -19,7 +19,9 @@ def build_generation(
     top_p: float | None = None,
     stop: list[str] | str | None = None,
     seed: int | None = None,
+    **sampling: Any,
 ) -> GenerationRequest:
+    """``sampling``: vLLM's extra sampling fields (``GenerationRequest``'s names), already checked."""
     try:
         return GenerationRequest(
             messages=[ChatMessage(role=m["role"], content=m["content"]) for m in messages],
@@ -28,6 +30,7 @@ def build_generation(
             top_p=top_p,
             stop=[stop] if isinstance(stop, str) else list(stop or []),
             seed=seed,
+            **sampling,
         )
     except (ValidationError, KeyError) as exc:
         raise ApiError(400, f"invalid messages: {exc}", code="invalid_messages", param="messages") from exc

@@ -16,8 +16,7 @@ from pydantic import Field
 from ensemble_core.aggregation.base import CandidateRecord
 from ensemble_core.aggregation.level_base import LevelAggregator, LevelJob, LevelOutcome, LevelParams
 from ensemble_core.answer_extraction import AnswerFormat, ExtractedAnswer, extract_answer
-from ensemble_core.members import Member
-from ensemble_core.ports import SegmentLimits
+from ensemble_core.members import Member, segment_limits
 from ensemble_core.result import SegmentEvent
 
 _STOP_REASONS = {"eos": "eos", "length": "max_tokens", "stop_string": "stop_string"}
@@ -38,11 +37,8 @@ def generate_candidates(
 ) -> list[CandidateRecord]:
     """``samples`` whole answers per member, batched per set of weights; usage is counted."""
     request = job.request
-    limits = SegmentLimits(
-        max_new_tokens=request.max_tokens,
-        boundary="none",
-        stop_strings=tuple(request.stop),
-        ignore_eos=ignore_eos,
+    limits = segment_limits(
+        request, max_new_tokens=request.max_tokens, boundary="none", ignore_eos=ignore_eos
     )
     groups: dict[str, list[Member]] = {}
     for member in members:

@@ -27,8 +27,8 @@ from ensemble_core.aggregation.response_best_of_n import (
 )
 from ensemble_core.answer_extraction import ExtractedAnswer
 from ensemble_core.errors import ConfigError
-from ensemble_core.members import Member
-from ensemble_core.ports import Sampling, SegmentLimits
+from ensemble_core.members import Member, request_sampling, segment_limits
+from ensemble_core.ports import Sampling
 from ensemble_core.spec import ChatMessage, ModelSpec
 
 DEFAULT_FUSION_INSTRUCTION = (
@@ -113,7 +113,11 @@ class LLMBlenderResponseAggregator(ResponseAggregator):
         else:
             raise ConfigError("llm_blender: no fuser configured")
         temperature = job.request.temperature if job.request.temperature is not None else 0.0
-        return f"fuser:{spec.display_name}", spec, Sampling(temperature, job.request.top_p or 1.0)
+        return (
+            f"fuser:{spec.display_name}",
+            spec,
+            request_sampling(job.request, temperature, job.request.top_p or 1.0),
+        )
 
     def _fuse(self, job: LevelJob, top: list[CandidateRecord]) -> tuple[str, str, int, str]:
         params = self.params
@@ -135,9 +139,7 @@ class LLMBlenderResponseAggregator(ResponseAggregator):
         generator = job.pool.generator(spec)
         session = generator.open_session(messages, seed=self.rng.randrange(2**31))
         try:
-            limits = SegmentLimits(
-                max_new_tokens=job.request.max_tokens, boundary="none", stop_strings=tuple(job.request.stop)
-            )
+            limits = segment_limits(job.request, max_new_tokens=job.request.max_tokens, boundary="none")
             candidate = session.generate("", [sampling], limits)[0]
         finally:
             usage = job.member_usage(name)

@@ -31,7 +31,7 @@ from pydantic import Field
 from ensemble_core.aggregation.level_base import LevelAggregator, LevelJob, LevelOutcome, LevelParams
 from ensemble_core.errors import ConfigError
 from ensemble_core.lazy_import import load_object
-from ensemble_core.members import Member
+from ensemble_core.members import Member, request_sampling
 from ensemble_core.ports import Sampling
 from ensemble_core.result import SegmentEvent
 
@@ -110,7 +110,9 @@ class GaCTokenAggregator(LevelAggregator):
             uncertainty_threshold=params.uncertainty_threshold,
             loop_max_ngram=params.loop_max_ngram,
             loop_min_repeats=params.loop_min_repeats,
-            ignore_eos=params.ignore_eos,
+            ignore_eos=params.ignore_eos or job.request.ignore_eos,
+            min_tokens=job.request.min_tokens,
+            include_stop_str=job.request.include_stop_str_in_output,
         )
 
         def on_text(step: int, source: str, text: str) -> None:
@@ -145,4 +147,4 @@ class GaCTokenAggregator(LevelAggregator):
         request = job.request
         temperature = request.temperature if request.temperature is not None else leader.sampling.temperature
         top_p = request.top_p if request.top_p is not None else leader.sampling.top_p
-        return Sampling(temperature=temperature, top_p=top_p)
+        return request_sampling(request, temperature, top_p)

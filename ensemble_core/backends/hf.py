@@ -9,10 +9,12 @@ without cache reuse gives the same tokens (tested on SmolLM2).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import torch
 from ensemble_core.backends.hf_batching import DecodeBatcher, batchable
 from ensemble_core.backends.hf_loading import from_pretrained, input_device, load_tokenizer
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
-from ensemble_core.backends.sampling import extend_candidate, sample_token
+from ensemble_core.backends.sampling import choose_token, end_ids, extend_candidate
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
     Candidate,
@@ -105,14 +107,16 @@ class HFTextGenerator:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         # special tokens other than EOS (e.g. a stray <|im_start|>) are control, not text;
         # reasoning markers such as </think> are added tokens that are not "special" and stay
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+        return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
 
-
-def _sample(logits: torch.Tensor, samplings: list[Sampling], rng: torch.Generator) -> list[int]:
-    return [sample_token(logits[row], sampling, rng) for row, sampling in enumerate(samplings)]
+    def decoder_for(self, limits: SegmentLimits) -> Callable[[list[int]], str]:
+        """``decode`` with the request's ``skip_special_tokens``."""
+        if limits.skip_special_tokens:
+            return self.decode
+        return functools.partial(self.decode, skip_special_tokens=False)
 
 
 class HFGenerationSession:
@@ -278,8 +282,23 @@ class HFGenerationSession:
         ids: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
         results: list[Candidate | None] = [None] * n
+        ends = end_ids(gen.eos_ids, limits)
+        decode = gen.decoder_for(limits)
+        prompt_len = len(self.prompt_ids)
         for step in range(limits.max_new_tokens):
-            chosen = _sample(logits, samplings, self.rng)
+            chosen = [
+                choose_token(
+                    logits[row],
+                    sampling,
+                    self.rng,
+                    limits,
+                    ends=ends,
+                    context=lambda row=row: target + ids[row],  # type: ignore[misc]
+                    output=lambda row=row: target[prompt_len:] + ids[row],  # type: ignore[misc]
+                    generated=len(ids[row]),
+                )
+                for row, sampling in enumerate(samplings)
+            ]
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for row, token in enumerate(chosen):
                 if results[row] is not None:
@@ -293,13 +312,13 @@ class HFGenerationSession:
                     limits=limits,
                     accepted_tail=tail,
                     eos_ids=gen.eos_ids,
-                    decode=gen.decode,
+                    decode=decode,
                 )
             if all(r is not None for r in results) or step == limits.max_new_tokens - 1:
                 break
             logits = self._forward([[t] for t in chosen])[:, -1, :]
         return [
-            r if r is not None else Candidate(gen.decode(ids[i]), ids[i], logps[i], "length")
+            r if r is not None else Candidate(decode(ids[i]), ids[i], logps[i], "length")
             for i, r in enumerate(results)
         ]
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ensemble_core.backends.sampling import extend_candidate, sample_token
+from ensemble_core.backends.sampling import choose_token, end_ids, extend_candidate
 from ensemble_core.errors import GenerationError
 from ensemble_core.ports import Candidate, Sampling, SegmentLimits
 
@@ -265,7 +265,8 @@ class DecodeBatcher:
                 session.counters.generated += 1
                 finished = self._advance(row, token, float(logprobs[r, token]), tails[id(row.call)])
                 if not finished and len(row.ids) >= row.call.limits.max_new_tokens:
-                    row.call.results[row.index] = Candidate(gen.decode(row.ids), row.ids, row.logps, "length")
+                    decode = gen.decoder_for(row.call.limits)
+                    row.call.results[row.index] = Candidate(decode(row.ids), row.ids, row.logps, "length")
                     finished = True
                 if finished:
                     session.keep_batch_row(row.fed, cache, r, mask[r].nonzero().squeeze(1))
@@ -353,7 +354,7 @@ class DecodeBatcher:
             limits=row.call.limits,
             accepted_tail=tail,
             eos_ids=gen.eos_ids,
-            decode=gen.decode,
+            decode=gen.decoder_for(row.call.limits),
         )
         if candidate is None:
             return False
@@ -393,8 +394,21 @@ def _merged_cache(model_config: Any, caches: list[Any], lengths: list[int], widt
 
 
 def _sample_rows(logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-    """One token per row, each with its own call's sampling and its session's generator."""
-    return [
-        sample_token(logits[r], row.call.samplings[row.index], row.call.session.rng)
-        for r, row in enumerate(rows)
-    ]
+    """One token per row, each with its own call's sampling and its session's generator
+    (``row.fed`` is the prompt, the accepted text and the row's tokens so far)."""
+    chosen = []
+    for r, row in enumerate(rows):
+        call = row.call
+        prompt_len = len(call.session.prompt_ids)
+        token = choose_token(
+            logits[r],
+            call.samplings[row.index],
+            call.session.rng,
+            call.limits,
+            ends=end_ids(call.session.generator.eos_ids, call.limits),
+            context=lambda row=row: row.fed,  # type: ignore[misc]
+            output=lambda row=row, start=prompt_len: row.fed[start:],  # type: ignore[misc]
+            generated=len(row.ids),
+        )
+        chosen.append(token)
+    return chosen

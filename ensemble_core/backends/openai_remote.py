@@ -227,6 +227,7 @@ class OpenAIGenerationSession:
             "top_p": sampling.top_p,
             "seed": self.rng.randrange(2**31),
             "logprobs": 1,
+            **_remote_fields(sampling, limits),
         }
         data = self.generator.complete(payload)
         self.counters.forward_passes += 1
@@ -315,6 +316,31 @@ class OpenAIGenerationSession:
 
     def close(self) -> None:
         pass
+
+
+def _remote_fields(sampling: Sampling, limits: SegmentLimits) -> dict[str, Any]:
+    """The request's other sampling fields, sent on where they are not neutral: OpenAI's names
+    (penalties, ``logit_bias``) and vLLM's extras, which a vLLM server honours."""
+    fields: dict[str, Any] = {}
+    if sampling.presence_penalty:
+        fields["presence_penalty"] = sampling.presence_penalty
+    if sampling.frequency_penalty:
+        fields["frequency_penalty"] = sampling.frequency_penalty
+    if sampling.logit_bias:
+        fields["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias}
+    if sampling.top_k > 0:
+        fields["top_k"] = sampling.top_k
+    if sampling.min_p > 0:
+        fields["min_p"] = sampling.min_p
+    if sampling.repetition_penalty != 1.0:
+        fields["repetition_penalty"] = sampling.repetition_penalty
+    if limits.eos_after > 0:
+        fields["min_tokens"] = limits.eos_after
+    if limits.ignore_eos:
+        fields["ignore_eos"] = True
+    if limits.stop_token_ids:
+        fields["stop_token_ids"] = list(limits.stop_token_ids)
+    return fields
 
 
 def _cut(

@@ -1,9 +1,11 @@
-"""Per-token decoding steps every HF decode loop shares: choosing the next token (greedy, or
-tempered top-p sampling) and adding it to a candidate segment (which may end it)."""
+"""Per-token decoding steps every HF decode loop shares: adjusting the logits (vLLM's penalties,
+``logit_bias``, EOS held back until ``min_tokens``), choosing the next token (greedy, or a
+tempered sample cut by top-k, top-p and min-p) and adding it to a candidate segment (which may
+end it)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Collection, Container, Sequence
 
 import torch
 
@@ -21,13 +23,93 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.zeros_like(probs).scatter(0, order, ordered)
 
 
+def cut_distribution(probs: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """The tempered distribution ``probs`` cut by top-k, top-p and min-p (in vLLM's order);
+    the top token always survives."""
+    if sampling.top_k > 0 and sampling.top_k < probs.numel():
+        kth = torch.topk(probs, sampling.top_k).values[-1]
+        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+    probs = top_p_filter(probs, sampling.top_p)
+    if sampling.min_p > 0:
+        floor = sampling.min_p * probs.max()
+        probs = torch.where(probs >= floor, probs, torch.zeros_like(probs))
+    return probs
+
+
+def adjust_logits(
+    row_logits: torch.Tensor,
+    sampling: Sampling,
+    *,
+    context: Sequence[int] = (),
+    output: Sequence[int] = (),
+    blocked: Collection[int] = (),
+) -> torch.Tensor:
+    """The logits a token is chosen from: ``logit_bias`` added, ``repetition_penalty`` over the
+    ``context`` (prompt + output, HF's and vLLM's rule: positive logits divided, negative
+    multiplied), ``presence_penalty``/``frequency_penalty`` over the ``output`` (OpenAI's
+    rule: minus presence once, minus frequency per occurrence), ``blocked`` ids masked."""
+    if not sampling.adjusts_logits and not blocked:
+        return row_logits
+    logits = row_logits.float().clone()
+    size = logits.numel()
+    for token, bias in sampling.logit_bias:
+        if 0 <= token < size:  # an id outside this model's vocabulary means nothing to it
+            logits[token] += bias
+    if sampling.repetition_penalty != 1.0 and context:
+        seen = torch.tensor(sorted(set(context)), dtype=torch.long, device=logits.device)
+        values = logits[seen]
+        penalty = sampling.repetition_penalty
+        logits[seen] = torch.where(values > 0, values / penalty, values * penalty)
+    if (sampling.presence_penalty or sampling.frequency_penalty) and output:
+        ids, counts = torch.unique(torch.tensor(list(output), dtype=torch.long), return_counts=True)
+        ids = ids.to(logits.device)
+        logits[ids] -= sampling.frequency_penalty * counts.to(logits) + sampling.presence_penalty
+    if blocked:
+        ids = [t for t in blocked if 0 <= t < size]
+        if ids:
+            logits[torch.tensor(ids, dtype=torch.long, device=logits.device)] = -torch.inf
+    return logits
+
+
 def sample_token(row_logits: torch.Tensor, sampling: Sampling, rng: torch.Generator) -> int:
-    """Argmax at temperature 0; otherwise a sample from the tempered, top-p-cut distribution,
-    drawn with ``rng`` (the job's seeded generator, so a job replays exactly)."""
+    """Argmax at temperature 0; otherwise a sample from the tempered distribution cut by
+    top-k/top-p/min-p, drawn with ``rng`` (the job's seeded generator, so a job replays exactly)."""
     if sampling.temperature <= 0:
         return int(torch.argmax(row_logits))
-    probs = top_p_filter(torch.softmax(row_logits.float() / sampling.temperature, dim=-1), sampling.top_p)
+    probs = cut_distribution(torch.softmax(row_logits.float() / sampling.temperature, dim=-1), sampling)
     return int(torch.multinomial(probs.cpu(), 1, generator=rng))
+
+
+def choose_token(
+    row_logits: torch.Tensor,
+    sampling: Sampling,
+    rng: torch.Generator,
+    limits: SegmentLimits,
+    *,
+    ends: Collection[int],
+    context: Callable[[], Sequence[int]],
+    output: Callable[[], Sequence[int]],
+    generated: int,
+) -> int:
+    """One decode step's token: the logits adjusted (the token histories are only built when a
+    penalty needs them), EOS and stop tokens held back before ``limits.eos_after`` tokens."""
+    blocked = ends if generated < limits.eos_after else ()
+    if sampling.adjusts_logits or blocked:
+        needs_context = sampling.repetition_penalty != 1.0
+        needs_output = bool(sampling.presence_penalty or sampling.frequency_penalty)
+        row_logits = adjust_logits(
+            row_logits,
+            sampling,
+            context=context() if needs_context else (),
+            output=output() if needs_output else (),
+            blocked=blocked,
+        )
+    return sample_token(row_logits, sampling, rng)
+
+
+def end_ids(eos_ids: Collection[int], limits: SegmentLimits) -> set[int]:
+    """Ids that end the answer: the model's EOS ids and the request's ``stop_token_ids``."""
+    return set(eos_ids) | set(limits.stop_token_ids)
 
 
 def extend_candidate(
@@ -42,8 +124,9 @@ def extend_candidate(
     decode: Callable[[list[int]], str],
 ) -> Candidate | None:
     """Add ``token`` to a candidate's ``ids``/``logps``; return the finished candidate when this
-    token ends the segment (EOS, boundary, stop string, length), else None."""
-    if token in eos_ids and not limits.ignore_eos:
+    token ends the segment (EOS or a stop token id, boundary, stop string, length), else None.
+    ``ignore_eos`` keeps decoding past the model's EOS but not past a requested stop token."""
+    if token in limits.stop_token_ids or (token in eos_ids and not limits.ignore_eos):
         return Candidate(decode(ids), ids, logps, "eos")
     ids.append(token)
     logps.append(logprob)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ensemble_core.backends.hf_token import HFTokenStepper
-from ensemble_core.backends.sampling import top_p_filter
+from ensemble_core.backends.sampling import cut_distribution
 from ensemble_core.backends.token_vocab import CONTROL_PREFIX, EOS_KEY, UnionVocabulary, build_union, key_text
 from ensemble_core.errors import GenerationError
 from ensemble_core.loop_detection import repeated_ngram_tail
@@ -54,7 +54,9 @@ class TokenDecodeSettings:
     uncertainty_threshold: float = 0.5
     loop_max_ngram: int = 12
     loop_min_repeats: int = 4
-    ignore_eos: bool = False  # benchmarks: never choose EOS, so every run decodes max_tokens
+    ignore_eos: bool = False  # never choose EOS, so every run decodes max_tokens
+    min_tokens: int = 0  # EOS is not chosen before this many steps
+    include_stop_str: bool = False
 
 
 @dataclass
@@ -89,11 +91,12 @@ def union_for(steppers: list[HFTokenStepper]) -> UnionVocabulary:
 
 
 def choose(probs: torch.Tensor, sampling: Sampling, rng: torch.Generator) -> int:
-    """Index of the chosen entry: argmax at temperature 0, else a tempered top-p sample."""
+    """Index of the chosen entry: argmax at temperature 0, else a tempered sample cut by
+    top-k, top-p and min-p."""
     if sampling.temperature <= 0:
         return int(torch.argmax(probs))
     logits = torch.log(probs.clamp_min(1e-300)) / sampling.temperature
-    tempered = top_p_filter(torch.softmax(logits, dim=-1), sampling.top_p)
+    tempered = cut_distribution(torch.softmax(logits, dim=-1), sampling)
     return int(torch.multinomial(tempered.float(), 1, generator=rng))
 
 
@@ -124,7 +127,7 @@ class TokenDecoder:
 
     def _pick(self, probs: torch.Tensor, stepper: int | None = None) -> int:
         """``choose`` on a model's (``stepper``) or the union's distribution; EOS masked if asked."""
-        if self.settings.ignore_eos:
+        if self.settings.ignore_eos or self.steps < self.settings.min_tokens:
             probs = probs.clone()
             if stepper is not None:
                 probs[self._eos[stepper]] = 0.0
@@ -233,7 +236,11 @@ class TokenDecoder:
             piece = decoder.decode(added)
             tail = text[-64:]
             text += piece
-            match = find_stop(tail, piece, settings.stop) if settings.stop and piece else None
+            match = (
+                find_stop(tail, piece, settings.stop, include=settings.include_stop_str)
+                if settings.stop and piece
+                else None
+            )
             if match is not None:
                 text = text[: len(text) - len(piece) - match.trim_accepted] + piece[: match.keep_chars]
                 stop_reason = "stop_string"

@@ -251,8 +251,8 @@ class VLLMTextGenerator:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def decode(self, ids: list[int]) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=True))  # as the hf backend
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))  # as the hf backend
 
     def run(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with self.lock:
@@ -265,6 +265,24 @@ class VLLMTextGenerator:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _sampling_fields(sampling: Sampling) -> dict[str, Any]:
+    """vLLM's own names for the request's sampling fields, where they are not neutral; the
+    penalties count this request's output, which here is the segment (vLLM sees the accepted
+    text as prompt)."""
+    fields: dict[str, Any] = {}
+    if sampling.top_k > 0:
+        fields["top_k"] = sampling.top_k
+    if sampling.min_p > 0:
+        fields["min_p"] = sampling.min_p
+    for name in ("repetition_penalty", "presence_penalty", "frequency_penalty"):
+        value = getattr(sampling, name)
+        if value != (1.0 if name == "repetition_penalty" else 0.0):
+            fields[name] = value
+    if sampling.logit_bias:
+        fields["logit_bias"] = dict(sampling.logit_bias)
+    return fields
 
 
 def _ignore_eos(limits: SegmentLimits) -> bool:
@@ -337,9 +355,12 @@ class VLLMGenerationSession:
                     "max_tokens": min(chunk, limits.max_new_tokens - len(ids[i])),
                     "seed": self.rng.randrange(2**31),
                     "logprobs": 0,
-                    "stop_token_ids": sorted(gen.eos_ids),
+                    "stop_token_ids": sorted(gen.eos_ids | set(limits.stop_token_ids)),
                     "ignore_eos": _ignore_eos(limits),
+                    **_sampling_fields(sampling),
                 }
+                if limits.eos_after > len(ids[i]):
+                    params["min_tokens"] = limits.eos_after - len(ids[i])
                 requests.append({"prompt_token_ids": base + ids[i], "params": params})
             for i, result in zip(active, self._run(requests), strict=True):
                 done[i] = self._extend(ids[i], logps[i], result, limits, tail)
@@ -351,11 +372,11 @@ class VLLMGenerationSession:
         gen = self.generator
         for token, logprob in zip(result["token_ids"], result["logprobs"], strict=False):
             self.counters.generated += 1
-            if token in gen.eos_ids and not _ignore_eos(limits):
-                return Candidate(gen.decode(ids), list(ids), list(logps), "eos")
+            if token in limits.stop_token_ids or (token in gen.eos_ids and not _ignore_eos(limits)):
+                return Candidate(gen.decode(ids, limits.skip_special_tokens), list(ids), list(logps), "eos")
             ids.append(token)
             logps.append(logprob)
-            text = gen.decode(ids)
+            text = gen.decode(ids, limits.skip_special_tokens)
             finish, stop = check_candidate(text, len(ids), limits, tail)
             if finish is not None:
                 candidate = Candidate(text, list(ids), list(logps), finish)

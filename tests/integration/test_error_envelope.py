@@ -54,7 +54,8 @@ def test_400_bad_requests(stack):
         "invalid_request",
     )
     _error(httpx.post(url, json={"model": "ensemble"}), 400, "invalid_request")
-    _error(httpx.post(url, json={**PROMPT, "presence_penalty": 1.0}), 400, "unsupported_parameter")
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    _error(httpx.post(url, json={**PROMPT, "tools": tools}), 400, "unsupported_parameter")
     _error(httpx.post(url, json={**PROMPT, "stop": ["a", "b", "c", "d", "e"]}), 400, "invalid_stop")
     tool = {"model": "ensemble", "messages": [{"role": "tool", "content": "x"}]}
     assert _error(httpx.post(url, json=tool), 400, "invalid_messages")["param"] == "messages.0.role"
@@ -102,16 +103,38 @@ def test_413_too_large(stack):
         _error(chunked, 413, "request_too_large")
 
 
-def test_422_invalid_bodies(stack):
+def test_400_invalid_bodies_and_values(stack):
     url = stack.base_url + "/v1/chat/completions"
-    error = _error(httpx.post(url, json={**PROMPT, "max_tokens": "many"}), 422, "invalid_request")
+    error = _error(httpx.post(url, json={**PROMPT, "max_tokens": "many"}), 400, "invalid_request")
     assert error["param"] == "max_tokens"
-    _error(httpx.post(url, json={**PROMPT, "unknown_field": 1}), 422, "invalid_request")
+    _error(httpx.post(url, json={**PROMPT, "unknown_field": 1}), 400, "invalid_request")
     _error(
         httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}),
-        422,
+        400,
         "invalid_request",
     )
+    # invalid values of OpenAI's and vLLM's fields: 400 with the field as param, on every endpoint
+    bad = {
+        "max_tokens": -1,
+        "n": 9,
+        "temperature": 3,
+        "top_k": -2,
+        "min_p": 2,
+        "repetition_penalty": 0,
+        "presence_penalty": 5,
+    }
+    for endpoint in ("/v1/chat/completions", "/v1/completions", "/v1/loop/completions"):
+        for field, value in bad.items():
+            error = _error(
+                httpx.post(stack.base_url + endpoint, json={**PROMPT, field: value}), 400, "invalid_request"
+            )
+            assert error["param"] == field, (endpoint, field, error)
+    error = _error(httpx.post(url, json={**PROMPT, "logit_bias": {"x": 1}}), 400, "invalid_value")
+    assert error["param"] == "logit_bias"
+    error = _error(httpx.post(url, json={**PROMPT, "logit_bias": {"5": 101}}), 400, "invalid_value")
+    assert error["param"] == "logit_bias"
+    error = _error(httpx.post(url, json={**PROMPT, "max_tokens": 4, "min_tokens": 5}), 400, "invalid_value")
+    assert error["param"] == "min_tokens"
     _error(httpx.post(url, json={**PROMPT, "webhook_url": "http://10.1.2.3/x"}), 422, "webhook_url_forbidden")
 
 
