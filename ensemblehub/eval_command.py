@@ -118,6 +118,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ensemble_core.methods import plan_for
     from ensemble_core.pool import ModelPool
     from ensemble_core.spec import EnsembleSpec
+    from evaluation.report import print_markdown_table
     from evaluation.runner import evaluate, headers, method_rows, single_model_rows
 
     try:
@@ -163,30 +164,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if row.failures:
             print(f"\n{row.label}: {len(row.failures)} failed, e.g. {row.failures[0]}")
     if args.output:
-        with args.output.open("w") as out:
-            for row in results:
-                for r in row.results:
-                    out.write(
-                        json.dumps(
-                            {
-                                "row": row.label,
-                                "item": r.item_id,
-                                "kind": r.kind,
-                                "answer": r.answer,
-                                "correct": r.correct,
-                                "generated_tokens": r.generated_tokens,
-                                "error": r.error,
-                            }
-                        )
-                        + "\n"
-                    )
+        from evaluation.report import write_rows
+
+        write_rows(args.output, results)
     return 0
-
-
-def print_markdown_table(headers: list[str], rows: list[list[object]]) -> None:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells[1:]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")

@@ -72,12 +72,20 @@ def test_eval_prints_singles_oracle_and_methods(tiny_model_dirs, tmp_path):
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[overall].endswith("/3)")
         assert int(cells[header.index("generated tokens")]) > 0
-    written = [json.loads(line) for line in answers.read_text().splitlines()]
+    written = [json.loads(line) for line in answers.read_text().splitlines() if "summary" not in line]
     assert len(written) == 3 * len(labels)
+    # the report over the written answers prints the same table (oracle recomputed)
+    report = subprocess.run(
+        [sys.executable, "-m", "evaluation.report", str(answers)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert report.returncode == 0, report.stderr
+    assert [ln for ln in report.stdout.splitlines() if ln.startswith("|")] == [
+        ln for ln in out.stdout.splitlines() if ln.startswith("|")
+    ]
     # the oracle is right exactly where a member is
     by_row: dict[str, dict[str, bool]] = {}
     for w in written:
-        by_row.setdefault(w["row"], {})[w["item"]] = w["correct"]
+        by_row.setdefault(w["row"], {})[w["item_id"]] = w["correct"]
     for item, right in by_row["oracle (any member right)"].items():
         assert right == (by_row["single: tiny-llama"][item] or by_row["single: tiny-gpt2"][item])
 
