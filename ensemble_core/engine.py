@@ -28,7 +28,7 @@ from ensemble_core.methods import EnsemblePlan, plan_for
 from ensemble_core.pool import ModelPool
 from ensemble_core.ports import GenerationSession, SegmentLimits
 from ensemble_core.result import EnsembleResult, ModelUsage, SegmentEvent, Usage
-from ensemble_core.scorers.combined import CombinedScorer, build_scorer
+from ensemble_core.scorers.combined import CombinedScorer, CopyGuard, build_scorer
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 
 _LENGTH_REASONS = {"max_tokens", "max_rounds"}
@@ -97,7 +97,8 @@ class EnsembleJob:
         return self.sessions[key]
 
     def build_scorer(self, scorer_specs: list[Any]) -> CombinedScorer:
-        return build_scorer(scorer_specs, self, getattr(self.params, "normalization", "zscore"))
+        guard = CopyGuard(threshold=getattr(self.params, "copy_threshold", CopyGuard.threshold))
+        return build_scorer(scorer_specs, self, getattr(self.params, "normalization", "center"), guard)
 
     def member_usage(self, name: str) -> ModelUsage:
         return self.usage.setdefault(name, ModelUsage())

@@ -18,6 +18,9 @@ from typing import Literal, Protocol
 
 from ensemble_core.spec import ChatMessage
 
+# how many of a step's most likely tokens DeepConf's token confidence averages (the paper's k)
+CONFIDENCE_TOP_K = 20
+
 SegmentBoundary = Literal["sentence", "line", "none"]
 CandidateFinish = Literal["boundary", "eos", "length", "stop_string", "boundary_string"]
 
@@ -85,6 +88,11 @@ class Candidate:
 
     ``token_logprobs`` are the untempered log-probabilities the generating model gave each
     generated token (free by-products of decoding, used by the likelihood scorer).
+    ``token_confidence`` (DeepConf's token confidence: minus the mean log-probability of the
+    ``CONFIDENCE_TOP_K`` most likely tokens at that step; high = peaked) and
+    ``token_self_certainty`` (KL(uniform || p) at that step, Kang et al. 2025) are computed
+    from the same untempered distribution while decoding; empty where a backend cannot see it
+    (a remote server that returns no top log-probabilities).
     ``text`` excludes EOS and, for ``stop_string``, everything from the stop string on.
     """
 
@@ -94,6 +102,8 @@ class Candidate:
     finish: CandidateFinish
     stop_string: str | None = None
     trim_accepted: int = 0  # a stop string that began in the accepted text cuts it back this far
+    token_confidence: list[float] = field(default_factory=list)
+    token_self_certainty: list[float] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -184,10 +194,13 @@ class ScoringRequest:
     authors: list[str]  # member name of each candidate
     author_load_keys: list[str] = field(default_factory=list)
     author_logprobs: list[list[float]] = field(default_factory=list)  # the author's own, free
+    author_confidence: list[list[float]] = field(default_factory=list)  # Candidate.token_confidence
+    author_self_certainty: list[list[float]] = field(default_factory=list)
 
 
 class Scorer(Protocol):
-    """Scores candidates; higher is better. Raw scores; the engine normalises per round."""
+    """Scores candidates; higher is better. Raw scores in the scorer's documented unit; the
+    combination (``ensemble_core.scorers.combined``) centres them per round and weights them."""
 
     name: str
 

@@ -55,6 +55,8 @@ class CandidateRecord:
     attempt: int = 0
     score: float | None = None
     raw_scores: dict[str, float] = field(default_factory=dict)
+    copied: float = 0.0  # share of its words copied from the prompt / accepted text (copy guard)
+    vetoed: bool = False  # the copy guard ranked it last
 
     def to_trace(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -70,6 +72,10 @@ class CandidateRecord:
             row["score"] = round(self.score, 4)
         if self.raw_scores:
             row["raw_scores"] = {k: round(v, 4) for k, v in self.raw_scores.items()}
+        if self.copied:
+            row["copied"] = round(self.copied, 4)
+        if self.vetoed:
+            row["vetoed"] = True
         return row
 
 

@@ -1,8 +1,8 @@
 """``best_of_n`` (``aggregation_level: response``): the highest-scored whole answer wins.
 
 Algorithm: every selected member writes ``samples_per_model`` whole answers; the
-configured scorers score all of them at once (each scorer normalised across the candidates,
-then weighted) and the highest wins. Default scorer: likelihood including the author's own
+configured scorers score all of them at once (each scorer centred across the candidates,
+then weighted; the copy guard ranks echoes of the prompt last) and the highest wins. Default scorer: likelihood including the author's own
 log-probabilities (self-certainty; free for the author, one batched pass per other member).
 Reference: best-of-n reranking (e.g. Cobbe et al. 2021 verifiers; Kang et al. 2025
 self-certainty). Cost: the decodes plus one scoring pass per scorer model.
@@ -33,7 +33,13 @@ class ScoredResponseParams(ResponseParams):
         "empty: likelihood under every selected member, the author's own included",
     )
     normalization: Normalization = Field(
-        "zscore", description="normalisation of each scorer across candidates"
+        "center", description="normalisation of each scorer across candidates (center keeps its scale)"
+    )
+    copy_threshold: float = Field(
+        0.8,
+        ge=0.0,
+        description="copy guard: a candidate whose words are this share copied from the prompt "
+        "ranks last (above 1: off)",
     )
 
     @field_validator("scorers")
@@ -51,6 +57,8 @@ def scoring_request(job: LevelJob, records: list[CandidateRecord]) -> ScoringReq
         authors=[r.member.name for r in records],
         author_load_keys=[r.member.load_key for r in records],
         author_logprobs=[list(r.candidate.token_logprobs) for r in records],
+        author_confidence=[list(r.candidate.token_confidence) for r in records],
+        author_self_certainty=[list(r.candidate.token_self_certainty) for r in records],
     )
 
 
@@ -67,8 +75,6 @@ class BestOfNResponseAggregator(ResponseAggregator):
         params = self.params
         assert isinstance(params, ScoredResponseParams)
         scorer = job.build_scorer(params.scorers or DEFAULT_SCORERS)
-        combined, raw_rows = scorer.score_texts(scoring_request(job, records))
-        for record, score, raw in zip(records, combined, raw_rows, strict=True):
-            record.score, record.raw_scores = score, raw
+        scorer.score_round(scoring_request(job, records)).fill(records)
         winner = max(records, key=lambda r: r.score if r.score is not None else float("-inf"))
         return winner, {"scorers": list(scorer.names), "best_score": winner.score}, None, None

@@ -2,8 +2,8 @@
 
 Algorithm: each round every selected member continues the accepted text by one segment
 (members on the same weights are decoded in one batch, different models concurrently); the
-configured scorers score the candidates (each scorer normalised within the round, then
-weighted); the best is appended. When ``score_threshold`` is set and the best candidate's
+configured scorers score the candidates (each scorer centred within the round, then weighted,
+then the copy guard ranks echoes of the prompt or the accepted text last); the best is appended. When ``score_threshold`` is set and the best candidate's
 primary (first scorer's) raw score is below it, the round is resampled up to ``max_resamples``
 times; then the best of all attempts (by primary raw score) is kept and the round's notes say so.
 Reference: the upstream Ensemble-Hub "simple" reward-guided ensemble; reward-guided segment
@@ -35,7 +35,15 @@ class RewardBasedParams(SegmentParams):
         description="scorer configs ({type: likelihood|reward_model|prm|embedding|remote, weight, ...}); "
         "empty: likelihood under the other members",
     )
-    normalization: Normalization = Field("zscore", description="per-round normalisation of each scorer")
+    normalization: Normalization = Field(
+        "center", description="per-round normalisation of each scorer (center keeps its scale)"
+    )
+    copy_threshold: float = Field(
+        0.8,
+        ge=0.0,
+        description="copy guard: a candidate whose words are this share copied from the prompt or "
+        "the accepted text ranks last (above 1: off)",
+    )
     score_threshold: float | None = Field(
         None, description="resample a round whose best primary raw score is below this"
     )
@@ -81,6 +89,8 @@ class RewardSegmentAggregator(SegmentAggregator):
 
 
 def _primary_or_floor(record: CandidateRecord) -> float:
+    if record.vetoed:  # an echo never wins across attempts either
+        return float("-inf")
     primary = _primary(record)
     return primary if primary is not None else float("-inf")
 

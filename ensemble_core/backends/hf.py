@@ -23,7 +23,13 @@ import torch
 from ensemble_core.backends.hf_batching import DecodeBatcher, batchable
 from ensemble_core.backends.hf_loading import from_pretrained, input_device, load_tokenizer
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
-from ensemble_core.backends.sampling import choose_token, end_ids, extend_candidate
+from ensemble_core.backends.sampling import (
+    ConfidenceTrail,
+    choose_token,
+    end_ids,
+    extend_candidate,
+    step_confidence,
+)
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
     Candidate,
@@ -281,6 +287,7 @@ class HFGenerationSession:
         tail = accepted_text[-64:]
         ids: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
+        trails = [ConfidenceTrail() for _ in range(n)]
         results: list[Candidate | None] = [None] * n
         ends = end_ids(gen.eos_ids, limits)
         decode = gen.decoder_for(limits)
@@ -300,6 +307,7 @@ class HFGenerationSession:
                 for row, sampling in enumerate(samplings)
             ]
             logprobs = torch.log_softmax(logits.float(), dim=-1)
+            confidence, certainty = step_confidence(logprobs)
             for row, token in enumerate(chosen):
                 if results[row] is not None:
                     continue
@@ -313,12 +321,14 @@ class HFGenerationSession:
                     accepted_tail=tail,
                     eos_ids=gen.eos_ids,
                     decode=decode,
+                    trail=trails[row],
+                    confidence=(confidence[row], certainty[row]),
                 )
             if all(r is not None for r in results) or step == limits.max_new_tokens - 1:
                 break
             logits = self._forward([[t] for t in chosen])[:, -1, :]
         return [
-            r if r is not None else Candidate(decode(ids[i]), ids[i], logps[i], "length")
+            r if r is not None else trails[i].attach(Candidate(decode(ids[i]), ids[i], logps[i], "length"))
             for i, r in enumerate(results)
         ]
 

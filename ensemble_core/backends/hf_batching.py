@@ -40,7 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ensemble_core.backends.sampling import choose_token, end_ids, extend_candidate
+from ensemble_core.backends.sampling import (
+    ConfidenceTrail,
+    choose_token,
+    end_ids,
+    extend_candidate,
+    step_confidence,
+)
 from ensemble_core.errors import GenerationError
 from ensemble_core.ports import Candidate, Sampling, SegmentLimits
 
@@ -79,6 +85,7 @@ class _Row:
     position: int  # position id of the next token fed
     ids: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
+    trail: ConfidenceTrail = field(default_factory=ConfidenceTrail)
 
 
 def batchable(model_config: Any) -> bool:
@@ -258,15 +265,20 @@ class DecodeBatcher:
         while rows:
             chosen = _sample_rows(logits, rows)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
+            confidence, certainty = step_confidence(logprobs)
             keep: list[int] = []
             sessions_seen: set[int] = set()
             for r, (row, token) in enumerate(zip(rows, chosen, strict=True)):
                 session = row.call.session
                 session.counters.generated += 1
-                finished = self._advance(row, token, float(logprobs[r, token]), tails[id(row.call)])
+                finished = self._advance(
+                    row, token, float(logprobs[r, token]), (confidence[r], certainty[r]), tails[id(row.call)]
+                )
                 if not finished and len(row.ids) >= row.call.limits.max_new_tokens:
                     decode = gen.decoder_for(row.call.limits)
-                    row.call.results[row.index] = Candidate(decode(row.ids), row.ids, row.logps, "length")
+                    row.call.results[row.index] = row.trail.attach(
+                        Candidate(decode(row.ids), row.ids, row.logps, "length")
+                    )
                     finished = True
                 if finished:
                     session.keep_batch_row(row.fed, cache, r, mask[r].nonzero().squeeze(1))
@@ -343,7 +355,9 @@ class DecodeBatcher:
         except RuntimeError as exc:
             raise GenerationError(f"{gen.name}: batched forward pass failed: {exc}") from exc
 
-    def _advance(self, row: _Row, token: int, logprob: float, tail: str) -> bool:
+    def _advance(
+        self, row: _Row, token: int, logprob: float, confidence: tuple[float, float], tail: str
+    ) -> bool:
         """Add ``token`` to ``row``; return whether its candidate ended (result recorded)."""
         gen = self.generator
         candidate = extend_candidate(
@@ -355,6 +369,8 @@ class DecodeBatcher:
             accepted_tail=tail,
             eos_ids=gen.eos_ids,
             decode=gen.decoder_for(row.call.limits),
+            trail=row.trail,
+            confidence=confidence,
         )
         if candidate is None:
             return False

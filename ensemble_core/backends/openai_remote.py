@@ -67,6 +67,7 @@ KNOWN_ENGINE_OPTIONS = frozenset(
 )
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _WORD = re.compile(r"\s*\S+|\s+")  # a word with the spaces before it, like most tokens
+TOP_LOGPROBS = 5
 
 
 class RemoteRejected(GenerationError):
@@ -226,7 +227,8 @@ class OpenAIGenerationSession:
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "seed": self.rng.randrange(2**31),
-            "logprobs": 1,
+            # the top 5 (OpenAI's most for completions) give DeepConf's token confidence
+            "logprobs": TOP_LOGPROBS,
             **_remote_fields(sampling, limits),
         }
         data = self.generator.complete(payload)
@@ -241,17 +243,19 @@ class OpenAIGenerationSession:
         logprobs = choice.get("logprobs") or {}
         tokens = [str(t) for t in (logprobs.get("tokens") or [])]
         values = [float(v) if v is not None else 0.0 for v in (logprobs.get("token_logprobs") or [])]
+        confidence = _token_confidence(logprobs.get("top_logprobs"), len(values))
         if not tokens or "".join(tokens) != text:  # no usable tokens: cut word by word
-            tokens, values = _WORD.findall(text), []
+            tokens, values, confidence = _WORD.findall(text), [], []
             total = int(usage.get("completion_tokens") or self.count_tokens(text))
         else:
             total = len(tokens)
         self.counters.generated += total
         candidate = _cut(tokens, values, total, limits, accepted_text[-64:])
-        if candidate is not None:
-            return candidate
-        finish: CandidateFinish = "eos" if choice.get("finish_reason") == "stop" else "length"
-        return Candidate(text, [-1] * total, values, finish)
+        if candidate is None:
+            finish: CandidateFinish = "eos" if choice.get("finish_reason") == "stop" else "length"
+            candidate = Candidate(text, [-1] * total, values, finish)
+        candidate.token_confidence = confidence[: len(candidate.token_logprobs)]
+        return candidate
 
     def score_continuations(self, accepted_text: str, continuations: list[str]) -> list[ContinuationScore]:
         prefix = self.prompt_text + accepted_text
@@ -341,6 +345,20 @@ def _remote_fields(sampling: Sampling, limits: SegmentLimits) -> dict[str, Any]:
     if limits.stop_token_ids:
         fields["stop_token_ids"] = list(limits.stop_token_ids)
     return fields
+
+
+def _token_confidence(top_logprobs: Any, count: int) -> list[float]:
+    """DeepConf token confidence per token (minus the mean of the returned top log-probabilities);
+    empty when the server sent no top log-probabilities for every token."""
+    if not isinstance(top_logprobs, list) or len(top_logprobs) != count:
+        return []
+    out = []
+    for entry in top_logprobs:
+        if not isinstance(entry, dict) or not entry:
+            return []
+        values = [float(v) for v in entry.values() if v is not None]
+        out.append(-sum(values) / len(values) if values else 0.0)
+    return out
 
 
 def _cut(

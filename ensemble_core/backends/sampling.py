@@ -5,11 +5,13 @@ end it)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Container, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from ensemble_core.ports import Candidate, Sampling, SegmentLimits
+from ensemble_core.ports import CONFIDENCE_TOP_K, Candidate, Sampling, SegmentLimits
 from ensemble_core.segment_text import check_candidate
 
 
@@ -112,6 +114,32 @@ def end_ids(eos_ids: Collection[int], limits: SegmentLimits) -> set[int]:
     return set(eos_ids) | set(limits.stop_token_ids)
 
 
+@dataclass
+class ConfidenceTrail:
+    """A candidate's per-token confidence numbers so far (see ``step_confidence``)."""
+
+    confidence: list[float] = field(default_factory=list)
+    self_certainty: list[float] = field(default_factory=list)
+
+    def attach(self, candidate: Candidate) -> Candidate:
+        candidate.token_confidence = self.confidence
+        candidate.token_self_certainty = self.self_certainty
+        return candidate
+
+
+def step_confidence(logprobs: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per row of untempered next-token log-probabilities [rows, vocab]: DeepConf's token
+    confidence (minus the mean of the top-``CONFIDENCE_TOP_K`` log-probabilities) and the
+    self-certainty KL(uniform || p) = -log V - mean_j log p_j. Two reductions over the
+    distribution decoding computed anyway: no extra forward pass."""
+    vocab = logprobs.shape[-1]
+    k = min(CONFIDENCE_TOP_K, vocab)
+    confidence = -logprobs.topk(k, dim=-1).values.mean(dim=-1)
+    # masked vocabulary entries are -inf: floor them so one masked id does not make it infinite
+    certainty = -logprobs.clamp(min=-1e4).mean(dim=-1) - math.log(vocab)
+    return [float(v) for v in confidence], [float(v) for v in certainty]
+
+
 def extend_candidate(
     ids: list[int],
     logps: list[float],
@@ -122,19 +150,25 @@ def extend_candidate(
     accepted_tail: str,
     eos_ids: Container[int],
     decode: Callable[[list[int]], str],
+    trail: ConfidenceTrail | None = None,
+    confidence: tuple[float, float] = (math.nan, math.nan),
 ) -> Candidate | None:
-    """Add ``token`` to a candidate's ``ids``/``logps``; return the finished candidate when this
-    token ends the segment (EOS or a stop token id, boundary, stop string, length), else None.
+    """Add ``token`` to a candidate's ``ids``/``logps`` (and its ``(token confidence,
+    self-certainty)`` to ``trail``); return the finished candidate when this token ends the
+    segment (EOS or a stop token id, boundary, stop string, length), else None.
     ``ignore_eos`` keeps decoding past the model's EOS but not past a requested stop token."""
+    trail = trail if trail is not None else ConfidenceTrail()
     if token in limits.stop_token_ids or (token in eos_ids and not limits.ignore_eos):
-        return Candidate(decode(ids), ids, logps, "eos")
+        return trail.attach(Candidate(decode(ids), ids, logps, "eos"))
     ids.append(token)
     logps.append(logprob)
+    trail.confidence.append(confidence[0])
+    trail.self_certainty.append(confidence[1])
     text = decode(ids)
     finish, stop = check_candidate(text, len(ids), limits, accepted_tail)
     if finish is None:
         return None
-    candidate = Candidate(text, ids, logps, finish)
+    candidate = trail.attach(Candidate(text, ids, logps, finish))
     if stop is not None:
         candidate.text = text[: stop.keep_chars]
         candidate.stop_string = stop.string

@@ -44,7 +44,9 @@ from ensemble_core.backends.hf_loading import load_tokenizer
 from ensemble_core.bundled import resolve_model_path
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
+    CONFIDENCE_TOP_K,
     Candidate,
+    CandidateFinish,
     ContinuationScore,
     PromptStatistics,
     Sampling,
@@ -132,9 +134,12 @@ class VLLMEngine:
 
 def _plain(output: Any) -> dict[str, Any]:
     completion = output.outputs[0]
-    sampled = []
+    sampled, confidence = [], []
     for token, entry in zip(completion.token_ids, completion.logprobs or [], strict=False):
         sampled.append(float(entry[token].logprob) if token in entry else math.nan)
+        # DeepConf token confidence from the top-k entries (vLLM adds the sampled one if outside)
+        ranked = sorted((float(e.logprob) for e in entry.values()), reverse=True)[:CONFIDENCE_TOP_K]
+        confidence.append(-sum(ranked) / len(ranked) if ranked else math.nan)
     prompt: list[tuple[float, float] | None] | None = None
     if output.prompt_logprobs is not None:
         prompt = []
@@ -147,6 +152,7 @@ def _plain(output: Any) -> dict[str, Any]:
     return {
         "token_ids": list(completion.token_ids),
         "logprobs": sampled,
+        "confidence": confidence,
         "finish_reason": completion.finish_reason,
         "stop_reason": completion.stop_reason,
         "prompt_logprobs": prompt,
@@ -338,6 +344,7 @@ class VLLMGenerationSession:
         tail = accepted_text[-64:]
         ids: list[list[int]] = [[] for _ in samplings]
         logps: list[list[float]] = [[] for _ in samplings]
+        confs: list[list[float]] = [[] for _ in samplings]
         done: list[Candidate | None] = [None] * len(samplings)
         chunk = (
             limits.max_new_tokens
@@ -354,7 +361,7 @@ class VLLMGenerationSession:
                     "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
                     "max_tokens": min(chunk, limits.max_new_tokens - len(ids[i])),
                     "seed": self.rng.randrange(2**31),
-                    "logprobs": 0,
+                    "logprobs": CONFIDENCE_TOP_K,  # the top k give DeepConf's token confidence
                     "stop_token_ids": sorted(gen.eos_ids | set(limits.stop_token_ids)),
                     "ignore_eos": _ignore_eos(limits),
                     **_sampling_fields(sampling),
@@ -363,30 +370,42 @@ class VLLMGenerationSession:
                     params["min_tokens"] = limits.eos_after - len(ids[i])
                 requests.append({"prompt_token_ids": base + ids[i], "params": params})
             for i, result in zip(active, self._run(requests), strict=True):
-                done[i] = self._extend(ids[i], logps[i], result, limits, tail)
+                done[i] = self._extend(ids[i], logps[i], confs[i], result, limits, tail)
         return [c for c in done if c is not None]
 
     def _extend(
-        self, ids: list[int], logps: list[float], result: dict[str, Any], limits: SegmentLimits, tail: str
+        self,
+        ids: list[int],
+        logps: list[float],
+        confs: list[float],
+        result: dict[str, Any],
+        limits: SegmentLimits,
+        tail: str,
     ) -> Candidate | None:
         gen = self.generator
-        for token, logprob in zip(result["token_ids"], result["logprobs"], strict=False):
+
+        def candidate(text: str, finish: CandidateFinish) -> Candidate:
+            return Candidate(text, list(ids), list(logps), finish, token_confidence=list(confs))
+
+        confidence = result.get("confidence") or []
+        for j, (token, logprob) in enumerate(zip(result["token_ids"], result["logprobs"], strict=False)):
             self.counters.generated += 1
             if token in limits.stop_token_ids or (token in gen.eos_ids and not _ignore_eos(limits)):
-                return Candidate(gen.decode(ids, limits.skip_special_tokens), list(ids), list(logps), "eos")
+                return candidate(gen.decode(ids, limits.skip_special_tokens), "eos")
             ids.append(token)
             logps.append(logprob)
+            confs.append(confidence[j] if j < len(confidence) else math.nan)
             text = gen.decode(ids, limits.skip_special_tokens)
             finish, stop = check_candidate(text, len(ids), limits, tail)
             if finish is not None:
-                candidate = Candidate(text, list(ids), list(logps), finish)
+                found = candidate(text, finish)
                 if stop is not None:
-                    candidate.text = text[: stop.keep_chars]
-                    candidate.stop_string = stop.string
-                    candidate.trim_accepted = stop.trim_accepted
-                return candidate
+                    found.text = text[: stop.keep_chars]
+                    found.stop_string = stop.string
+                    found.trim_accepted = stop.trim_accepted
+                return found
         if result["finish_reason"] == "stop" and not _ignore_eos(limits):  # EOS not among the ids
-            return Candidate(gen.decode(ids), list(ids), list(logps), "eos")
+            return candidate(gen.decode(ids), "eos")
         return None  # chunk used up without an end: decode the next chunk
 
     def _prompt_logprobs(self, prompts: list[list[int]], top: bool) -> list[list[tuple[float, float] | None]]:

@@ -1,22 +1,29 @@
-"""Several scorers as one: raw scores per scorer, normalised within the round, then weighted.
+"""Several scorers as one: raw scores per scorer, centred within the round, weighted, guarded.
 
-Raw scores of different scorers live on different scales (a reward logit, a mean
-log-probability, a cosine), so adding them raw lets one scorer dominate by accident. Each
-scorer's scores are normalised across the round's candidates first (``zscore`` by default;
-``minmax``, ``rank`` or ``none``), then summed with the configured weights. The first scorer is
-the primary one: ``score_threshold`` compares its raw score.
+Raw scores of different scorers live in different units (nats per byte, a reward logit, a
+share in [0, 1]); each scorer documents its unit and its weight is chosen knowing it. The
+default ``center`` normalisation subtracts the round mean of each scorer and keeps the scale,
+so a scorer that is barely sure moves the decision barely, and one that sees a large gap moves
+it much. (Per-round ``zscore``, the old default, maps any gap between two candidates, tiny or
+huge, to +/-1 and so erases how sure a scorer is; ``zscore``, ``minmax``, ``rank`` and ``none``
+remain for configs that name them.) Then the copy guard (``copy_guard``) ranks every echo of
+the question or of the accepted text, and every empty first answer, below the other candidates,
+whatever the scorers said. The trace keeps each scorer's raw numbers and the copied share.
+The first scorer is the primary one: ``score_threshold`` compares its raw score.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ensemble_core.lazy_import import load_object
 from ensemble_core.members import Member
 from ensemble_core.ports import GenerationSession, Scorer, ScoringRequest
 from ensemble_core.scorers import SCORER_IMPLEMENTATIONS
+from ensemble_core.scorers.copy_guard import CopyGuard, user_sources
 from ensemble_core.scorers.specs import LikelihoodScorerSpec, Normalization, parse_scorer_specs
 from ensemble_core.spec import GenerationRequest
 
@@ -24,7 +31,7 @@ if TYPE_CHECKING:
     from ensemble_core.aggregation.base import CandidateRecord
     from ensemble_core.pool import ModelPool
 
-__all__ = ["CombinedScorer", "build_scorer", "normalise", "parse_scorer_specs"]
+__all__ = ["CombinedScorer", "CopyGuard", "build_scorer", "normalise", "parse_scorer_specs"]
 
 
 class ScorerHost(Protocol):
@@ -44,6 +51,9 @@ def normalise(values: list[float], method: Normalization) -> list[float]:
     """Put one scorer's scores of one round on a common scale."""
     if method == "none" or len(values) < 2:
         return [0.0 if method != "none" else v for v in values]
+    if method == "center":
+        mean = sum(values) / len(values)
+        return [v - mean for v in values]
     if method == "rank":
         order = sorted(range(len(values)), key=lambda i: values[i])
         ranks = [0.0] * len(values)
@@ -59,10 +69,30 @@ def normalise(values: list[float], method: Normalization) -> list[float]:
     return [(v - mean) / std if std > 0 else 0.0 for v in values]
 
 
+@dataclass
+class ScoredRound:
+    combined: list[float]
+    raw: list[dict[str, float]]
+    copied: list[float]
+    vetoed: list[bool]
+
+    def fill(self, records: list[CandidateRecord]) -> None:
+        """Write the scores and the copy guard's verdict onto the round's records."""
+        for i, record in enumerate(records):
+            record.score, record.raw_scores = self.combined[i], self.raw[i]
+            record.copied, record.vetoed = self.copied[i], self.vetoed[i]
+
+
 class CombinedScorer:
-    def __init__(self, parts: list[tuple[Any, Scorer]], normalization: Normalization) -> None:
+    def __init__(
+        self,
+        parts: list[tuple[Any, Scorer]],
+        normalization: Normalization,
+        guard: CopyGuard | None = None,
+    ) -> None:
         self.parts = parts
         self.normalization = normalization
+        self.guard = guard or CopyGuard()
         self.names: list[str] = []
         for _spec, scorer in parts:
             name = scorer.name
@@ -71,7 +101,12 @@ class CombinedScorer:
             self.names.append(name)
 
     def score_texts(self, request: ScoringRequest) -> tuple[list[float], list[dict[str, float]]]:
-        """Combined (normalised, weighted) scores and the raw scores per scorer."""
+        """Combined (normalised, weighted, guarded) scores and the raw scores per scorer."""
+        scored = self.score_round(request)
+        return scored.combined, scored.raw
+
+    def score_round(self, request: ScoringRequest) -> ScoredRound:
+        """Combined scores, raw scores per scorer, and the copy guard's verdict per candidate."""
         n = len(request.candidates)
         combined = [0.0] * n
         raw_rows: list[dict[str, float]] = [{} for _ in range(n)]
@@ -84,11 +119,15 @@ class CombinedScorer:
                 row[name] = value
             for i, value in enumerate(normalise(raw, self.normalization)):
                 combined[i] += spec.weight * value
-        if self.normalization == "none" or n == 1:
+        if n == 1 and self.parts:
             # a single candidate: keep the primary raw score so thresholds still mean something
-            if n == 1 and self.parts:
-                combined = [raw_rows[0][self.names[0]]]
-        return combined, raw_rows
+            combined = [raw_rows[0][self.names[0]]]
+        sources = user_sources(request.messages)
+        checks = [self.guard.check(text, sources, request.accepted_text) for text in request.candidates]
+        vetoed = [veto for _, veto in checks]
+        return ScoredRound(
+            self.guard.rank_last(combined, vetoed), raw_rows, [copied for copied, _ in checks], vetoed
+        )
 
     def score_records(
         self, request: GenerationRequest, accepted_text: str, records: list[CandidateRecord]
@@ -100,11 +139,10 @@ class CombinedScorer:
             authors=[r.member.name for r in records],
             author_load_keys=[r.member.load_key for r in records],
             author_logprobs=[list(r.candidate.token_logprobs) for r in records],
+            author_confidence=[list(r.candidate.token_confidence) for r in records],
+            author_self_certainty=[list(r.candidate.token_self_certainty) for r in records],
         )
-        combined, raw_rows = self.score_texts(scoring)
-        for record, score, raw in zip(records, combined, raw_rows, strict=True):
-            record.score = score
-            record.raw_scores = raw
+        self.score_round(scoring).fill(records)
 
     def primary_raw(self, record: CandidateRecord) -> float | None:
         if not self.names or self.names[0] not in record.raw_scores:
@@ -123,11 +161,14 @@ class CombinedScorer:
 
 
 def build_scorer(
-    raw_specs: list[Any], host: ScorerHost, normalization: Normalization = "zscore"
+    raw_specs: list[Any],
+    host: ScorerHost,
+    normalization: Normalization = "center",
+    guard: CopyGuard | None = None,
 ) -> CombinedScorer:
     specs = parse_scorer_specs(raw_specs) if raw_specs else [LikelihoodScorerSpec.model_validate({})]
     parts: list[tuple[Any, Scorer]] = []
     for spec in specs:
         cls = load_object(SCORER_IMPLEMENTATIONS[spec.type])
         parts.append((spec, cls(spec, host)))
-    return CombinedScorer(parts, normalization)
+    return CombinedScorer(parts, normalization, guard)

@@ -1,8 +1,10 @@
 """Scorer configurations (the items of ``aggregation_params.scorers``), validated like methods.
 
 Each item names its ``type``; unknown types or fields fail validation with the valid names.
-Scores of different scorers live on different scales, so the engine normalises each scorer's
-scores within a round (``normalization``) before adding them with their ``weight``.
+Each scorer reports raw scores in a documented unit (log-likelihoods and PMI in nats per byte
+of the candidate's UTF-8 text, agreement in [0, 1], confidence in nats); the combination
+centres each scorer's scores within a round (``normalization: center``, the default), keeping
+its scale, and adds them with their ``weight``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ensemble_core.errors import ConfigError
+
+LikelihoodUnit = Literal["byte", "char", "token"]
 
 
 class _ScorerSpec(BaseModel):
@@ -31,6 +35,58 @@ class LikelihoodScorerSpec(_ScorerSpec):
     include_own: bool = Field(
         False, description="let a model score its own candidate (free: logprobs from decoding)"
     )
+    unit: LikelihoodUnit = Field(
+        "byte",
+        description="byte: total log-probability per UTF-8 byte (one scale across tokenizers); "
+        "char: per character; token: mean per token (the old, tokenizer-dependent number)",
+    )
+
+
+class PmiScorerSpec(_ScorerSpec):
+    """Pointwise mutual information: log p(candidate | question) - log p(candidate | neutral prompt)."""
+
+    type: Literal["pmi"] = "pmi"
+    models: list[str] | None = Field(
+        None, description="member names or model paths; None: every selected member (authors included)"
+    )
+    neutral_prompt: str = Field(
+        "Answer:", description="the user message that replaces the question for the unconditional term"
+    )
+    unit: LikelihoodUnit = Field("byte", description="byte, char or token (as for likelihood)")
+
+
+class AgreementScorerSpec(_ScorerSpec):
+    """Agreement with the other candidates: same extracted answer, else word overlap (F1)."""
+
+    type: Literal["agreement"] = "agreement"
+    mode: Literal["auto", "answer", "words"] = Field(
+        "auto",
+        description="answer: 1 when the extracted final answers match; words: word-overlap F1; "
+        "auto: answers where both have one, else words",
+    )
+    other_authors_only: bool = Field(
+        False, description="count only candidates of other members (not the author's own samples)"
+    )
+
+
+class ConfidenceScorerSpec(_ScorerSpec):
+    """DeepConf trace confidence of the author's own decoding (free: no forward pass)."""
+
+    type: Literal["confidence"] = "confidence"
+    window: int = Field(
+        16, ge=1, description="tokens per sliding window; the trace confidence is the lowest window mean"
+    )
+    reduce: Literal["lowest_window", "mean", "tail"] = Field(
+        "lowest_window",
+        description="lowest_window: weakest stretch (DeepConf lowest group); mean: all tokens; "
+        "tail: the last window",
+    )
+
+
+class SelfCertaintyScorerSpec(_ScorerSpec):
+    """Self-certainty: mean KL(uniform || p) over the author's own decoding steps (free)."""
+
+    type: Literal["self_certainty"] = "self_certainty"
 
 
 class RewardModelScorerSpec(_ScorerSpec):
@@ -80,6 +136,10 @@ class RemoteScorerSpec(_ScorerSpec):
 
 ScorerSpec = Annotated[
     LikelihoodScorerSpec
+    | PmiScorerSpec
+    | AgreementScorerSpec
+    | ConfidenceScorerSpec
+    | SelfCertaintyScorerSpec
     | RewardModelScorerSpec
     | ProcessRewardScorerSpec
     | EmbeddingScorerSpec
@@ -87,11 +147,17 @@ ScorerSpec = Annotated[
     Field(discriminator="type"),
 ]
 
-Normalization = Literal["zscore", "minmax", "rank", "none"]
+# center (default): minus the round mean, scale kept; zscore/minmax/rank erase the scale (a gap of
+# 0.01 and of 10 both become +/-1 with two candidates) and are kept for old configs
+Normalization = Literal["center", "zscore", "minmax", "rank", "none"]
 
 _SPEC_LIST = TypeAdapter(list[ScorerSpec])
 _SPEC_TYPES: dict[str, type[BaseModel]] = {
     "likelihood": LikelihoodScorerSpec,
+    "pmi": PmiScorerSpec,
+    "agreement": AgreementScorerSpec,
+    "confidence": ConfidenceScorerSpec,
+    "self_certainty": SelfCertaintyScorerSpec,
     "reward_model": RewardModelScorerSpec,
     "prm": ProcessRewardScorerSpec,
     "embedding": EmbeddingScorerSpec,

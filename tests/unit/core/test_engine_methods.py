@@ -226,7 +226,12 @@ def test_members_on_the_same_weights_decode_in_one_batch(pool: ModelPool, tiny_d
         "ensemble_method": "reward_based",
         "score_threshold": None,
         "max_rounds": 3,
-        "aggregation_params": {"scorers": [{"type": "likelihood", "include_own": True}]},
+        # per-token own likelihood and no copy guard: the greedy member always wins, so the
+        # accepted text is the same on both paths and the cold candidates can be compared
+        "aggregation_params": {
+            "scorers": [{"type": "likelihood", "include_own": True, "unit": "token"}],
+            "copy_threshold": 2.0,
+        },
     }
     batched = _run(pool, same, **kwargs)
     apart = _run(

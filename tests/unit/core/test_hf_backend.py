@@ -202,3 +202,20 @@ def test_sliding_window_cache_crops_past_the_window(tmp_path: Path) -> None:
     assert len(target) > 60
     with torch.inference_mode():
         torch.testing.assert_close(reuse._prefill(target), naive._prefill(target), atol=1e-4, rtol=1e-4)
+
+
+def test_candidates_carry_deepconf_confidence_and_self_certainty(tiny: HFTextGenerator) -> None:
+    """Computed while decoding from the untempered distribution; checked against a full forward."""
+    session = tiny.open_session(MESSAGES, seed=3)
+    candidate = session.generate("", [HOT], SegmentLimits(max_new_tokens=6, boundary="none"))[0]
+    assert len(candidate.token_confidence) == len(candidate.token_self_certainty) == candidate.num_tokens
+    full = tiny.encode(session.prompt_text) + candidate.token_ids
+    start = len(full) - candidate.num_tokens
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(tiny.model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+    for step in range(candidate.num_tokens):
+        row = logprobs[start + step - 1]
+        assert candidate.token_confidence[step] == pytest.approx(float(-row.topk(20).values.mean()), abs=1e-3)
+        kl_uniform = float(-row.mean() - torch.log(torch.tensor(float(row.numel()))))
+        assert candidate.token_self_certainty[step] == pytest.approx(kl_uniform, abs=1e-3)
+        assert candidate.token_confidence[step] > 0 and candidate.token_self_certainty[step] >= 0

@@ -83,6 +83,10 @@ def test_concurrent_sessions_share_waves_and_match_decoding_alone(
             # padding changes float rounding only: the seeded draws pick the same tokens
             assert b.token_ids == a.token_ids
             assert b.token_logprobs == pytest.approx(a.token_logprobs, abs=1e-4)
+            # the confidence numbers come from the batch's own distributions, as on the direct path
+            assert b.token_confidence == pytest.approx(a.token_confidence, abs=1e-3)
+            assert b.token_self_certainty == pytest.approx(a.token_self_certainty, abs=1e-3)
+            assert len(b.token_confidence) == b.num_tokens
             assert b.finish == a.finish
         # the second round reused the candidate row kept from the batch: no re-prefill of it
         assert batched_prefilled == solo_prefilled

@@ -101,6 +101,10 @@ def test_list_methods_is_json_with_schemas() -> None:
     assert [lv["name"] for lv in methods["levels"]] == ["sentence", "token", "response"]
     assert {s["name"] for s in methods["scorers"]} == {
         "likelihood",
+        "pmi",
+        "agreement",
+        "confidence",
+        "self_certainty",
         "reward_model",
         "prm",
         "embedding",
