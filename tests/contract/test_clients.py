@@ -1,0 +1,264 @@
+"""Widely used clients, unchanged, against the live stack (real API, worker, Postgres, Redis):
+the openai SDK, langchain-openai, litellm and lm-evaluation-harness.
+
+The stack serves tiny random models, whose free text means nothing; so that every call can
+assert its content, most calls force it with ``logit_bias`` (a token id of the member's own
+vocabulary, +100): greedy decoding then writes that token ``max_tokens`` times, and the exact
+text proves the field went through the client, the API, the queue and the decoder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.usefixtures("show_logs_on_failure")
+
+# litellm reads its model price list from the network unless told to use its bundled copy
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+MEMBER = "tiny-llama"
+TOKENS = 4
+
+
+@pytest.fixture(scope="module")
+def forced(tiny_model_dirs) -> tuple[str, dict[str, int]]:  # type: ignore[no-untyped-def]
+    """The text greedy decoding writes under the bias, and the bias (token id -> +100)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"])
+    ids = tokenizer("a", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 1
+    return "a" * TOKENS, {str(ids[0]): 100}
+
+
+@pytest.fixture(scope="module")
+def client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+# ---------------------------------------------------------------- openai
+
+
+def test_openai_logit_bias_and_vllm_fields_reach_the_decoder(client, forced):
+    text, bias = forced
+    chat = client.chat.completions.create(
+        model=MEMBER,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=TOKENS,
+        temperature=0,
+        logit_bias=bias,
+        extra_body={"top_k": 5, "min_p": 0.0, "repetition_penalty": 1.0},
+    )
+    assert chat.choices[0].message.content == text
+    legacy = client.completions.create(
+        model=MEMBER, prompt="Hi", max_tokens=TOKENS, temperature=0, logit_bias=bias
+    )
+    assert legacy.choices[0].text == text
+    # min_tokens holds EOS back: with EOS forced, the answer is exactly min_tokens long
+    eos = {"2": 100}  # <|im_end|>, the tiny models' EOS (SPECIAL_TOKENS[2])
+    held = client.completions.create(
+        model=MEMBER,
+        prompt="Hi",
+        max_tokens=12,
+        temperature=0,
+        logit_bias=eos,
+        extra_body={"min_tokens": 3},
+    )
+    assert held.usage.completion_tokens == 3 and held.choices[0].finish_reason == "stop"
+
+
+def test_openai_n_and_seeds(client):
+    body = {"model": MEMBER, "messages": [{"role": "user", "content": "Tell me"}], "max_tokens": 6}
+    fresh = client.chat.completions.create(**body, n=3, temperature=1.2)
+    texts = [c.message.content for c in fresh.choices]
+    assert [c.index for c in fresh.choices] == [0, 1, 2]
+    assert len(set(texts)) > 1, "no seed: each choice gets its own randomness"
+    again = client.chat.completions.create(**body, temperature=1.2)
+    assert again.choices[0].message.content not in texts or len(set(texts)) == 3
+    seeded = [
+        client.chat.completions.create(**body, temperature=1.2, seed=11).choices[0].message.content
+        for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1], "a seed replays"
+    greedy = [
+        client.chat.completions.create(**body, temperature=0).choices[0].message.content for _ in range(2)
+    ]
+    assert greedy[0] == greedy[1]
+
+
+def test_openai_stream_delivers_the_forced_text(client, forced):
+    text, bias = forced
+    stream = client.chat.completions.create(
+        model=MEMBER,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=TOKENS,
+        temperature=0,
+        logit_bias=bias,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == text
+
+
+def test_openai_invalid_values_are_bad_requests(client):
+    for kwargs in ({"max_tokens": -1}, {"n": 9}, {"extra_body": {"top_k": -5}}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model=MEMBER, messages=[{"role": "user", "content": "Hi"}], **kwargs
+            )
+        param = next(iter(kwargs)) if "extra_body" not in kwargs else "top_k"
+        assert caught.value.body["param"] == param
+
+
+# ---------------------------------------------------------------- langchain-openai
+
+
+def test_langchain_chat_invoke_and_stream(stack, forced):
+    from langchain_openai import ChatOpenAI
+
+    text, bias = forced
+    llm = ChatOpenAI(
+        model=MEMBER,
+        base_url=stack.base_url + "/v1",
+        api_key="unused",
+        temperature=0,
+        max_tokens=TOKENS,
+        logit_bias={int(k): v for k, v in bias.items()},
+        max_retries=0,
+        # fields with no meaning here that langchain may send are accepted and ignored
+        extra_body={"parallel_tool_calls": False, "store": False, "service_tier": "auto"},
+    )
+    assert llm.invoke("Hi").content == text
+    assert "".join(str(chunk.content) for chunk in llm.stream("Hi")) == text
+
+
+def test_langchain_completions_batch(stack, forced):
+    from langchain_openai import OpenAI
+
+    text, bias = forced
+    # batch_size=1: one prompt per request (packing several needs prompt lists)
+    llm = OpenAI(
+        model=MEMBER,
+        base_url=stack.base_url + "/v1",
+        api_key="unused",
+        temperature=0,
+        max_tokens=TOKENS,
+        logit_bias=dict(bias),
+        batch_size=1,
+        max_retries=0,
+    )
+    assert llm.batch(["Hi", "Hello", "Hey"]) == [text] * 3
+
+
+# ---------------------------------------------------------------- litellm
+
+
+def test_litellm_completion_stream_and_text_completion(stack, forced):
+    import litellm
+
+    text, bias = forced
+    common = {
+        "api_base": stack.base_url + "/v1",
+        "api_key": "unused",
+        "max_tokens": TOKENS,
+        "temperature": 0,
+        "logit_bias": bias,
+    }
+    messages = [{"role": "user", "content": "Hi"}]
+    answer = litellm.completion(model=f"openai/{MEMBER}", messages=messages, **common)
+    assert answer.choices[0].message.content == text
+    stream = litellm.completion(model=f"openai/{MEMBER}", messages=messages, stream=True, **common)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == text
+    legacy = litellm.text_completion(model=f"text-completion-openai/{MEMBER}", prompt="Hi", **common)
+    assert legacy.choices[0].text == text
+
+
+# ---------------------------------------------------------------- lm-evaluation-harness
+
+
+def _lm_eval_task(directory: Path, bias: dict[str, int], target: str) -> str:
+    """A local generate_until task (JSONL items, exact match), forced to ``target``."""
+    import json
+
+    items = directory / "items.jsonl"
+    items.write_text(
+        "".join(json.dumps({"question": f"Q{i}: say a", "answer": target}) + "\n" for i in range(3))
+    )
+    bias_yaml = ", ".join(f'"{k}": {v}' for k, v in bias.items())
+    (directory / "ehub_gen.yaml").write_text(
+        "task: ehub_gen\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {items}\n"
+        "test_split: test\n"
+        "output_type: generate_until\n"
+        'doc_to_text: "{{question}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        "generation_kwargs:\n"
+        '  until: ["\\n"]\n'
+        f"  max_gen_toks: {TOKENS}\n"
+        "  do_sample: false\n"
+        f"  logit_bias: {{{bias_yaml}}}\n"
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    return "ehub_gen"
+
+
+@pytest.mark.parametrize("lm_eval_model", ["local-completions", "local-chat-completions"])
+def test_lm_eval_generate_until_on_a_local_task(stack, forced, tmp_path, lm_eval_model):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    text, bias = forced
+    task = _lm_eval_task(tmp_path, bias, text)
+    endpoint = "/v1/completions" if lm_eval_model == "local-completions" else "/v1/chat/completions"
+    results = simple_evaluate(
+        model=lm_eval_model,
+        model_args={
+            "model": MEMBER,
+            "base_url": stack.base_url + endpoint,
+            "tokenizer_backend": None,
+            "tokenized_requests": False,
+            "num_concurrent": 1,
+            "max_retries": 1,
+        },
+        tasks=[task],
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+        apply_chat_template=lm_eval_model == "local-chat-completions",
+        log_samples=True,
+    )
+    assert results is not None
+    samples = results["samples"][task]
+    assert [s["resps"][0][0] for s in samples] == [text] * 3
+    assert results["results"][task]["exact_match,none"] == 1.0
+
+
+def test_lm_eval_generate_until_through_the_ensemble(stack, tmp_path):
+    """The ensemble answers lm-eval too (free text of random models: the responses are the
+    jobs' answers, whatever they say)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    task = _lm_eval_task(tmp_path, {}, "a")
+    results = simple_evaluate(
+        model="local-completions",
+        model_args={
+            "model": "ensemble",
+            "base_url": stack.base_url + "/v1/completions",
+            "tokenizer_backend": None,
+            "tokenized_requests": False,
+            "max_retries": 1,
+        },
+        tasks=[task],
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+        log_samples=True,
+    )
+    assert results is not None
+    responses = [s["resps"][0][0] for s in results["samples"][task]]
+    assert len(responses) == 3
+    jobs = httpx.get(stack.base_url + "/v1/jobs", params={"limit": 50}).json()["data"]
+    answered = {j.get("result", {}).get("text") for j in jobs if j.get("result")}
+    assert all(r in answered for r in responses)
