@@ -2,7 +2,8 @@
 
 Loads each member model in this process, runs one forward pass per prompt (a text file, one
 prompt per line, or JSONL with a ``prompt``/``input``/``question`` field), and prints the
-per-model mean/std of perplexity and top-1 confidence. With ``--apply`` it stores them in a
+per-model mean/std of perplexity and top-1 confidence (with ``--answer-tokens N`` also of the
+DeepConf confidence of greedy answers, which ``cascade`` uses as its threshold). With ``--apply`` it stores them in a
 new config version (``model_selection_params.reference_stats``, with ``zscore`` as the
 default selector) through the running service.
 """
@@ -21,6 +22,13 @@ def add_calibrate_command(sub: argparse._SubParsersAction) -> None:  # type: ign
     p.add_argument("prompts", type=Path, help="one prompt per line, or JSONL with prompt/input/question")
     p.add_argument(
         "--model_specs", default=None, help="as for the API (default: the service's current config)"
+    )
+    p.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=0,
+        help="also answer each prompt greedily (at most N tokens) and store the answers' DeepConf "
+        "confidence (answer_confidence: zscore's answer_confidence_weight, cascade's threshold)",
     )
     p.add_argument("--apply", action="store_true", help="store the statistics as a new config version")
     p.add_argument("--url", default=None)
@@ -58,7 +66,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             specs = parse_model_specs(args.model_specs)
         else:
             specs = [_spec(m) for m in _call(client, "GET", "/v1/ensemble/config")["model_specs"]]
-        stats = calibrate(specs, prompts, ModelPool())
+        stats = calibrate(specs, prompts, ModelPool(), answer_tokens=max(args.answer_tokens, 0))
         print(json.dumps(stats, indent=2))
         if args.apply:
             current = _call(client, "GET", "/v1/ensemble/config")["default_ensemble_config"]

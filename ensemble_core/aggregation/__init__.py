@@ -64,6 +64,18 @@ RESPONSE_AGGREGATORS = MethodTable(
             "the whole answer with the highest scorer score wins",
         ),
         MethodEntry(
+            "deepconf_vote",
+            "ensemble_core.aggregation.response_confidence_vote:ConfidenceVoteResponseAggregator",
+            "DeepConf: the most confident whole answers vote, each weighted by its trace confidence",
+            aliases=("confidence_vote",),
+        ),
+        MethodEntry(
+            "cascade",
+            "ensemble_core.aggregation.response_cascade:CascadeResponseAggregator",
+            "the cheapest member answers; the next runs only when it is unsure or its samples disagree",
+            aliases=("agreement_cascade",),
+        ),
+        MethodEntry(
             "llm_blender",
             "ensemble_core.aggregation.response_blender:LLMBlenderResponseAggregator",
             "pairwise ranking of whole answers by the scorers, optionally fused by a fuser model",

@@ -2,8 +2,10 @@
 
 Each selected member writes ``samples_per_model`` whole answers to the prompt (members on the
 same weights are decoded in one batch, different models concurrently); a method then picks
-one (``majority_vote``, ``best_of_n``, ``llm_blender``). Every candidate is in the trace with
-its extracted final answer and, where the method scores, its score.
+one (``majority_vote``, ``best_of_n``, ``llm_blender``, ``deepconf_vote``, ``cascade``). The
+copy guard marks every candidate that copies the prompt (``copy_threshold``): it neither votes
+nor wins while another candidate does not copy. Every candidate is in the trace with its
+extracted final answer and, where the method scores, its score.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ensemble_core.aggregation.level_base import LevelAggregator, LevelJob, Leve
 from ensemble_core.answer_extraction import AnswerFormat, ExtractedAnswer, extract_answer
 from ensemble_core.members import Member, segment_limits
 from ensemble_core.result import SegmentEvent
+from ensemble_core.scorers.copy_guard import CopyGuard, user_sources
 
 _STOP_REASONS = {"eos": "eos", "length": "max_tokens", "stop_string": "stop_string"}
 
@@ -29,6 +32,12 @@ class ResponseParams(LevelParams):
     ignore_eos: bool = Field(False, description="benchmarks only: every answer runs to max_tokens")
     answer_format: AnswerFormat = Field(
         "auto", description="final-answer extraction: auto (number, choice or text), numeric, or text"
+    )
+    copy_threshold: float = Field(
+        0.8,
+        ge=0.0,
+        description="copy guard: a candidate whose words are this share copied from the prompt "
+        "neither votes nor wins while another candidate does not copy (above 1: off)",
     )
 
 
@@ -71,7 +80,11 @@ class ResponseAggregator(LevelAggregator):
     def run(self, job: LevelJob, members: list[Member]) -> LevelOutcome:
         params = self.params
         assert isinstance(params, ResponseParams)
-        records = generate_candidates(job, members, params.samples_per_model, params.ignore_eos)
+        records = self.candidates(job, members)
+        guard = CopyGuard(threshold=params.copy_threshold)
+        sources = user_sources(job.request.messages)
+        for record in records:
+            record.copied, record.vetoed = guard.check(record.candidate.text, sources, "")
         answers = [extract_answer(r.candidate.text, params.answer_format) for r in records]
         winner, summary, final_text, final_finish = self.pick(job, members, records, answers)
         for record in records:
@@ -101,6 +114,12 @@ class ResponseAggregator(LevelAggregator):
             summary=summary,
         )
 
+    def candidates(self, job: LevelJob, members: list[Member]) -> list[CandidateRecord]:
+        """The whole answers the method chooses from (default: every member, at once)."""
+        params = self.params
+        assert isinstance(params, ResponseParams)
+        return generate_candidates(job, members, params.samples_per_model, params.ignore_eos)
+
     def pick(
         self,
         job: LevelJob,
@@ -120,8 +139,20 @@ def _candidate_row(record: CandidateRecord, answer: ExtractedAnswer | None) -> d
     return row
 
 
+def logprob_per_byte(record: CandidateRecord) -> float:
+    """Its own model's total log-probability per UTF-8 byte (comparable across tokenizers)."""
+    candidate = record.candidate
+    if not candidate.token_logprobs:
+        return float("-inf")
+    return sum(candidate.token_logprobs) / max(len(candidate.text.encode("utf-8")), 1)
+
+
 def best_logprob(records: list[CandidateRecord]) -> CandidateRecord:
-    """The candidate its own model found most likely (mean log-probability per token)."""
-    return max(
-        records, key=lambda r: r.candidate.mean_logprob if r.candidate.token_logprobs else float("-inf")
-    )
+    """The candidate its own model found most likely per byte, echoes of the prompt last."""
+    return max(records, key=lambda r: (not r.vetoed, logprob_per_byte(r)))
+
+
+def voters(records: list[CandidateRecord]) -> list[CandidateRecord]:
+    """The candidates allowed to vote: all but the echoes, unless every candidate is one."""
+    kept = [r for r in records if not r.vetoed]
+    return kept or list(records)

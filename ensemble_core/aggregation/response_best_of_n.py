@@ -35,12 +35,6 @@ class ScoredResponseParams(ResponseParams):
     normalization: Normalization = Field(
         "center", description="normalisation of each scorer across candidates (center keeps its scale)"
     )
-    copy_threshold: float = Field(
-        0.8,
-        ge=0.0,
-        description="copy guard: a candidate whose words are this share copied from the prompt "
-        "ranks last (above 1: off)",
-    )
 
     @field_validator("scorers")
     @classmethod

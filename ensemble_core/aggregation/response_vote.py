@@ -2,14 +2,16 @@
 
 Algorithm: every selected member writes ``samples_per_model`` whole answers; the final answer
 of each is extracted (``ensemble_core.answer_extraction``: boxed, ``####``, "the answer is",
-last number, last line; numbers and text normalised); the most frequent answer wins (ties: the
-answer whose best candidate has the highest mean log-probability under its own model) and the
-returned text is that answer's most likely candidate. Candidates without an answer do not
-vote; when none has one, the most likely candidate is returned. The summary lists the votes.
+last number, last line; numbers and text normalised); the most frequent answer wins and the
+returned text is that answer's most likely candidate. Candidates that copy the prompt
+(``copy_threshold``; an echo of "What is 2+3?" would vote "3") and candidates without an answer
+do not vote; when none is left, the most likely candidate is returned. Ties: the answer whose
+best candidate has the highest log-probability per byte under its own model (per byte, not
+per token: one scale for every tokenizer). The summary lists the votes.
 Reference: Wang et al., "Self-Consistency Improves Chain of Thought Reasoning in Language
 Models" (ICLR 2023); across several models, majority voting as in "More Agents Is All You
 Need" (Li et al., 2024).
-Parameters: ``samples_per_model``, ``answer_format`` (auto | numeric | text).
+Parameters: ``samples_per_model``, ``answer_format`` (auto | numeric | text), ``copy_threshold``.
 Cost: one whole-answer decode per candidate (batched per model); voting is free.
 """
 
@@ -19,9 +21,34 @@ from typing import Any
 
 from ensemble_core.aggregation.base import CandidateRecord
 from ensemble_core.aggregation.level_base import LevelJob
-from ensemble_core.aggregation.response_base import ResponseAggregator, best_logprob
+from ensemble_core.aggregation.response_base import (
+    ResponseAggregator,
+    best_logprob,
+    logprob_per_byte,
+    voters,
+)
 from ensemble_core.answer_extraction import ExtractedAnswer, answers_match
 from ensemble_core.members import Member
+
+AnswerGroup = tuple[ExtractedAnswer, list[CandidateRecord]]
+
+
+def group_by_answer(
+    records: list[CandidateRecord], answers: list[ExtractedAnswer | None]
+) -> list[AnswerGroup]:
+    """The voting candidates (no echo, an answer) grouped by matching final answer."""
+    allowed = {id(r) for r in voters(records)}
+    groups: list[AnswerGroup] = []
+    for record, answer in zip(records, answers, strict=True):
+        if answer is None or id(record) not in allowed:
+            continue
+        for known, members in groups:
+            if answers_match(known, answer):
+                members.append(record)
+                break
+        else:
+            groups.append((answer, [record]))
+    return groups
 
 
 class MajorityVoteResponseAggregator(ResponseAggregator):
@@ -32,17 +59,8 @@ class MajorityVoteResponseAggregator(ResponseAggregator):
         records: list[CandidateRecord],
         answers: list[ExtractedAnswer | None],
     ) -> tuple[CandidateRecord, dict[str, Any], str | None, str | None]:
-        groups: list[tuple[ExtractedAnswer, list[CandidateRecord]]] = []
-        for record, answer in zip(records, answers, strict=True):
-            if answer is None:
-                continue
-            for known, voters in groups:
-                if answers_match(known, answer):
-                    voters.append(record)
-                    break
-            else:
-                groups.append((answer, [record]))
-        votes = {known.normalized: len(voters) for known, voters in groups}
+        groups = group_by_answer(records, answers)
+        votes = {known.normalized: len(group) for known, group in groups}
         if not groups:
             return (
                 best_logprob(records),
@@ -51,19 +69,17 @@ class MajorityVoteResponseAggregator(ResponseAggregator):
                 None,
             )
 
-        def strength(group: tuple[ExtractedAnswer, list[CandidateRecord]]) -> tuple[int, float]:
-            best = best_logprob(group[1])
-            return len(group[1]), best.candidate.mean_logprob if best.candidate.token_logprobs else float(
-                "-inf"
-            )
+        def strength(group: AnswerGroup) -> tuple[int, float]:
+            return len(group[1]), logprob_per_byte(best_logprob(group[1]))
 
-        answer, voters = max(groups, key=strength)
-        winner = best_logprob(voters)
+        answer, group = max(groups, key=strength)
+        winner = best_logprob(group)
         summary = {
             "votes": votes,
             "winning_answer": answer.normalized,
-            "winning_votes": len(voters),
+            "winning_votes": len(group),
             "candidates": len(records),
             "abstained": sum(1 for a in answers if a is None),
+            "copies": sum(1 for r in records if r.vetoed),
         }
         return winner, summary, None, None

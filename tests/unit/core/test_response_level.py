@@ -69,7 +69,8 @@ def test_majority_vote_counts_final_answers(pool: ModelPool) -> None:
     summary = result.trace["summary"]
     assert summary["votes"] == {"4": 5, "5": 1}
     assert summary["winning_answer"] == "4"
-    assert result.text == "so the answer is 4"  # the winning answer's first, most likely candidate
+    # the winning answer's most likely candidate per byte (scripted: -1 per word)
+    assert result.text == "which makes 4.0"  # 3 words in 15 bytes: -0.2 per byte
     assert [c["answer"] for c in _candidates(result)] == ["4", "5", "4", "4", "4", "4"]
     assert [(c["model"], c["sample"]) for c in _candidates(result)][:4] == [
         ("a", 0),
