@@ -86,12 +86,15 @@ class EnsembleJob:
 
     # -- resources ------------------------------------------------------------------------
     def session(self, member: Member) -> GenerationSession:
-        key = member.load_key
+        key = member.session_key
         if key not in self.sessions:
             generator = self.pool.generator(member.spec)
             seed = self.rng.randrange(2**31)
             self.sessions[key] = generator.open_session(
-                list(self.request.messages), reuse_cache=self.params.reuse_cache, seed=seed
+                self.request.prompt_input(),
+                style=member.style,
+                reuse_cache=self.params.reuse_cache,
+                seed=seed,
             )
             self.session_owner[key] = member.name
         return self.sessions[key]
@@ -169,7 +172,7 @@ class EnsembleJob:
         if isinstance(self.scorer, CombinedScorer):
             for name, counts in self.scorer.usage().items():
                 self.member_usage(name).prefilled += counts
-        first = self.sessions.get(selected[0].load_key)
+        first = self.sessions.get(selected[0].session_key)
         trace: dict[str, Any] = {
             "method": self.plan.label,
             "seed": self.seed,
@@ -189,7 +192,7 @@ class EnsembleJob:
                 m.name: {
                     "temperature": m.sampling.temperature,
                     "top_p": m.sampling.top_p,
-                    "weights": self.session_owner.get(m.load_key),
+                    "weights": self.session_owner.get(m.session_key),
                 }
                 for m in self.members
             },
@@ -237,7 +240,9 @@ class RoundLoop:
         limits = limits or self.limits
         groups: dict[str, list[Member]] = {}
         for member in members:
-            key = member.load_key if self.params.batch_same_model else f"{member.load_key}/{member.name}"
+            key = (
+                member.session_key if self.params.batch_same_model else f"{member.session_key}/{member.name}"
+            )
             groups.setdefault(key, []).append(member)
         job = self.job
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ensemble_core.ports import Sampling, SegmentLimits
-from ensemble_core.spec import GenerationRequest, ModelSpec
+from ensemble_core.spec import GenerationRequest, ModelSpec, PromptStyle
 
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 1.0
@@ -20,6 +20,13 @@ class Member:
     spec: ModelSpec
     load_key: str
     sampling: Sampling
+    style: PromptStyle = PromptStyle()
+
+    @property
+    def session_key(self) -> str:
+        """Members share a session when they share weights and read the prompt alike."""
+        style = self.style.key()
+        return f"{self.load_key}/{style}" if style else self.load_key
 
 
 def request_sampling(request: GenerationRequest, temperature: float, top_p: float) -> Sampling:
@@ -66,7 +73,7 @@ def build_members(specs: list[ModelSpec], request: GenerationRequest) -> list[Me
         temperature = _first(request.temperature, spec.temperature, DEFAULT_TEMPERATURE)
         top_p = _first(request.top_p, spec.top_p, DEFAULT_TOP_P)
         sampling = request_sampling(request, temperature, top_p)
-        members.append(Member(i, name, spec, spec.load_key(), sampling))
+        members.append(Member(i, name, spec, spec.load_key(), sampling, spec.prompt_style()))
     return members
 
 

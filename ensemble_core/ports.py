@@ -2,8 +2,8 @@
 
 A ``TextGenerator`` is one set of loaded weights (shared by every member with the same
 ``ModelSpec.load_key()``). Per job it opens a ``GenerationSession`` that owns the job's state for
-those weights: the chat prompt, the KV cache of the accepted prefix, a seeded random generator
-and token counters. Members that share weights share one session, so their candidates are
+those weights: the prompt (raw text, or chat messages rendered as the member's prompt style says), the KV cache of the accepted prefix, a seeded random generator
+and token counters. Members that share weights and prompt style share one session, so their candidates are
 decoded in one batch.
 
 Hand-over between models is by text: each round the engine passes the accepted answer text and
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from ensemble_core.spec import ChatMessage
+from ensemble_core.spec import ChatMessage, PromptInput, PromptStyle
 
 # how many of a step's most likely tokens DeepConf's token confidence averages (the paper's k)
 CONFIDENCE_TOP_K = 20
@@ -180,15 +180,23 @@ class TextGenerator(Protocol):
     supports_concurrency: bool
 
     def open_session(
-        self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
-    ) -> GenerationSession: ...
+        self,
+        prompt: PromptInput,
+        *,
+        style: PromptStyle | None = None,
+        reuse_cache: bool = True,
+        seed: int | None = None,
+    ) -> GenerationSession:
+        """A session continuing ``prompt`` (raw text as is; chat messages rendered the way
+        ``style`` says, the model's chat template by default)."""
+        ...
 
 
 @dataclass(frozen=True)
 class ScoringRequest:
     """Candidates of one round, to be scored as continuations of the accepted text."""
 
-    messages: list[ChatMessage]
+    prompt: PromptInput  # a list of ChatMessage is taken as PromptInput.chat(list)
     accepted_text: str
     candidates: list[str]
     authors: list[str]  # member name of each candidate
@@ -196,6 +204,15 @@ class ScoringRequest:
     author_logprobs: list[list[float]] = field(default_factory=list)  # the author's own, free
     author_confidence: list[list[float]] = field(default_factory=list)  # Candidate.token_confidence
     author_self_certainty: list[list[float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt, list):  # chat messages given as a plain list: the chat form
+            object.__setattr__(self, "prompt", PromptInput.chat(self.prompt))
+
+    @property
+    def messages(self) -> list[ChatMessage]:
+        """The prompt in chat form (a raw prompt reads as one user turn), for chat readers."""
+        return self.prompt.as_messages()
 
 
 class Scorer(Protocol):

@@ -11,10 +11,11 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Engine = Literal["hf", "vllm", "openai"]
 Quantization = Literal["8bit", "4bit"]
+PromptFormat = Literal["chat", "raw"]
 
 
 class _Frozen(BaseModel):
@@ -39,6 +40,23 @@ class ModelSpec(_Frozen):
     engine_options: dict[str, Any] = Field(default_factory=dict)
     temperature: float | None = None
     top_p: float | None = None
+    # how this member takes a chat request (a raw completion prompt is always sent as is):
+    # "chat" through its chat template (``chat_template`` overrides the tokenizer's), "raw"
+    # rendered to plain text by ``raw_template`` (a Jinja template over ``messages``; None: a
+    # "Question: ... / Answer:" default, see ``ensemble_core.prompting``) for base models, with
+    # ``raw_stop`` ending its answer where it would start a new turn (None: the default's)
+    prompt_format: PromptFormat = "chat"
+    chat_template: str | None = None
+    raw_template: str | None = None
+    raw_stop: list[str] | None = None
+
+    def prompt_style(self) -> PromptStyle:
+        return PromptStyle(
+            format=self.prompt_format,
+            chat_template=self.chat_template,
+            raw_template=self.raw_template,
+            raw_stop=None if self.raw_stop is None else tuple(self.raw_stop),
+        )
 
     @property
     def display_name(self) -> str:
@@ -115,10 +133,75 @@ class ChatMessage(_Frozen):
     content: str
 
 
-class GenerationRequest(_Frozen):
-    """One prompt to answer. ``max_tokens`` counts generated tokens in total, not per round."""
+class PromptStyle(_Frozen):
+    """How one member turns a chat prompt into its model's input (from its ``ModelSpec``)."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    format: PromptFormat = "chat"
+    chat_template: str | None = None
+    raw_template: str | None = None
+    raw_stop: tuple[str, ...] | None = None
+
+    def key(self) -> str:
+        """Empty for the default style, so default members keep their plain session keys."""
+        if self == PromptStyle():
+            return ""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
+            :8
+        ]
+
+
+class PromptInput(_Frozen):
+    """What a session continues: raw ``text`` (a completion, no template) or chat ``messages``."""
+
+    text: str | None = None
+    messages: list[ChatMessage] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PromptInput:
+        _check_one_prompt(self.text, self.messages)
+        return self
+
+    @classmethod
+    def raw(cls, text: str) -> PromptInput:
+        return cls(text=text)
+
+    @classmethod
+    def chat(cls, messages: list[ChatMessage]) -> PromptInput:
+        return cls(messages=list(messages))
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+    def as_messages(self) -> list[ChatMessage]:
+        """The chat form; a raw prompt reads as one user turn (for chat-only readers: reward
+        models, remote scorers, a fuser's instruction)."""
+        if self.messages is not None:
+            return list(self.messages)
+        return [ChatMessage(role="user", content=self.text or "")]
+
+    def question(self) -> str:
+        """The text being answered: the last user turn, or the raw prompt."""
+        if self.messages is None:
+            return self.text or ""
+        users = [m.content for m in self.messages if m.role == "user"]
+        return users[-1] if users else self.messages[-1].content
+
+
+def _check_one_prompt(text: str | None, messages: list[ChatMessage] | None) -> None:
+    if (text is None) == (messages is None):
+        raise ValueError("give exactly one of prompt (raw text) or messages (chat)")
+    if messages is not None and not messages:
+        raise ValueError("messages must not be empty")
+
+
+class GenerationRequest(_Frozen):
+    """One prompt to answer: a raw ``prompt`` to continue (``/v1/completions``, no chat
+    template) or chat ``messages`` (exactly one). ``max_tokens`` counts generated tokens in
+    total, not per round."""
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
     max_tokens: int = Field(default=256, ge=1)
     temperature: float | None = None
     top_p: float | None = None
@@ -143,3 +226,13 @@ class GenerationRequest(_Frozen):
         if any(not -100 <= bias <= 100 for bias in v.values()) or any(token < 0 for token in v):
             raise ValueError("logit_bias maps token ids (>= 0) to biases between -100 and 100")
         return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> GenerationRequest:
+        _check_one_prompt(self.prompt, self.messages)
+        return self
+
+    def prompt_input(self) -> PromptInput:
+        if self.messages is not None:
+            return PromptInput.chat(self.messages)
+        return PromptInput.raw(self.prompt or "")

@@ -28,8 +28,8 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer(vocab_size: int, seed: int, extra_special: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _train_tokenizer(vocab_size: int, seed: int, extra_special: tuple[str, ...] = (), bos: bool = False):  # type: ignore[no-untyped-def]
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -44,6 +44,11 @@ def _train_tokenizer(vocab_size: int, seed: int, extra_special: tuple[str, ...] 
     # the seed shifts the corpus so that two tokenizers end up with different merges
     corpus = _CORPUS[seed % len(_CORPUS) :] + _CORPUS[: seed % len(_CORPUS)]
     tok.train_from_iterator(corpus * (2 + seed), trainer=trainer)
+    if bos:  # plain text gets a BOS in front, as Llama's and Gemma's tokenizers do
+        bos_id = tok.token_to_id("<|endoftext|>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", bos_id)]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -99,9 +104,16 @@ def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None
 
 
 def build_tiny_model(
-    directory: Path, arch: str = "llama", vocab_seed: int = 0, *, vocab_size: int = 400, seed: int = 0
+    directory: Path,
+    arch: str = "llama",
+    vocab_seed: int = 0,
+    *,
+    vocab_size: int = 400,
+    seed: int = 0,
+    bos: bool = False,
 ) -> Path:
     """Save a tiny causal LM + tokenizer (with chat template) in ``directory``; returns it.
+    ``bos``: the tokenizer puts a BOS in front of plain text.
 
     Idempotent: an existing folder is reused."""
     import torch
@@ -110,7 +122,7 @@ def build_tiny_model(
     directory = Path(directory)
     if (directory / "config.json").exists():
         return directory
-    tokenizer = _train_tokenizer(vocab_size, vocab_seed)
+    tokenizer = _train_tokenizer(vocab_size, vocab_seed, bos=bos)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer), tokenizer))
     model.generation_config.eos_token_id = tokenizer.eos_token_id

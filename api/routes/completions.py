@@ -111,7 +111,8 @@ def completions(
     idempotency_key: str | None = IdempotencyKey,
     principal: Principal = Depends(require_api_key),
 ) -> JSONResponse | StreamingResponse:
-    """OpenAI's legacy completions (``max_tokens`` defaults to 16, as there)."""
+    """OpenAI's legacy completions: the prompt is continued as raw text, with no chat template
+    (as OpenAI and vLLM do; ``max_tokens`` defaults to 16, as there)."""
     return _respond(
         state, body, idempotency_key, principal, kind="completion", form="legacy", default_max_tokens=16
     )

@@ -98,6 +98,9 @@ def prepare(
     config version already read by a caller that prepares many requests (OpenAI batches)."""
     _refuse_unsupported(body)
     messages = _messages(body)
+    # /v1/completions continues the prompt as raw text (OpenAI's and vLLM's semantics): no
+    # chat template; every other endpoint reads it as the user's turn of a chat
+    raw_prompt = messages[0]["content"] if kind == "completion" and body.prompt is not None else None
     form = form or ("chat" if body.messages is not None else "text")
     row, spec = current or config_service.current_version(state.db)
     models = _member_filter(body.model, spec)
@@ -113,7 +116,8 @@ def prepare(
     if len(stop) > 4:
         raise ApiError(400, "at most 4 stop sequences", code="invalid_stop", param="stop")
     generation = build_generation(
-        messages,
+        None if raw_prompt is not None else messages,
+        raw_prompt=raw_prompt,
         max_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,

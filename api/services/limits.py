@@ -16,14 +16,15 @@ def check_request_limits(
     settings: ApiSettings, generation: GenerationRequest, config: EnsembleConfig, *, param_prefix: str = ""
 ) -> None:
     where = f"{param_prefix.rstrip('.')}: " if param_prefix else ""
-    chars = sum(len(m.content) for m in generation.messages)
+    prompt = generation.prompt_input()
+    chars = sum(len(m.content) for m in prompt.as_messages())
     if chars > settings.max_prompt_chars:
         raise ApiError(
             400,
             f"{where}the prompt has {chars} characters; this server takes at most "
             f"{settings.max_prompt_chars} (ENSEMBLEHUB_MAX_PROMPT_CHARS)",
             code="prompt_too_long",
-            param=f"{param_prefix}messages",
+            param=f"{param_prefix}{'messages' if prompt.is_chat else 'prompt'}",
         )
     if generation.max_tokens > settings.max_tokens_limit:
         raise ApiError(

@@ -1,4 +1,5 @@
-"""Turning the guide's and OpenAI's request forms into one GenerationRequest."""
+"""Turning the guide's and OpenAI's request forms into one GenerationRequest: chat messages,
+or (``raw_prompt``, ``/v1/completions``) a raw text to continue with no chat template."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from ensemble_core.spec import ChatMessage, GenerationRequest
 
 
 def build_generation(
-    messages: Sequence[dict[str, Any]],
+    messages: Sequence[dict[str, Any]] | None,
     *,
+    raw_prompt: str | None = None,
     max_tokens: int,
     temperature: float | None = None,
     top_p: float | None = None,
@@ -24,7 +26,10 @@ def build_generation(
     """``sampling``: vLLM's extra sampling fields (``GenerationRequest``'s names), already checked."""
     try:
         return GenerationRequest(
-            messages=[ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+            prompt=raw_prompt,
+            messages=None
+            if messages is None
+            else [ChatMessage(role=m["role"], content=m["content"]) for m in messages],
             max_tokens=max_tokens,
             temperature=temperature,
             top_p=top_p,
@@ -33,6 +38,8 @@ def build_generation(
             **sampling,
         )
     except (ValidationError, KeyError) as exc:
+        if raw_prompt is not None:
+            raise ApiError(400, f"invalid prompt: {exc}", code="invalid_prompt", param="prompt") from exc
         raise ApiError(400, f"invalid messages: {exc}", code="invalid_messages", param="messages") from exc
 
 

@@ -30,7 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ensemble_core.engine import run_ensemble  # noqa: E402
 from ensemble_core.pool import ModelPool  # noqa: E402
 from ensemble_core.ports import Sampling, SegmentLimits  # noqa: E402
-from ensemble_core.spec import ChatMessage, EnsembleConfig, EnsembleSpec, GenerationRequest, ModelSpec  # noqa: E402
+from ensemble_core.spec import (  # noqa: E402
+    ChatMessage,
+    EnsembleConfig,
+    EnsembleSpec,
+    GenerationRequest,
+    ModelSpec,
+    PromptInput,
+)
 
 MESSAGES = [ChatMessage(role="user", content="Explain in a few sentences why the sky is blue.")]
 results: list[tuple[str, bool, str]] = []
@@ -42,13 +49,13 @@ def check(name: str, ok: bool, detail: str = "") -> None:
 
 
 def greedy(pool: ModelPool, spec: ModelSpec, tokens: int) -> list[int]:
-    session = pool.generator(spec).open_session(MESSAGES, seed=0)
+    session = pool.generator(spec).open_session(PromptInput.chat(MESSAGES), seed=0)
     limits = SegmentLimits(max_new_tokens=tokens, boundary="none")
     return session.generate("", [Sampling(0.0)], limits)[0].token_ids
 
 
 def throughput(pool: ModelPool, spec: ModelSpec, batch: int, tokens: int) -> float:
-    session = pool.generator(spec).open_session(MESSAGES, seed=1)
+    session = pool.generator(spec).open_session(PromptInput.chat(MESSAGES), seed=1)
     limits = SegmentLimits(max_new_tokens=tokens, boundary="none", ignore_eos=True)
     session.generate("", [Sampling(0.8)] * 2, SegmentLimits(max_new_tokens=4, boundary="none"))  # warm-up
     started = time.perf_counter()

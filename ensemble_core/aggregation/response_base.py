@@ -51,7 +51,7 @@ def generate_candidates(
     )
     groups: dict[str, list[Member]] = {}
     for member in members:
-        groups.setdefault(member.load_key, []).append(member)
+        groups.setdefault(member.session_key, []).append(member)
 
     def decode(group: list[Member]) -> list[CandidateRecord]:
         rows = [m for m in group for _ in range(samples)]

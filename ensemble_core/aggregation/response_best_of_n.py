@@ -45,11 +45,11 @@ class ScoredResponseParams(ResponseParams):
 
 def scoring_request(job: LevelJob, records: list[CandidateRecord]) -> ScoringRequest:
     return ScoringRequest(
-        messages=list(job.request.messages),
+        prompt=job.request.prompt_input(),
         accepted_text="",
         candidates=[r.candidate.text for r in records],
         authors=[r.member.name for r in records],
-        author_load_keys=[r.member.load_key for r in records],
+        author_load_keys=[r.member.session_key for r in records],
         author_logprobs=[list(r.candidate.token_logprobs) for r in records],
         author_confidence=[list(r.candidate.token_confidence) for r in records],
         author_self_certainty=[list(r.candidate.token_self_certainty) for r in records],

@@ -29,7 +29,7 @@ from ensemble_core.answer_extraction import ExtractedAnswer
 from ensemble_core.errors import ConfigError
 from ensemble_core.members import Member, request_sampling, segment_limits
 from ensemble_core.ports import Sampling
-from ensemble_core.spec import ChatMessage, ModelSpec
+from ensemble_core.spec import ChatMessage, ModelSpec, PromptInput
 
 DEFAULT_FUSION_INSTRUCTION = (
     "Here are candidate answers to the question above, best first:\n\n{candidates}\n\n"
@@ -124,7 +124,7 @@ class LLMBlenderResponseAggregator(ResponseAggregator):
         assert isinstance(params, BlenderResponseParams)
         name, spec, sampling = self._fuser_spec(job)
         listing = "\n\n".join(f"[{i + 1}] {r.candidate.text.strip()}" for i, r in enumerate(top))
-        messages = list(job.request.messages)
+        messages = job.request.prompt_input().as_messages()  # the fuser reads an instruction
         last_user = (
             max(i for i, m in enumerate(messages) if m.role == "user")
             if any(m.role == "user" for m in messages)
@@ -137,7 +137,9 @@ class LLMBlenderResponseAggregator(ResponseAggregator):
             content = messages[last_user].content + "\n\n" + instruction
             messages[last_user] = ChatMessage(role="user", content=content)
         generator = job.pool.generator(spec)
-        session = generator.open_session(messages, seed=self.rng.randrange(2**31))
+        session = generator.open_session(
+            PromptInput.chat(messages), style=spec.prompt_style(), seed=self.rng.randrange(2**31)
+        )
         try:
             limits = segment_limits(job.request, max_new_tokens=job.request.max_tokens, boundary="none")
             candidate = session.generate("", [sampling], limits)[0]

@@ -91,20 +91,24 @@ class GaCTokenAggregator(LevelAggregator):
         stepper_of: dict[str, int] = {}
         owners: list[Member] = []
         for member in members:
-            if member.load_key not in stepper_of:
-                stepper_of[member.load_key] = len(steppers)
+            if member.session_key not in stepper_of:
+                stepper_of[member.session_key] = len(steppers)
                 owners.append(member)
                 generator = job.pool.generator(member.spec)
-                steppers.append(open_stepper(generator, list(job.request.messages), member.name))
+                prompt = job.request.prompt_input()
+                steppers.append(open_stepper(generator, prompt, member.name, member.style))
         voters = [
-            TokenVoter(m.name, stepper_of[m.load_key], params.model_weights.get(m.name, 1.0)) for m in members
+            TokenVoter(m.name, stepper_of[m.session_key], params.model_weights.get(m.name, 1.0))
+            for m in members
         ]
+        stops = list(job.request.stop)
+        stops += [s for stepper in steppers for s in stepper.stop_strings if s not in stops]
         leader = names.index(params.leader) if params.leader is not None else 0
         settings = Settings(
             sampling=self._sampling(job, members[leader]),
             seed=self.rng.randrange(2**31),
             max_tokens=job.request.max_tokens,
-            stop=tuple(job.request.stop),
+            stop=tuple(stops),
             weighting=params.weighting,
             ensemble_steps=params.ensemble_steps,
             uncertainty_threshold=params.uncertainty_threshold,

@@ -39,22 +39,16 @@ from ensemble_core.ports import (
     SegmentLimits,
     SessionCounters,
 )
-from ensemble_core.spec import ChatMessage, ModelSpec
-
-_FALLBACK_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
+from ensemble_core.prompting import (
+    RenderedPrompt,
+    leading_special_ids,
+    render_chat,
+    render_prompt,
+    with_stops,
 )
+from ensemble_core.spec import ModelSpec, PromptInput, PromptStyle
 
-
-def render_chat(tokenizer: Any, messages: list[ChatMessage]) -> str:
-    """The model's own chat template applied to ``messages``, ready for the assistant's turn."""
-    payload = [{"role": m.role, "content": m.content} for m in messages]
-    template = None if getattr(tokenizer, "chat_template", None) else _FALLBACK_TEMPLATE
-    text = tokenizer.apply_chat_template(
-        payload, tokenize=False, add_generation_prompt=True, chat_template=template
-    )
-    return str(text)
+__all__ = ["HFGenerationSession", "HFTextGenerator", "eos_token_ids", "render_chat"]
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -91,6 +85,7 @@ class HFTextGenerator:
         if self.pad_id is None:
             self.pad_id = min(self.eos_ids)
         self.batcher = self._make_batcher(spec)
+        self.leading_ids = leading_special_ids(self.tokenizer)
         self.load_seconds = time.perf_counter() - started
 
     def _make_batcher(self, spec: ModelSpec) -> DecodeBatcher | None:
@@ -106,12 +101,26 @@ class HFTextGenerator:
         )
 
     def open_session(
-        self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
+        self,
+        prompt: PromptInput,
+        *,
+        style: PromptStyle | None = None,
+        reuse_cache: bool = True,
+        seed: int | None = None,
     ) -> HFGenerationSession:
-        return HFGenerationSession(self, messages, reuse_cache=reuse_cache, seed=seed)
+        return HFGenerationSession(self, prompt, style=style, reuse_cache=reuse_cache, seed=seed)
+
+    def render(self, prompt: PromptInput, style: PromptStyle | None = None) -> RenderedPrompt:
+        return render_prompt(prompt, style or PromptStyle(), self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, rendered: RenderedPrompt, accepted_text: str = "") -> list[int]:
+        """Token ids of the prompt followed by ``accepted_text``: for a raw prompt exactly what
+        ``tokenizer(prompt + accepted_text)`` gives (its BOS included), for a chat prompt the
+        template's text with nothing added."""
+        return rendered.token_ids(self.encode, self.leading_ids, accepted_text)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         # special tokens other than EOS (e.g. a stray <|im_start|>) are control, not text;
@@ -131,16 +140,18 @@ class HFGenerationSession:
     def __init__(
         self,
         generator: HFTextGenerator,
-        messages: list[ChatMessage],
+        prompt: PromptInput,
         *,
+        style: PromptStyle | None,
         reuse_cache: bool,
         seed: int | None,
     ) -> None:
         self.generator = generator
         self.model = generator.model
         self.reuse_cache = reuse_cache
-        self.prompt_text = render_chat(generator.tokenizer, messages)
-        self.prompt_ids = generator.encode(self.prompt_text)
+        self.rendered = generator.render(prompt, style)
+        self.prompt_text = self.rendered.text
+        self.prompt_ids = generator.encode_prompt(self.rendered)
         self.counters = SessionCounters(prompt_tokens=len(self.prompt_ids))
         self.rng = torch.Generator().manual_seed(seed if seed is not None else 0)
         self.device = input_device(self.model)
@@ -214,7 +225,7 @@ class HFGenerationSession:
         the wave feeds them for every call in one pass), or no ids and the next-token logits
         [1, vocab] after prefilling them here (first round, or a long new text)."""
         with torch.inference_mode():
-            rest = self._sync(self.generator.encode(self.prompt_text + accepted_text), feed_last=True)
+            rest = self._sync(self.generator.encode_prompt(self.rendered, accepted_text), feed_last=True)
             self.counters.prefilled += len(rest)
             assert self.cache is not None
             if self.cache.rows[0] and len(rest) <= shared_max:
@@ -268,6 +279,7 @@ class HFGenerationSession:
     ) -> list[Candidate]:
         if not samplings or limits.max_new_tokens <= 0:
             return []
+        limits = with_stops(limits, self.rendered)
         with self.lock:
             batcher = self.generator.batcher
             if batcher is not None and batcher.open_sessions > 1:
@@ -278,7 +290,7 @@ class HFGenerationSession:
         self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits
     ) -> list[Candidate]:
         gen = self.generator
-        target = gen.encode(self.prompt_text + accepted_text)
+        target = gen.encode_prompt(self.rendered, accepted_text)
         logits = self._prefill(target)
         n = len(samplings)
         assert self.cache is not None
@@ -341,8 +353,8 @@ class HFGenerationSession:
 
     def _score(self, accepted_text: str, continuations: list[str]) -> list[ContinuationScore]:
         gen = self.generator
-        base = gen.encode(self.prompt_text + accepted_text)
-        fulls = [gen.encode(self.prompt_text + accepted_text + c) for c in continuations]
+        base = gen.encode_prompt(self.rendered, accepted_text)
+        fulls = [gen.encode_prompt(self.rendered, accepted_text + c) for c in continuations]
         starts = [common_prefix_length(base, f) for f in fulls]
         shared = min(starts)
         for f in fulls[1:]:

@@ -58,8 +58,7 @@ class HFEmbeddingScorer:
         self._used_before = self.encoder.tokens_encoded
 
     def _prompt_embedding(self, request: ScoringRequest) -> torch.Tensor:
-        users = [m.content for m in request.messages if m.role == "user"]
-        prompt = users[-1] if users else request.messages[-1].content
+        prompt = request.prompt.question()
         if prompt != self._prompt_key or self._prompt_vec is None:
             self._prompt_vec = self.encoder.encode([prompt])[0]
             self._prompt_key = prompt

@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from ensemble_core.backends.hf import HFTextGenerator, render_chat
+from ensemble_core.backends.hf import HFTextGenerator
 from ensemble_core.backends.hf_loading import input_device
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
 from ensemble_core.backends.token_vocab import TokenizerVocabulary, split_utf8, vocabulary_for
 from ensemble_core.errors import GenerationError
 from ensemble_core.ports import SessionCounters
-from ensemble_core.spec import ChatMessage
+from ensemble_core.spec import PromptInput, PromptStyle
 
 
 def _logits_size(model: Any) -> int:
@@ -41,7 +41,11 @@ class HFTokenStepper:
     """Next-token distributions of one HF model over a growing answer (one per job and weights)."""
 
     def __init__(
-        self, generator: HFTextGenerator, messages: list[ChatMessage], name: str | None = None
+        self,
+        generator: HFTextGenerator,
+        prompt: PromptInput,
+        name: str | None = None,
+        style: PromptStyle | None = None,
     ) -> None:
         self.generator = generator
         self.name = name or generator.name  # the job's member name (the pool's name is the first loader's)
@@ -50,8 +54,9 @@ class HFTokenStepper:
         self.vocab: TokenizerVocabulary = vocabulary_for(
             generator, generator.tokenizer, generator.eos_ids, _logits_size(self.model)
         )
-        self.prompt_text = render_chat(generator.tokenizer, messages)
-        self.prompt_ids = generator.encode(self.prompt_text)
+        self.rendered = generator.render(prompt, style)
+        self.stop_strings = self.rendered.stop_strings  # this member's turn ends stop the answer
+        self.prompt_ids = generator.encode_prompt(self.rendered)
         self.counters = SessionCounters(prompt_tokens=len(self.prompt_ids))
         self.cache = PrefixCache(self.model.config)
         self.pending: list[int] = list(self.prompt_ids)
@@ -72,6 +77,9 @@ class HFTokenStepper:
     def push(self, key: bytes) -> bool:
         """Queue the token for ``key`` if this model has it and is in sync; else go out of sync."""
         token_id = self.vocab.canonical.get(key) if self.synced else None
+        if self.rendered.separator and self.cache.rows[0] + self.pending == self.prompt_ids:
+            if not key[:1].isspace():  # "Answer:" + "4": resync spells the separator in
+                token_id = None
         if token_id is None:
             self.synced = False
             return False
@@ -86,7 +94,7 @@ class HFTokenStepper:
     def resync(self, answer: bytes) -> bool:
         """Re-tokenize prompt + ``answer``; keep the common cached prefix. False: cannot spell it."""
         text, tail = split_utf8(answer)
-        target = self.generator.encode(self.prompt_text + text)
+        target = self.generator.encode_prompt(self.rendered, text)
         for byte in tail:
             if byte not in self.vocab.byte_ids:
                 return False
@@ -132,11 +140,11 @@ class HFTokenStepper:
 
 
 def open_token_stepper(
-    generator: Any, messages: list[ChatMessage], name: str | None = None
+    generator: Any, prompt: PromptInput, name: str | None = None, style: PromptStyle | None = None
 ) -> HFTokenStepper:
     if not isinstance(generator, HFTextGenerator):
         raise GenerationError(
             f"{getattr(generator, 'name', generator)!r}: token-level ensembling needs full next-token "
             "distributions, which only the 'hf' engine gives"
         )
-    return HFTokenStepper(generator, messages, name)
+    return HFTokenStepper(generator, prompt, name, style)

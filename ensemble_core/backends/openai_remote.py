@@ -35,6 +35,7 @@ import random
 import re
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -49,8 +50,10 @@ from ensemble_core.ports import (
     SegmentLimits,
     SessionCounters,
 )
+from ensemble_core.prompting import RenderedPrompt, with_stops
+from ensemble_core.prompting import render_prompt as render_member_prompt
 from ensemble_core.segment_text import check_candidate
-from ensemble_core.spec import ChatMessage, ModelSpec
+from ensemble_core.spec import ChatMessage, ModelSpec, PromptInput, PromptStyle
 
 KNOWN_ENGINE_OPTIONS = frozenset(
     {
@@ -139,9 +142,25 @@ class OpenAITextGenerator:
         self.load_seconds = time.perf_counter() - started
 
     def open_session(
-        self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
+        self,
+        prompt: PromptInput,
+        *,
+        style: PromptStyle | None = None,
+        reuse_cache: bool = True,
+        seed: int | None = None,
     ) -> OpenAIGenerationSession:
-        return OpenAIGenerationSession(self, messages, seed=seed)
+        return OpenAIGenerationSession(self, prompt, style=style, seed=seed)
+
+    def render(self, prompt: PromptInput, style: PromptStyle | None) -> RenderedPrompt:
+        """A raw prompt goes to the remote's ``/completions`` as is (the remote adds its own
+        BOS); chat is rendered here: the member's raw turn template or ``chat_template``, else
+        ``engine_options.prompt_format``."""
+        style = style or PromptStyle()
+        if prompt.messages is None or style.format == "raw":
+            rendered = render_member_prompt(prompt, style, None)
+            return replace(rendered, add_special_tokens=False)
+        template = style.chat_template or self.prompt_format
+        return RenderedPrompt(render_prompt(prompt.messages, template), add_special_tokens=False)
 
     # -- HTTP -------------------------------------------------------------------------------
     def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -201,10 +220,16 @@ class OpenAIGenerationSession:
     """One job's requests to the remote model: the rendered prompt, a seeded RNG, counters."""
 
     def __init__(
-        self, generator: OpenAITextGenerator, messages: list[ChatMessage], *, seed: int | None
+        self,
+        generator: OpenAITextGenerator,
+        prompt: PromptInput,
+        *,
+        style: PromptStyle | None,
+        seed: int | None,
     ) -> None:
         self.generator = generator
-        self.prompt_text = render_prompt(messages, generator.prompt_format)
+        self.rendered = generator.render(prompt, style)
+        self.prompt_text = self.rendered.text
         self.rng = random.Random(seed if seed is not None else 0)
         self.counters = SessionCounters(prompt_tokens=self.count_tokens(self.prompt_text))
         self._prompt_counted = False
@@ -218,11 +243,12 @@ class OpenAIGenerationSession:
     ) -> list[Candidate]:
         if not samplings or limits.max_new_tokens <= 0:
             return []
+        limits = with_stops(limits, self.rendered)
         return [self._one(accepted_text, sampling, limits) for sampling in samplings]
 
     def _one(self, accepted_text: str, sampling: Sampling, limits: SegmentLimits) -> Candidate:
         payload: dict[str, Any] = {
-            "prompt": self.prompt_text + accepted_text,
+            "prompt": self.rendered.join(accepted_text),
             "max_tokens": limits.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
@@ -258,15 +284,12 @@ class OpenAIGenerationSession:
         return candidate
 
     def score_continuations(self, accepted_text: str, continuations: list[str]) -> list[ContinuationScore]:
-        prefix = self.prompt_text + accepted_text
+        prefix = self.rendered.join(accepted_text)
         scores = []
         for continuation in continuations:
-            offsets, values, _ = self._echo(prefix + continuation)
-            kept = [
-                v
-                for o, v in zip(offsets, values, strict=True)
-                if len(prefix) <= o < len(prefix) + len(continuation)
-            ]
+            full = self.rendered.join(accepted_text + continuation)
+            offsets, values, _ = self._echo(full)
+            kept = [v for o, v in zip(offsets, values, strict=True) if len(prefix) <= o < len(full)]
             if not kept:
                 scores.append(ContinuationScore(mean_logprob=math.nan, tokens=0))
                 continue

@@ -39,7 +39,6 @@ import threading
 import time
 from typing import Any
 
-from ensemble_core.backends.hf import render_chat
 from ensemble_core.backends.hf_loading import load_tokenizer
 from ensemble_core.bundled import resolve_model_path
 from ensemble_core.errors import GenerationError, ModelLoadError
@@ -53,8 +52,9 @@ from ensemble_core.ports import (
     SegmentLimits,
     SessionCounters,
 )
+from ensemble_core.prompting import RenderedPrompt, leading_special_ids, render_prompt, with_stops
 from ensemble_core.segment_text import check_candidate
-from ensemble_core.spec import ChatMessage, ModelSpec
+from ensemble_core.spec import ModelSpec, PromptInput, PromptStyle
 
 _LLM_OPTIONS = (
     "enforce_eager",
@@ -229,6 +229,7 @@ class VLLMTextGenerator:
         self.chunk_tokens = int(spec.engine_options.get("chunk_tokens", 16))
         self.tokenizer = load_tokenizer(spec, cache_dir)
         self.eos_ids = _eos_ids(path, self.tokenizer)
+        self.leading_ids = leading_special_ids(self.tokenizer)
         index = _device_index(spec.device)
         own_process = bool(spec.engine_options.get("separate_process")) or bool(index)
         try:
@@ -250,12 +251,22 @@ class VLLMTextGenerator:
         self.load_seconds = time.perf_counter() - started
 
     def open_session(
-        self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
+        self,
+        prompt: PromptInput,
+        *,
+        style: PromptStyle | None = None,
+        reuse_cache: bool = True,
+        seed: int | None = None,
     ) -> VLLMGenerationSession:
-        return VLLMGenerationSession(self, messages, seed=seed)
+        return VLLMGenerationSession(self, prompt, style=style, seed=seed)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, rendered: RenderedPrompt, accepted_text: str = "") -> list[int]:
+        """As vLLM's own endpoints: a raw prompt with the tokenizer's BOS, a chat template's
+        text with nothing added (see ``ensemble_core.prompting``)."""
+        return rendered.token_ids(self.encode, self.leading_ids, accepted_text)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))  # as the hf backend
@@ -316,11 +327,17 @@ class VLLMGenerationSession:
     """One job on one vLLM model: prompt ids, a seeded RNG for request seeds, counters."""
 
     def __init__(
-        self, generator: VLLMTextGenerator, messages: list[ChatMessage], *, seed: int | None
+        self,
+        generator: VLLMTextGenerator,
+        prompt: PromptInput,
+        *,
+        style: PromptStyle | None,
+        seed: int | None,
     ) -> None:
         self.generator = generator
-        self.prompt_text = render_chat(generator.tokenizer, messages)
-        self.prompt_ids = generator.encode(self.prompt_text)
+        self.rendered = render_prompt(prompt, style or PromptStyle(), generator.tokenizer)
+        self.prompt_text = self.rendered.text
+        self.prompt_ids = generator.encode_prompt(self.rendered)
         self.counters = SessionCounters(prompt_tokens=len(self.prompt_ids))
         self.rng = random.Random(seed if seed is not None else 0)
 
@@ -340,7 +357,8 @@ class VLLMGenerationSession:
         if not samplings or limits.max_new_tokens <= 0:
             return []
         gen = self.generator
-        base = gen.encode(self.prompt_text + accepted_text)
+        limits = with_stops(limits, self.rendered)
+        base = gen.encode_prompt(self.rendered, accepted_text)
         tail = accepted_text[-64:]
         ids: list[list[int]] = [[] for _ in samplings]
         logps: list[list[float]] = [[] for _ in samplings]
@@ -417,8 +435,8 @@ class VLLMGenerationSession:
         if not continuations:
             return []
         gen = self.generator
-        base = gen.encode(self.prompt_text + accepted_text)
-        fulls = [gen.encode(self.prompt_text + accepted_text + c) for c in continuations]
+        base = gen.encode_prompt(self.rendered, accepted_text)
+        fulls = [gen.encode_prompt(self.rendered, accepted_text + c) for c in continuations]
         scores = []
         for full, entries in zip(fulls, self._prompt_logprobs(fulls, top=False), strict=True):
             start = 0

@@ -133,11 +133,11 @@ class CombinedScorer:
         self, request: GenerationRequest, accepted_text: str, records: list[CandidateRecord]
     ) -> None:
         scoring = ScoringRequest(
-            messages=list(request.messages),
+            prompt=request.prompt_input(),
             accepted_text=accepted_text,
             candidates=[r.candidate.text for r in records],
             authors=[r.member.name for r in records],
-            author_load_keys=[r.member.load_key for r in records],
+            author_load_keys=[r.member.session_key for r in records],
             author_logprobs=[list(r.candidate.token_logprobs) for r in records],
             author_confidence=[list(r.candidate.token_confidence) for r in records],
             author_self_certainty=[list(r.candidate.token_self_certainty) for r in records],

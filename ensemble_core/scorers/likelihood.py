@@ -51,7 +51,7 @@ class LikelihoodScorer:
         for scorer in self._scorer_members():
             wanted: list[int] = []
             for i in range(n):
-                own = i < len(request.author_load_keys) and request.author_load_keys[i] == scorer.load_key
+                own = i < len(request.author_load_keys) and request.author_load_keys[i] == scorer.session_key
                 if own and not self.spec.include_own:
                     continue
                 logprobs = request.author_logprobs[i] if i < len(request.author_logprobs) else []
@@ -104,5 +104,5 @@ def scorer_members(host: ScorerHost, models: list[str] | None) -> list[Member]:
                 chosen.append(Member(-1, extra.display_name, extra, extra.load_key(), Sampling()))
     unique: dict[str, Member] = {}
     for member in chosen:
-        unique.setdefault(member.load_key, member)
+        unique.setdefault(member.session_key, member)
     return list(unique.values())

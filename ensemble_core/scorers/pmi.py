@@ -29,7 +29,7 @@ from ensemble_core.ports import ContinuationScore, ScoringRequest
 from ensemble_core.scorers.combined import ScorerHost
 from ensemble_core.scorers.likelihood import per_unit, scorer_members
 from ensemble_core.scorers.specs import PmiScorerSpec
-from ensemble_core.spec import ChatMessage
+from ensemble_core.spec import ChatMessage, PromptInput
 
 
 class PmiScorer:
@@ -51,7 +51,7 @@ class PmiScorer:
         out: list[tuple[float, int] | None] = [None] * len(request.candidates)
         wanted = []
         for i in range(len(request.candidates)):
-            own = i < len(request.author_load_keys) and request.author_load_keys[i] == scorer.load_key
+            own = i < len(request.author_load_keys) and request.author_load_keys[i] == scorer.session_key
             logprobs = request.author_logprobs[i] if i < len(request.author_logprobs) else []
             if own and logprobs:
                 out[i] = (sum(logprobs), len(logprobs))
@@ -68,7 +68,13 @@ class PmiScorer:
 
     def _unconditional(self, scorer: Member, request: ScoringRequest) -> list[tuple[float, int]]:
         generator = self.host.pool.generator(scorer.spec)
-        session = generator.open_session([ChatMessage(role="user", content=self.spec.neutral_prompt)], seed=0)
+        neutral = self.spec.neutral_prompt  # in the request's form, read as the scorer reads it
+        prompt = (
+            PromptInput.chat([ChatMessage(role="user", content=neutral)])
+            if request.prompt.is_chat
+            else PromptInput.raw(neutral)
+        )
+        session = generator.open_session(prompt, style=scorer.style, seed=0)
         try:
             scores = session.score_continuations(request.accepted_text, list(request.candidates))
             counters = session.counters

@@ -49,7 +49,7 @@ class LLMBlenderSelector(Selector):
         limits = SegmentLimits(max_new_tokens=params.probe_tokens, boundary="none")
         groups: dict[str, list[Member]] = {}
         for member in ctx.members:
-            groups.setdefault(member.load_key, []).append(member)
+            groups.setdefault(member.session_key, []).append(member)
         probes: dict[str, tuple[Member, Any]] = {}
         for group in groups.values():
             candidates = ctx.session(group[0]).generate("", [m.sampling for m in group], limits)
@@ -72,11 +72,11 @@ class LLMBlenderSelector(Selector):
         for a, b in itertools.combinations(ctx.members, 2):
             ca, cb = probes[a.name][1], probes[b.name][1]
             request = ScoringRequest(
-                messages=list(ctx.request.messages),
+                prompt=ctx.request.prompt_input(),
                 accepted_text="",
                 candidates=[ca.text, cb.text],
                 authors=[a.name, b.name],
-                author_load_keys=[a.load_key, b.load_key],
+                author_load_keys=[a.session_key, b.session_key],
                 author_logprobs=[list(ca.token_logprobs), list(cb.token_logprobs)],
             )
             combined, raw = scorer.score_texts(request)

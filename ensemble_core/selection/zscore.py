@@ -35,7 +35,7 @@ from ensemble_core.ports import PromptStatistics, Sampling, SegmentLimits
 from ensemble_core.registry import MethodParams
 from ensemble_core.scorers.confidence import trace_confidence
 from ensemble_core.selection.base import SelectionContext, SelectionOutcome, Selector
-from ensemble_core.spec import ChatMessage, ModelSpec
+from ensemble_core.spec import ChatMessage, ModelSpec, PromptInput
 
 
 class MeanStd(BaseModel):
@@ -109,7 +109,8 @@ def calibrate(
         generator = pool.generator(spec)
         samples, confidences = [], []
         for prompt in prompt_list:
-            session = generator.open_session([ChatMessage(role="user", content=prompt)])
+            message = ChatMessage(role="user", content=prompt)
+            session = generator.open_session(PromptInput.chat([message]), style=spec.prompt_style())
             samples.append(session.prompt_statistics())
             if answer_tokens > 0:
                 confidences.append(_probe_confidence(session, answer_tokens))

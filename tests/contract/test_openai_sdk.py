@@ -90,6 +90,19 @@ def test_legacy_completions(client):
     assert response.usage.completion_tokens > 0
 
 
+def test_legacy_completions_continue_the_raw_prompt_with_no_chat_template(client, stack):
+    from transformers import AutoTokenizer
+
+    prompt = "Once upon a time"
+    response = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=3, temperature=0)
+    tokenizer = AutoTokenizer.from_pretrained(stack.tiny_specs[0]["path"])
+    assert response.usage.prompt_tokens == len(tokenizer(prompt)["input_ids"])
+    chat = client.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": prompt}], max_tokens=3, temperature=0
+    )
+    assert chat.usage.prompt_tokens > response.usage.prompt_tokens  # the chat template's turns
+
+
 def test_n_choices_and_a_member_model_alone(client):
     response = client.chat.completions.create(
         model="tiny-gpt2", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, n=2, seed=3

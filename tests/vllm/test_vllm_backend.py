@@ -19,7 +19,14 @@ from ensemble_core.engine import run_ensemble  # noqa: E402
 from ensemble_core.errors import ModelLoadError  # noqa: E402
 from ensemble_core.pool import ModelPool  # noqa: E402
 from ensemble_core.ports import Sampling, SegmentLimits  # noqa: E402
-from ensemble_core.spec import ChatMessage, EnsembleConfig, EnsembleSpec, GenerationRequest, ModelSpec  # noqa: E402
+from ensemble_core.spec import (  # noqa: E402
+    ChatMessage,
+    EnsembleConfig,
+    EnsembleSpec,
+    GenerationRequest,
+    ModelSpec,
+    PromptInput,
+)
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -40,7 +47,7 @@ def pool() -> Iterator[ModelPool]:
 
 
 def _greedy(pool: ModelPool, spec: ModelSpec, tokens: int, boundary: str = "none") -> list:  # type: ignore[type-arg]
-    session = pool.generator(spec).open_session(MESSAGES, seed=0)
+    session = pool.generator(spec).open_session(PromptInput.chat(MESSAGES), seed=0)
     limits = SegmentLimits(max_new_tokens=tokens, boundary=boundary)  # type: ignore[arg-type]
     return session.generate("", [Sampling(0.0)], limits)
 
@@ -75,11 +82,13 @@ def test_segments_boundaries_and_prefix_caching(pool: ModelPool) -> None:
 
 
 def test_sampling_scores_and_prompt_statistics(pool: ModelPool) -> None:
-    session = pool.generator(SMOLLM2_VLLM).open_session(MESSAGES, seed=3)
+    session = pool.generator(SMOLLM2_VLLM).open_session(PromptInput.chat(MESSAGES), seed=3)
     limits = SegmentLimits(max_new_tokens=8, boundary="none")
     first = session.generate("", [Sampling(0.9), Sampling(0.9)], limits)
     again = (
-        pool.generator(SMOLLM2_VLLM).open_session(MESSAGES, seed=3).generate("", [Sampling(0.9)] * 2, limits)
+        pool.generator(SMOLLM2_VLLM)
+        .open_session(PromptInput.chat(MESSAGES), seed=3)
+        .generate("", [Sampling(0.9)] * 2, limits)
     )
     assert [c.text for c in first] == [c.text for c in again]  # seeded per job
     scores = session.score_continuations("The capital", [" of France is Paris.", " banana banana"])
@@ -87,7 +96,7 @@ def test_sampling_scores_and_prompt_statistics(pool: ModelPool) -> None:
     assert scores[0].mean_logprob > scores[1].mean_logprob
     hf_scores = (
         pool.generator(SMOLLM2_HF)
-        .open_session(MESSAGES)
+        .open_session(PromptInput.chat(MESSAGES))
         .score_continuations("The capital", [" of France is Paris."])
     )
     assert scores[0].mean_logprob == pytest.approx(hf_scores[0].mean_logprob, abs=0.05)

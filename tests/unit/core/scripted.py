@@ -12,7 +12,7 @@ from ensemble_core.ports import (
     SegmentLimits,
     SessionCounters,
 )
-from ensemble_core.spec import ChatMessage, ModelSpec
+from ensemble_core.spec import ModelSpec, PromptInput, PromptStyle
 
 
 class ScriptedSession:
@@ -58,7 +58,12 @@ class ScriptedGenerator:
         self.script = script
 
     def open_session(
-        self, messages: list[ChatMessage], *, reuse_cache: bool = True, seed: int | None = None
+        self,
+        prompt: PromptInput,
+        *,
+        style: PromptStyle | None = None,
+        reuse_cache: bool = True,
+        seed: int | None = None,
     ) -> ScriptedSession:
         return ScriptedSession(self.script)
 

@@ -13,7 +13,7 @@ from ensemble_core.backends.hf import HFTextGenerator
 from ensemble_core.errors import ModelLoadError
 from ensemble_core.pool import ModelPool
 from ensemble_core.ports import Sampling, SegmentLimits
-from ensemble_core.spec import ChatMessage, ModelSpec
+from ensemble_core.spec import ChatMessage, ModelSpec, PromptInput
 
 MESSAGES = [ChatMessage(role="user", content="What is 2+2?")]
 HOT = Sampling(1.0)  # random models decode greedily into loops of one token; sampling is seeded
@@ -27,15 +27,17 @@ def tiny(request, pool: ModelPool, tiny_dirs: dict[str, Path]) -> HFTextGenerato
 
 
 def test_prompt_uses_the_models_chat_template(tiny: HFTextGenerator) -> None:
-    session = tiny.open_session(MESSAGES)
+    session = tiny.open_session(PromptInput.chat(MESSAGES))
     assert session.prompt_text == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
     assert session.counters.prompt_tokens == len(tiny.encode(session.prompt_text))
 
 
 def test_greedy_is_deterministic_and_batched_rows_match_single(tiny: HFTextGenerator) -> None:
     limits = SegmentLimits(max_new_tokens=12, boundary="none")
-    alone = tiny.open_session(MESSAGES).generate("", [Sampling(0.0)], limits)[0]
-    batched = tiny.open_session(MESSAGES).generate("", [Sampling(0.0), Sampling(1.0)], limits)
+    alone = tiny.open_session(PromptInput.chat(MESSAGES)).generate("", [Sampling(0.0)], limits)[0]
+    batched = tiny.open_session(PromptInput.chat(MESSAGES)).generate(
+        "", [Sampling(0.0), Sampling(1.0)], limits
+    )
     assert batched[0].token_ids == alone.token_ids
     assert len(alone.token_logprobs) == alone.num_tokens
     assert all(lp <= 0.0 for lp in alone.token_logprobs)
@@ -44,7 +46,9 @@ def test_greedy_is_deterministic_and_batched_rows_match_single(tiny: HFTextGener
 def test_sampling_is_replayable_by_seed(tiny: HFTextGenerator) -> None:
     limits = SegmentLimits(max_new_tokens=10, boundary="none")
     runs = [
-        tiny.open_session(MESSAGES, seed=seed).generate("", [Sampling(1.0, 0.9)], limits)[0].token_ids
+        tiny.open_session(PromptInput.chat(MESSAGES), seed=seed)
+        .generate("", [Sampling(1.0, 0.9)], limits)[0]
+        .token_ids
         for seed in (7, 7, 8)
     ]
     assert runs[0] == runs[1]
@@ -64,11 +68,11 @@ def _marker(tiny: HFTextGenerator, ids: list[int]) -> str:
 def test_segment_ends_at_boundary_found_while_decoding(tiny: HFTextGenerator) -> None:
     """With a boundary string that the model is bound to produce soon, the candidate stops
     right after it: no token is generated past the boundary."""
-    probe = tiny.open_session(MESSAGES, seed=11).generate(
+    probe = tiny.open_session(PromptInput.chat(MESSAGES), seed=11).generate(
         "", [HOT], SegmentLimits(max_new_tokens=20, boundary="none")
     )[0]
     marker = _marker(tiny, probe.token_ids)
-    candidate = tiny.open_session(MESSAGES, seed=11).generate(
+    candidate = tiny.open_session(PromptInput.chat(MESSAGES), seed=11).generate(
         "", [HOT], SegmentLimits(max_new_tokens=20, boundary="none", boundary_strings=(marker,))
     )[0]
     assert candidate.finish == "boundary_string"
@@ -78,11 +82,11 @@ def test_segment_ends_at_boundary_found_while_decoding(tiny: HFTextGenerator) ->
 
 
 def test_stop_string_cuts_the_candidate(tiny: HFTextGenerator) -> None:
-    probe = tiny.open_session(MESSAGES, seed=11).generate(
+    probe = tiny.open_session(PromptInput.chat(MESSAGES), seed=11).generate(
         "", [HOT], SegmentLimits(max_new_tokens=20, boundary="none")
     )[0]
     stop = _marker(tiny, probe.token_ids)
-    candidate = tiny.open_session(MESSAGES, seed=11).generate(
+    candidate = tiny.open_session(PromptInput.chat(MESSAGES), seed=11).generate(
         "", [HOT], SegmentLimits(max_new_tokens=20, boundary="none", stop_strings=(stop,))
     )[0]
     assert candidate.finish == "stop_string"
@@ -95,8 +99,8 @@ def test_cache_reuse_prefills_only_the_new_text_and_logits_match(tiny: HFTextGen
     prefilled, and the next-token logits equal a fresh full prefill (by tolerance: tiny random
     models have near-tied logits, so greedy tokens are not compared)."""
     limits = SegmentLimits(max_new_tokens=8, boundary="none")
-    reuse = tiny.open_session(MESSAGES, reuse_cache=True)
-    naive = tiny.open_session(MESSAGES, reuse_cache=False)
+    reuse = tiny.open_session(PromptInput.chat(MESSAGES), reuse_cache=True)
+    naive = tiny.open_session(PromptInput.chat(MESSAGES), reuse_cache=False)
     accepted = ""
     for _ in range(3):
         accepted += reuse.generate(accepted, [Sampling(0.0), Sampling(0.9)], limits)[0].text
@@ -110,7 +114,7 @@ def test_cache_reuse_prefills_only_the_new_text_and_logits_match(tiny: HFTextGen
 
 
 def test_score_continuations_match_a_full_forward(tiny: HFTextGenerator) -> None:
-    session = tiny.open_session(MESSAGES)
+    session = tiny.open_session(PromptInput.chat(MESSAGES))
     session.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=4, boundary="none"))
     continuations = [" four", " the answer is four", "4"]
     scores = session.score_continuations("Well,", continuations)
@@ -127,7 +131,7 @@ def test_score_continuations_match_a_full_forward(tiny: HFTextGenerator) -> None
 
 
 def test_prompt_statistics(tiny: HFTextGenerator) -> None:
-    stats = tiny.open_session(MESSAGES).prompt_statistics()
+    stats = tiny.open_session(PromptInput.chat(MESSAGES)).prompt_statistics()
     assert stats.mean_nll > 0
     assert 0 < stats.mean_top1_prob <= 1
     assert stats.perplexity > 1
@@ -142,7 +146,7 @@ def test_load_options_reach_transformers(tiny_dirs: dict[str, Path]) -> None:
     assert generator.model.config._attn_implementation == "eager"
     assert generator.model.dtype == torch.bfloat16
     assert generator.device == "cpu"
-    candidate = generator.open_session(MESSAGES).generate(
+    candidate = generator.open_session(PromptInput.chat(MESSAGES)).generate(
         "", [Sampling(0.0)], SegmentLimits(max_new_tokens=3)
     )[0]
     assert candidate.num_tokens >= 1
@@ -190,8 +194,8 @@ def test_sliding_window_cache_crops_past_the_window(tmp_path: Path) -> None:
     from tests.tiny_models import build_tiny_model
 
     generator = HFTextGenerator(ModelSpec(path=str(build_tiny_model(tmp_path / "gemma3", arch="gemma3"))))
-    reuse = generator.open_session(MESSAGES, reuse_cache=True, seed=1)
-    naive = generator.open_session(MESSAGES, reuse_cache=False)
+    reuse = generator.open_session(PromptInput.chat(MESSAGES), reuse_cache=True, seed=1)
+    naive = generator.open_session(PromptInput.chat(MESSAGES), reuse_cache=False)
     accepted = ""
     for _ in range(5):
         # two candidates of 12 tokens each, then a crop back to the accepted text

@@ -14,7 +14,7 @@ from ensemble_core.backends import hf_batching
 from ensemble_core.backends.hf import HFTextGenerator
 from ensemble_core.errors import GenerationError
 from ensemble_core.ports import Candidate, Sampling, SegmentLimits
-from ensemble_core.spec import ChatMessage, ModelSpec
+from ensemble_core.spec import ChatMessage, ModelSpec, PromptInput
 
 LIMITS = SegmentLimits(max_new_tokens=10, boundary="none")
 HOT = Sampling(1.0, 0.95)
@@ -38,7 +38,7 @@ def _messages(i: int) -> list[ChatMessage]:
 def _two_rounds(generator: HFTextGenerator, i: int, samplings: list[Sampling]) -> tuple[list[Candidate], int]:
     """Two rounds: the second starts from a kept batch row plus its one unfed token (the
     wave's shared prefill)."""
-    session = generator.open_session(_messages(i), seed=100 + i)
+    session = generator.open_session(PromptInput.chat(_messages(i)), seed=100 + i)
     try:
         first = session.generate("", samplings, LIMITS)
         second = session.generate(first[0].text, samplings, LIMITS)
@@ -94,7 +94,7 @@ def test_concurrent_sessions_share_waves_and_match_decoding_alone(
 
 def test_rows_end_at_their_own_limits_and_leave_the_wave(generator: HFTextGenerator) -> None:
     def work(i: int) -> Candidate:
-        session = generator.open_session(_messages(i), seed=i)
+        session = generator.open_session(PromptInput.chat(_messages(i)), seed=i)
         try:
             return session.generate("", [HOT], SegmentLimits(max_new_tokens=2 + 4 * i, boundary="none"))[0]
         finally:
@@ -108,7 +108,7 @@ def test_rows_end_at_their_own_limits_and_leave_the_wave(generator: HFTextGenera
 
 
 def test_a_failing_call_fails_alone(generator: HFTextGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
-    sessions = [generator.open_session(_messages(i), seed=i) for i in range(3)]
+    sessions = [generator.open_session(PromptInput.chat(_messages(i)), seed=i) for i in range(3)]
     broken = sessions[1]
 
     def refuse(accepted_text: str, shared_max: int):  # type: ignore[no-untyped-def]
@@ -124,8 +124,8 @@ def test_a_failing_call_fails_alone(generator: HFTextGenerator, monkeypatch: pyt
 
 
 def test_a_closed_session_is_not_waited_for(generator: HFTextGenerator) -> None:
-    idle = generator.open_session(_messages(0))  # opened, never generates
-    busy = generator.open_session(_messages(1), seed=1)
+    idle = generator.open_session(PromptInput.chat(_messages(0)))  # opened, never generates
+    busy = generator.open_session(PromptInput.chat(_messages(1)), seed=1)
     assert generator.batcher is not None
     started = time.perf_counter()
     busy.generate("", [HOT], LIMITS)  # waits at most the 200 ms window for the idle one

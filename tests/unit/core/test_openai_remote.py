@@ -15,7 +15,7 @@ import pytest
 from ensemble_core.backends.openai_remote import OpenAITextGenerator, render_prompt
 from ensemble_core.errors import GenerationError
 from ensemble_core.ports import Sampling, SegmentLimits
-from ensemble_core.spec import ChatMessage, ModelSpec
+from ensemble_core.spec import ChatMessage, ModelSpec, PromptInput
 
 MESSAGES = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Capital?")]
 ANSWER = ["Paris", " is", " nice", ".", " It", " is", " big", "."]
@@ -81,7 +81,7 @@ def test_prompt_formats() -> None:
 
 def test_segments_are_cut_token_by_token_with_logprobs() -> None:
     server = FakeServer()
-    session = _generator(server, prompt_format="plain").open_session(MESSAGES, seed=1)
+    session = _generator(server, prompt_format="plain").open_session(PromptInput.chat(MESSAGES), seed=1)
     (sentence,) = session.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=8))
     assert (sentence.text, sentence.num_tokens, sentence.finish) == ("Paris is nice.", 4, "boundary")
     assert sentence.token_logprobs == pytest.approx([-0.1, -0.2, -0.3, -0.4])
@@ -97,7 +97,7 @@ def test_segments_are_cut_token_by_token_with_logprobs() -> None:
 
 
 def test_echo_scores_continuations_and_the_prompt() -> None:
-    session = _generator(FakeServer()).open_session(MESSAGES)
+    session = _generator(FakeServer()).open_session(PromptInput.chat(MESSAGES))
     scores = session.score_continuations("The answer", [" is Paris", " is"])
     assert scores[0].tokens == 2 and scores[1].tokens == 1
     assert all(math.isfinite(s.mean_logprob) for s in scores)
@@ -109,7 +109,7 @@ def test_echo_scores_continuations_and_the_prompt() -> None:
 def test_a_server_without_logprobs_is_asked_once_then_never() -> None:
     server = FakeServer(refuse_logprobs=True)
     generator = _generator(server)
-    session = generator.open_session(MESSAGES)
+    session = generator.open_session(PromptInput.chat(MESSAGES))
     (first,) = session.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=8))
     assert generator.logprobs is False
     assert (first.text, first.finish, first.token_logprobs) == ("Paris is nice.", "boundary", [])
@@ -123,11 +123,18 @@ def test_a_server_without_logprobs_is_asked_once_then_never() -> None:
 
 def test_retries_then_gives_up() -> None:
     server = FakeServer(fail_first=1)
-    session = _generator(server, max_retries=1).open_session(MESSAGES)
+    session = _generator(server, max_retries=1).open_session(PromptInput.chat(MESSAGES))
     assert (
         session.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=2, boundary="none"))[0].text
         == "Paris is"
     )
-    failing = _generator(FakeServer(fail_first=5), max_retries=1).open_session(MESSAGES)
+    failing = _generator(FakeServer(fail_first=5), max_retries=1).open_session(PromptInput.chat(MESSAGES))
     with pytest.raises(GenerationError, match="after 2 attempt"):
         failing.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=2))
+
+
+def test_a_raw_prompt_is_sent_as_is_whatever_the_chat_format() -> None:
+    server = FakeServer()
+    session = _generator(server, prompt_format="chatml").open_session(PromptInput.raw("Once upon"), seed=1)
+    session.generate(" a", [Sampling(0.0)], SegmentLimits(max_new_tokens=2, boundary="none"))
+    assert server.bodies[0]["prompt"] == "Once upon a"

@@ -16,7 +16,7 @@ from ensemble_core.engine import run_ensemble
 from ensemble_core.pool import ModelPool
 from ensemble_core.ports import Sampling, SegmentLimits
 from ensemble_core.segment_text import find_stop
-from ensemble_core.spec import ChatMessage, EnsembleConfig, EnsembleSpec, ModelSpec
+from ensemble_core.spec import ChatMessage, EnsembleConfig, EnsembleSpec, ModelSpec, PromptInput
 from tests.unit.core.conftest import ask
 
 MESSAGES = [ChatMessage(role="user", content="What is 2+2?")]
@@ -32,7 +32,7 @@ def tiny(request, pool: ModelPool, tiny_dirs: dict[str, Path]) -> HFTextGenerato
 
 
 def _one(tiny: HFTextGenerator, sampling: Sampling, limits: SegmentLimits = LONG, seed: int = 0):  # type: ignore[no-untyped-def]
-    session = tiny.open_session(MESSAGES, seed=seed)
+    session = tiny.open_session(PromptInput.chat(MESSAGES), seed=seed)
     try:
         return session.generate("", [sampling], limits)[0]
     finally:
@@ -128,7 +128,7 @@ def test_the_batched_decoder_applies_the_fields_too(tiny_dirs: dict[str, Path]) 
         Sampling(0.0, logit_bias=((eos, 100.0),)),
     ]
     limits = SegmentLimits(max_new_tokens=6, boundary="none", eos_after=3)
-    sessions = [generator.open_session(MESSAGES, seed=i) for i in range(2)]
+    sessions = [generator.open_session(PromptInput.chat(MESSAGES), seed=i) for i in range(2)]
     results: list = [None, None]
 
     def run(i: int) -> None:

@@ -22,7 +22,7 @@ from .real_models import GEMMA, gemma3_fixture  # noqa: F401  (fixture)
 
 def _greedy(pool: ModelPool, spec: ModelSpec, request: GenerationRequest) -> str:
     """The model alone, one uninterrupted greedy decode (the reference)."""
-    session = pool.generator(spec).open_session(list(request.messages), seed=0)
+    session = pool.generator(spec).open_session(request.prompt_input(), seed=0)
     limits = SegmentLimits(
         max_new_tokens=request.max_tokens, boundary="none", stop_strings=tuple(request.stop)
     )
