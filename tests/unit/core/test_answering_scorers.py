@@ -23,7 +23,14 @@ from ensemble_core.scorers.confidence import trace_confidence
 from ensemble_core.scorers.copy_guard import copied_fraction
 from ensemble_core.scorers.likelihood import per_unit
 from ensemble_core.scorers.specs import AgreementScorerSpec, RemoteScorerSpec
-from ensemble_core.spec import ChatMessage, EnsembleConfig, EnsembleSpec, GenerationRequest, ModelSpec
+from ensemble_core.spec import (
+    ChatMessage,
+    EnsembleConfig,
+    EnsembleSpec,
+    GenerationRequest,
+    ModelSpec,
+    PromptInput,
+)
 from tests.tiny_sentencepiece import build_tiny_sentencepiece_model
 
 QUESTION = 'What is the opposite of "top"? Answer briefly and end your reply with the answer.'
@@ -101,7 +108,7 @@ def _echo_round(job: EnsembleJob) -> ScoringRequest:
     """Two echoes (copying is cheap: near-certain tokens, peaked distributions) and one answer."""
     members = job.members
     return ScoringRequest(
-        messages=list(job.request.messages),
+        prompt=job.request.prompt_input(),
         accepted_text="",
         candidates=[ECHO, ANSWER, ECHO],
         authors=[members[0].name, members[1].name, members[1].name],
@@ -161,7 +168,7 @@ def test_an_echo_loses_under_minilm_and_smollm2(pool: ModelPool) -> None:
         # PMI itself (no guard needed): a generic reply gains little from the question
         pmi = job.build_scorer([{"type": "pmi"}])
         request = ScoringRequest(
-            list(job.request.messages), "", ["Bottom.", "I am not sure."], ["careful", "bold"]
+            job.request.prompt_input(), "", ["Bottom.", "I am not sure."], ["careful", "bold"]
         )
         answer, generic = pmi.score_round(request).raw
         assert answer["pmi"] > generic["pmi"]
@@ -191,7 +198,7 @@ def test_one_scale_for_different_tokenizers(
         def own_score(i: int, unit: str) -> float:
             member = job.members[i]
             request = ScoringRequest(
-                list(job.request.messages),
+                job.request.prompt_input(),
                 "",
                 [text],
                 [member.name],
@@ -206,7 +213,7 @@ def test_one_scale_for_different_tokenizers(
         by_token = [own_score(0, "token"), own_score(1, "token")]
         assert by_token[0] / by_token[1] == pytest.approx(counts[1] / counts[0])
         request = ScoringRequest(
-            list(job.request.messages), "", [text, text], ["bpe", "piece"], [m.load_key for m in job.members]
+            job.request.prompt_input(), "", [text, text], ["bpe", "piece"], [m.load_key for m in job.members]
         )
         # cross-model scores are per byte too: each model's total over the other's text
         cross = job.build_scorer([{"type": "likelihood"}]).score_round(request).raw
@@ -223,14 +230,14 @@ def test_pmi_is_the_conditional_minus_the_neutral_likelihood(
     job = _job(tiny_spec, pool)
     try:
         candidates = [" four", " ten three"]
-        request = ScoringRequest(list(job.request.messages), "", candidates, ["x", "y"])
+        request = ScoringRequest(job.request.prompt_input(), "", candidates, ["x", "y"])
         raw = job.build_scorer([{"type": "pmi"}]).score_round(request).raw
         for i, text in enumerate(candidates):
             expected = []
             for member in job.members:
                 cond = job.session(member).score_continuations("", [text])[0]
                 neutral = pool.generator(member.spec).open_session(
-                    [ChatMessage(role="user", content="Answer:")], seed=0
+                    PromptInput.chat([ChatMessage(role="user", content="Answer:")]), seed=0
                 )
                 uncond = neutral.score_continuations("", [text])[0]
                 neutral.close()
@@ -254,7 +261,7 @@ def test_agreement_counts_matching_answers_and_shared_words() -> None:
     own = AgreementScorer(AgreementScorerSpec(other_authors_only=True)).score(request)
     assert own[0] == pytest.approx(1 / 2)  # "five apples" is the author's own: not counted
     words = AgreementScorer(AgreementScorerSpec(mode="words")).score(
-        ScoringRequest([], "", ["red apple", "red pear", "blue sky"], ["a", "b", "c"])
+        ScoringRequest(PromptInput.raw(""), "", ["red apple", "red pear", "blue sky"], ["a", "b", "c"])
     )
     assert words == [pytest.approx(0.25), pytest.approx(0.25), 0.0]
 

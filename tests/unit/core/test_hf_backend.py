@@ -210,7 +210,7 @@ def test_sliding_window_cache_crops_past_the_window(tmp_path: Path) -> None:
 
 def test_candidates_carry_deepconf_confidence_and_self_certainty(tiny: HFTextGenerator) -> None:
     """Computed while decoding from the untempered distribution; checked against a full forward."""
-    session = tiny.open_session(MESSAGES, seed=3)
+    session = tiny.open_session(PromptInput.chat(MESSAGES), seed=3)
     candidate = session.generate("", [HOT], SegmentLimits(max_new_tokens=6, boundary="none"))[0]
     assert len(candidate.token_confidence) == len(candidate.token_self_certainty) == candidate.num_tokens
     full = tiny.encode(session.prompt_text) + candidate.token_ids
