@@ -82,7 +82,7 @@ class ResponseAggregator(LevelAggregator):
         assert isinstance(params, ResponseParams)
         records = self.candidates(job, members)
         guard = CopyGuard(threshold=params.copy_threshold)
-        sources = user_sources(job.request.messages)
+        sources = user_sources(job.request.prompt_input().as_messages())
         for record in records:
             record.copied, record.vetoed = guard.check(record.candidate.text, sources, "")
         answers = [extract_answer(r.candidate.text, params.answer_format) for r in records]

@@ -100,7 +100,7 @@ class CascadeResponseAggregator(ResponseAggregator):
         params = self.params
         assert isinstance(params, CascadeParams)
         guard = CopyGuard(threshold=params.copy_threshold)
-        sources = user_sources(job.request.messages)
+        sources = user_sources(job.request.prompt_input().as_messages())
         everything: list[CandidateRecord] = []
         ordered = self._ordered(members)
         for index, member in enumerate(ordered):
