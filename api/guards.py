@@ -95,13 +95,37 @@ def _authenticate(state: AppState, request: Request, token: str | None) -> Princ
         if not token:
             raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
         raise _unauthorized("invalid API key", "invalid_api_key")
-    if not is_local_client(request.client.host if request.client else ""):
+    if not is_local_client(request.client.host if request.client else "") or is_forwarded(request):
         raise _unauthorized(
             "no API keys exist, so this server answers requests from its own machine only; "
             "create one there with: ensemblehub keys create --tenant NAME",
             "no_api_keys",
         )
     return OPEN_MODE
+
+
+# headers a proxy adds; a request that carries one came through a proxy, so from elsewhere
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
+def is_forwarded(request: Request) -> bool:
+    """The open mode answers this machine only and never trusts proxy headers: a request
+    relayed by a proxy on this machine (whatever its headers claim) is not local."""
+    return any(name in request.headers for name in FORWARDING_HEADERS)
+
+
+def optional_principal(request: Request) -> Principal | None:
+    """Who is asking, or None for a request without a valid key (no 401, no rate limit):
+    for the endpoints anyone may call that show more to an admin (``/status``)."""
+    state = get_state(request)
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    try:
+        return _authenticate(state, request, token or None)
+    except ApiError:
+        return None
+    except Exception:  # noqa: BLE001 - the database is down: /status must still answer
+        return None
 
 
 def is_local_client(host: str) -> bool:

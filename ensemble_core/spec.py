@@ -119,13 +119,25 @@ class EnsembleConfig(_Frozen):
 
 
 class EnsembleSpec(_Frozen):
-    """What a config version stores: the member models plus the default ensemble config."""
+    """What a config version stores: the member models, the default ensemble config, and the
+    named scorers and fusers a request may use by name (``"scorers": ["quality_rm"]``,
+    ``"fuser": "big_fuser"``); see ``ensemble_core.references``. Naming them here keeps what
+    loads weights or calls a URL in the admin's hands while requests pick among them."""
 
     model_specs: list[ModelSpec] = Field(min_length=1)
     default_ensemble_config: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    scorers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="named scorer configs (the items of `scorers`)"
+    )
+    fusers: dict[str, ModelSpec] = Field(default_factory=dict, description="named fuser models")
 
     def content_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        # the named parts are left out while empty, so versions stored before they existed
+        # keep their hash (a restart with the same flags appends no new version)
+        data = self.model_dump(
+            mode="json", exclude={k for k in ("scorers", "fusers") if not getattr(self, k)}
+        )
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 class ChatMessage(_Frozen):

@@ -23,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ensemble_core.engine import run_ensemble
 from ensemble_core.errors import EnsembleError
+from ensemble_core.references import resolve_references, restore_names
 from ensemble_core.result import EnsembleResult, SegmentEvent
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 from jobqueue.webhook_events import record_settlement_events
@@ -80,8 +81,14 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
             request_json.get("ensemble_config") or spec.default_ensemble_config.model_dump()
         )
         gen_request = GenerationRequest.model_validate(request_json["generation"])
-        results = _run_choices(runtime, job_id, spec, config, gen_request, int(request_json.get("n") or 1))
+        # the job stores names of the version's scorers and fusers; the engine gets what they
+        # stand for, and the stored trace shows the names again
+        resolved = resolve_references(config, spec)
+        results = _run_choices(runtime, job_id, spec, resolved, gen_request, int(request_json.get("n") or 1))
         payload = _without_nul(_result_payload(results))
+        for choice in [payload, *payload.get("choices", [])]:
+            if isinstance(choice.get("trace"), dict):
+                restore_names(choice["trace"], config)
         payload["timings"] = {"model_ms": round((time.perf_counter() - started) * 1000, 1)}
         status, deliveries = _settle(
             runtime,

@@ -23,7 +23,7 @@ def submit_batch(
     body: BatchRequest, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
 ) -> JSONResponse:
     """Accept every example at once (202); each runs as its own job. Poll the ``Location``."""
-    batch = batch_service.create_batch(state, body, tenant=principal.tenant)
+    batch = batch_service.create_batch(state, body, tenant=principal.tenant, restricted=not principal.admin)
     return JSONResponse(
         batch_service.batch_view(batch),
         status_code=202,

@@ -54,7 +54,14 @@ def _respond(
     default_max_tokens: int = 256,
 ) -> JSONResponse | StreamingResponse:
     prepared = completion_service.prepare(
-        state, body, kind=kind, form=form, preset=preset, forced=forced, default_max_tokens=default_max_tokens
+        state,
+        body,
+        kind=kind,
+        form=form,
+        preset=preset,
+        forced=forced,
+        default_max_tokens=default_max_tokens,
+        restricted=not principal.admin,
     )
     prepared.tenant = principal.tenant
     if body.background and body.stream:

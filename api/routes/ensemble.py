@@ -19,14 +19,16 @@ from persistence.models import ConfigVersion
 router = APIRouter(prefix="/v1/ensemble", tags=["ensemble"])
 
 
-def version_view(row: ConfigVersion) -> dict[str, Any]:
+def version_view(row: ConfigVersion, *, admin: bool = True) -> dict[str, Any]:
+    """A config version; a tenant (non-admin key) sees it without the fields that say how to
+    load or reach a model (``config_service.REDACTED_KEYS``)."""
     return {
         "id": row.id,
         "version": row.version,
         "content_hash": row.content_hash,
         "created_at": int(row.created_at.timestamp()),
         "note": row.note,
-        **row.spec,
+        **(row.spec if admin else config_service.redacted(row.spec)),
     }
 
 
@@ -36,9 +38,11 @@ def methods() -> dict[str, Any]:
 
 
 @router.get("/config")
-def get_config(state: AppState = Depends(get_state)) -> dict[str, Any]:
+def get_config(
+    state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
+) -> dict[str, Any]:
     row, _ = config_service.current_version(state.db)
-    return version_view(row)
+    return version_view(row, admin=principal.admin)
 
 
 @router.post("/config")
@@ -58,11 +62,14 @@ def post_config(
 
 @router.get("/config/versions")
 def config_versions(
-    limit: int = 100, offset: int = 0, state: AppState = Depends(get_state)
+    limit: int = 100,
+    offset: int = 0,
+    state: AppState = Depends(get_state),
+    principal: Principal = Depends(require_api_key),
 ) -> dict[str, Any]:
     with state.db.transaction() as session:
         rows = repository.list_config_versions(session, limit=min(max(limit, 1), 1000), offset=max(offset, 0))
-        data = [version_view(r) for r in rows]
+        data = [version_view(r, admin=principal.admin) for r in rows]
     return {"object": "list", "data": data}
 
 
@@ -75,8 +82,9 @@ def inference(
 ) -> JSONResponse:
     row, spec = config_service.current_version(state.db)
     config = config_service.merge_config(
-        spec.default_ensemble_config,
+        spec,
         body.ensemble_config,
+        restricted=not principal.admin,
         max_rounds=body.max_rounds,
         score_threshold=body.score_threshold,
     )

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from api.guards import Principal, optional_principal
 from api.services.status_service import service_status
 from api.state import AppState, get_state
 
@@ -25,8 +26,12 @@ def root(request: Request) -> dict[str, Any]:
 
 
 @router.get("/status")
-def status(state: AppState = Depends(get_state)) -> JSONResponse:
-    body = service_status(state)
+def status(
+    state: AppState = Depends(get_state), principal: Principal | None = Depends(optional_principal)
+) -> JSONResponse:
+    """Anyone sees the state and the checks; an admin key (or the local keyless mode) also
+    the workers, their models and the broker's address."""
+    body = service_status(state, detailed=principal is not None and principal.admin)
     return JSONResponse(body, status_code=200 if body["status"] != "unavailable" else 503)
 
 

@@ -21,7 +21,7 @@ def create_batch(
     principal: Principal = Depends(require_api_key),
 ) -> dict[str, Any]:
     """Run every line of ``input_file_id`` as its own job; poll ``GET /v1/batches/{id}``."""
-    return openai_batch_service.create(state, body, tenant=principal.tenant)
+    return openai_batch_service.create(state, body, tenant=principal.tenant, restricted=not principal.admin)
 
 
 @router.get("")

@@ -41,4 +41,10 @@ class ConfigUpdate(BaseModel):
 
     model_specs: list[ModelSpec] | None = None
     default_ensemble_config: dict[str, Any] | None = None
+    scorers: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="named scorers (replace the current ones); requests use them by name"
+    )
+    fusers: dict[str, ModelSpec] | None = Field(
+        default=None, description="named fuser models (replace the current ones); `fuser: NAME`"
+    )
     note: str | None = None

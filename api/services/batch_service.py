@@ -22,7 +22,7 @@ from api.schemas.batch import BatchRequest
 from api.services import config_service, job_service, limits, webhook_service
 from api.services.messages import build_generation, instruction_messages
 from api.state import AppState
-from ensemble_core.spec import EnsembleConfig
+from ensemble_core.spec import EnsembleConfig, EnsembleSpec
 from jobqueue.celery_config import enqueue_jobs
 from jobqueue.webhook_events import record_finished_batch
 from persistence import batch_repository
@@ -45,7 +45,10 @@ def check_size(state: AppState, count: int, *, param: str) -> None:
         )
 
 
-def create_batch(state: AppState, body: BatchRequest, *, tenant: str | None = None) -> Batch:
+def create_batch(
+    state: AppState, body: BatchRequest, *, tenant: str | None = None, restricted: bool = False
+) -> Batch:
+    """``restricted``: a tenant's batch, whose configs may only use names (``request_policy``)."""
     check_size(state, len(body.examples), param="examples")
     if body.webhook_url:
         job_service.check_webhook_url(state, body.webhook_url)
@@ -58,7 +61,7 @@ def create_batch(state: AppState, body: BatchRequest, *, tenant: str | None = No
         overrides = {**(body.ensemble_config or {}), **(example.ensemble_config or {})}
         key = json.dumps(overrides, sort_keys=True, default=str)
         if key not in configs:
-            configs[key] = _item_config(spec.default_ensemble_config, overrides, body, index)
+            configs[key] = _item_config(spec, overrides, body, index, restricted)
         generation = build_generation(
             instruction_messages(example.instruction, example.input),
             max_tokens=example.max_tokens or body.max_tokens,
@@ -152,11 +155,15 @@ def _enqueue_rest(state: AppState, batch_id: str, job_ids: list[str]) -> None:
 
 
 def _item_config(
-    default: EnsembleConfig, overrides: dict[str, Any], body: BatchRequest, index: int
+    spec: EnsembleSpec, overrides: dict[str, Any], body: BatchRequest, index: int, restricted: bool
 ) -> EnsembleConfig:
     try:
         return config_service.merge_config(
-            default, overrides, max_rounds=body.max_rounds, score_threshold=body.score_threshold
+            spec,
+            overrides,
+            restricted=restricted,
+            max_rounds=body.max_rounds,
+            score_threshold=body.score_threshold,
         )
     except ApiError as exc:
         raise ApiError(

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from api.errors import ApiError
 from api.schemas.openai import ChatMessageIn, PromptFields
-from api.services import config_service, job_service, limits
+from api.services import config_service, job_service, limits, request_policy
 from api.services.messages import build_generation
 from api.state import AppState
 from ensemble_core.methods import list_methods
@@ -90,12 +90,15 @@ def prepare(
     forced: dict[str, Any] | None = None,
     default_max_tokens: int = 256,
     current: tuple[ConfigVersion, EnsembleSpec] | None = None,
+    restricted: bool = False,
 ) -> PreparedJob:
     """Validate the body against the current config version and build the job's request.
 
     ``preset`` fields are defaults the request's ``ensemble_config`` may override; ``forced``
     fields define the endpoint (loop, presets) and win over the request's. ``current`` is the
-    config version already read by a caller that prepares many requests (OpenAI batches)."""
+    config version already read by a caller that prepares many requests (OpenAI batches).
+    ``restricted``: a tenant's (non-admin) request, whose ``ensemble_config`` may only choose
+    methods, numbers and names (``request_policy``)."""
     _refuse_unsupported(body)
     messages = _messages(body)
     # /v1/completions continues the prompt as raw text (OpenAI's and vLLM's semantics): no
@@ -105,8 +108,10 @@ def prepare(
     row, spec = current or config_service.current_version(state.db)
     models = _member_filter(body.model, spec)
     overrides = {**(preset or {}), **(body.ensemble_config or {}), **(forced or {})}
+    if restricted:  # the endpoint's own preset and forced fields are trusted
+        request_policy.check_tenant_config(body.ensemble_config, spec)
     config = config_service.merge_config(
-        spec.default_ensemble_config,
+        spec,
         overrides,
         max_rounds=body.max_rounds,
         score_threshold=body.score_threshold,

@@ -10,9 +10,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from api.errors import ApiError
+from api.services import request_policy
 from ensemble_core.bundled import default_ensemble_spec
 from ensemble_core.errors import ConfigError
 from ensemble_core.methods import validate_config
+from ensemble_core.references import resolve_references
+from ensemble_core.scorers.specs import parse_scorer_specs
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec
 from persistence import repository
 from persistence.db import Database
@@ -29,7 +32,7 @@ def ensure_startup_version(db: Database, startup_spec: EnsembleSpec | None) -> C
             if latest is not None:
                 return latest
             spec = default_ensemble_spec()
-        validate_config(spec.default_ensemble_config)
+        validate_config(resolve_references(spec.default_ensemble_config, spec))
         if latest is not None and latest.content_hash == spec.content_hash():
             return latest
         note = "from server start-up flags" if startup_spec is not None else "bundled default"
@@ -74,8 +77,9 @@ def append_version(db: Database, update: dict[str, Any], note: str | None) -> Co
     current spec, validate it fully, and store it as version n+1."""
     _, current = current_version(db)
     merged: dict[str, Any] = current.model_dump(mode="json")
-    if update.get("model_specs") is not None:
-        merged["model_specs"] = update["model_specs"]
+    for part in ("model_specs", "scorers", "fusers"):
+        if update.get(part) is not None:
+            merged[part] = update[part]
     if update.get("default_ensemble_config") is not None:
         merged["default_ensemble_config"] = {
             **merged["default_ensemble_config"],
@@ -93,7 +97,8 @@ def append_version(db: Database, update: dict[str, Any], note: str | None) -> Co
 def parse_spec(data: dict[str, Any]) -> EnsembleSpec:
     try:
         spec = EnsembleSpec.model_validate(data)
-        validate_config(spec.default_ensemble_config)
+        check_named_parts(spec)
+        validate_config(resolve_references(spec.default_ensemble_config, spec))
     except ValidationError as exc:
         raise ApiError(
             422, _pydantic_message(exc), code="invalid_config", param=_pydantic_param(exc)
@@ -103,12 +108,42 @@ def parse_spec(data: dict[str, Any]) -> EnsembleSpec:
     return spec
 
 
+def check_named_parts(spec: EnsembleSpec) -> None:
+    """Named scorers must be valid scorer configs; keys are never stored, only the name of
+    the environment variable that holds one (``api_key_env``, read by the worker)."""
+    parse_scorer_specs(list(spec.scorers.values()))
+    for where, model in [
+        *(("model_specs", m) for m in spec.model_specs),
+        *(("fusers", f) for f in spec.fusers.values()),
+    ]:
+        if "api_key" in model.engine_options:
+            raise ApiError(
+                400,
+                f"{where}: {model.display_name!r} has engine_options.api_key; config versions are shown "
+                "and stored, keys must not be: put the key in an environment variable of the workers "
+                "and name it with engine_options.api_key_env",
+                code="secret_in_config",
+                param=f"{where}.engine_options.api_key",
+            )
+
+
 def merge_config(
-    default: EnsembleConfig, overrides: dict[str, Any] | None, **top_level: Any
+    spec: EnsembleSpec,
+    overrides: dict[str, Any] | None,
+    *,
+    restricted: bool = False,
+    param_prefix: str = "ensemble_config",
+    **top_level: Any,
 ) -> EnsembleConfig:
     """The version's default config, then the request's ``ensemble_config``, then top-level
-    fields such as ``max_rounds`` the guide accepts beside it."""
-    data = default.model_dump()
+    fields such as ``max_rounds`` the guide accepts beside it.
+
+    ``restricted`` (a tenant's request): the overrides may only choose methods, numbers and
+    names (403 otherwise, see ``request_policy``). Named scorers and fusers are checked
+    against ``spec`` but stay names in the returned config; the worker resolves them."""
+    if restricted:
+        request_policy.check_tenant_config(overrides, spec, prefix=param_prefix)
+    data = spec.default_ensemble_config.model_dump()
     for key, value in (overrides or {}).items():
         data[key] = value
     for key, value in top_level.items():
@@ -116,17 +151,30 @@ def merge_config(
             data[key] = value
     try:
         config = EnsembleConfig.model_validate(data)
-        validate_config(config)
+        validate_config(resolve_references(config, spec))
     except ValidationError as exc:
         raise ApiError(
             400,
             _pydantic_message(exc),
             code="invalid_config",
-            param="ensemble_config." + (_pydantic_param(exc) or ""),
+            param=f"{param_prefix}." + (_pydantic_param(exc) or ""),
         ) from exc
     except ConfigError as exc:
-        raise ApiError(400, str(exc), code="invalid_config", param="ensemble_config") from exc
+        raise ApiError(400, str(exc), code="invalid_config", param=param_prefix) from exc
     return config
+
+
+# how a model is loaded or reached, and credentials: an admin's business, never a tenant's
+REDACTED_KEYS = frozenset({"engine_options", "headers", "url", "base_url", "api_key", "api_key_env"})
+
+
+def redacted(value: Any) -> Any:
+    """A stored spec (or config) with every ``REDACTED_KEYS`` field, at any depth, left out."""
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items() if k not in REDACTED_KEYS}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
 
 
 def _pydantic_message(exc: ValidationError) -> str:

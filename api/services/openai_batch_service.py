@@ -33,7 +33,9 @@ _ENDPOINT_JOBS: dict[str, tuple[str, completion_service.AnswerForm | None, int]]
 COMPLETION_WINDOW = timedelta(hours=24)
 
 
-def create(state: AppState, body: BatchCreateRequest, *, tenant: str | None = None) -> dict[str, Any]:
+def create(
+    state: AppState, body: BatchCreateRequest, *, tenant: str | None = None, restricted: bool = False
+) -> dict[str, Any]:
     if body.endpoint not in BATCH_ENDPOINTS:
         raise ApiError(
             400,
@@ -47,7 +49,8 @@ def create(state: AppState, body: BatchCreateRequest, *, tenant: str | None = No
     current = config_service.current_version(state.db)
     batch_id = new_id("batch")
     rows = [
-        _job_row(state, body.endpoint, line, batch_id, index, current) for index, line in enumerate(lines)
+        _job_row(state, body.endpoint, line, batch_id, index, current, restricted)
+        for index, line in enumerate(lines)
     ]
 
     def link(session: Session) -> None:
@@ -99,17 +102,24 @@ def _job_row(
     batch_id: str,
     index: int,
     current: tuple[ConfigVersion, EnsembleSpec],
+    restricted: bool,
 ) -> dict[str, Any]:
     kind, form, default_max_tokens = _ENDPOINT_JOBS[endpoint]
     try:
         prepared = completion_service.prepare(
-            state, line.body, kind=kind, form=form, default_max_tokens=default_max_tokens, current=current
+            state,
+            line.body,
+            kind=kind,
+            form=form,
+            default_max_tokens=default_max_tokens,
+            current=current,
+            restricted=restricted,
         )
     except ApiError as exc:
         # 400 whatever the endpoint would answer (e.g. 404 model_not_found): the bad thing
-        # here is the input file
+        # here is the input file; a field a tenant may not set stays 403
         raise ApiError(
-            400,
+            403 if exc.status == 403 else 400,
             f"line {line.number} (custom_id {line.custom_id!r}): {exc.message}",
             code=exc.code,
             param="input_file_id",

@@ -9,7 +9,9 @@ from ensemble_core.methods import list_methods
 from persistence import repository
 
 
-def service_status(state: AppState) -> dict[str, Any]:
+def service_status(state: AppState, *, detailed: bool = True) -> dict[str, Any]:
+    """``detailed`` False (no admin key): state and check results only, no host names, pids,
+    model paths, addresses or error texts."""
     checks: dict[str, Any] = {}
     try:
         state.db.ping()
@@ -39,8 +41,17 @@ def service_status(state: AppState) -> dict[str, Any]:
                 )
     checks["workers"] = {"ok": bool(workers), "count": len(workers)}
     down = not (checks["database"]["ok"] and checks["broker"]["ok"])
+    status = "unavailable" if down else ("ok" if workers else "degraded")
+    if not detailed:
+        return {
+            "status": status,
+            "mode": "embedded" if state.settings.embedded else "distributed",
+            "checks": {
+                name: {k: v for k, v in c.items() if k in ("ok", "count")} for name, c in checks.items()
+            },
+        }
     return {
-        "status": "unavailable" if down else ("ok" if workers else "degraded"),
+        "status": status,
         "mode": "embedded" if state.settings.embedded else "distributed",
         "checks": checks,
         "workers": workers,
