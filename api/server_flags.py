@@ -12,7 +12,10 @@ import importlib.util
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
 from ensemble_core.bundled import default_ensemble_spec
+from ensemble_core.methods import validate_config
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, ModelSpec
 
 ENSEMBLE_FLAGS = (
@@ -122,10 +125,61 @@ def parse_model_specs(text: str) -> list[ModelSpec]:
 
 
 def spec_from_args(args: argparse.Namespace) -> EnsembleSpec | None:
-    """The spec the flags describe, or None when no ensemble or model flag was given."""
-    given = {name for name in ENSEMBLE_FLAGS + MODEL_FLAGS if getattr(args, name, None) not in (None, False)}
+    """The spec the flags describe, or None when no ensemble or model flag was given.
+
+    The spec is validated as completely as a config version posted to the API (method names,
+    their parameters, no stored keys), so a bad flag stops the server with a message before
+    it serves: never a traceback, never the previous version served in silence."""
+    try:
+        spec = _spec_from_args(args)
+        if spec is not None:
+            validate_config(spec.default_ensemble_config)
+            _refuse_stored_keys(spec)
+        return spec
+    except FlagError:
+        raise
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else str(e["msg"])
+            for e in exc.errors()[:5]
+        )
+        raise FlagError(problems) from exc
+    except ValueError as exc:  # ConfigError: an unknown method or parameter, with the valid names
+        raise FlagError(str(exc)) from exc
+
+
+def _refuse_stored_keys(spec: EnsembleSpec) -> None:
+    for model in spec.model_specs:
+        if "api_key" in model.engine_options:
+            raise FlagError(
+                f"--model_specs: {model.display_name!r} has engine_options.api_key; keys are not stored in "
+                "config versions: export it in the workers' environment and give engine_options.api_key_env"
+            )
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    values = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise FlagError(f"--{flag}: {part!r} is not a whole number (e.g. 50,100,200)") from None
+    return values
+
+
+def _spec_from_args(args: argparse.Namespace) -> EnsembleSpec | None:
+    # `is` and not `in (None, False)`: 0 == False, and --max_rounds 0 is given (and invalid)
+    given = {
+        name
+        for name in ENSEMBLE_FLAGS + MODEL_FLAGS
+        if getattr(args, name, None) is not None and getattr(args, name, None) is not False
+    }
     if not given:
         return None
+    if args.hf_use_8bit and args.hf_use_4bit:
+        raise FlagError("--hf_use_8bit and --hf_use_4bit exclude each other; give one")
     base = default_ensemble_spec()
     models = parse_model_specs(args.model_specs) if args.model_specs else list(base.model_specs)
     models = [_apply_model_flags(m, args) for m in models]
@@ -146,7 +200,7 @@ def spec_from_args(args: argparse.Namespace) -> EnsembleSpec | None:
         # the flag names the method; a stale aggregation_method of the base must not override it
         config["aggregation_method"] = None
     if args.length_thresholds:
-        config["length_thresholds"] = [int(x) for x in args.length_thresholds.split(",") if x.strip()]
+        config["length_thresholds"] = _int_list("length_thresholds", args.length_thresholds)
     if args.special_tokens:
         config["special_tokens"] = [x.strip() for x in args.special_tokens.split(",") if x.strip()]
     return EnsembleSpec(model_specs=models, default_ensemble_config=EnsembleConfig.model_validate(config))

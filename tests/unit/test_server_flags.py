@@ -134,3 +134,41 @@ def test_quantization_flag_sets_the_spec_for_gpu_models(monkeypatch):
     )
     spec = parse("--model_specs", "a:hf:cuda:0", "--hf_use_4bit")
     assert spec.model_specs[0].quantization == "4bit"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ensemble_method", "typo"], "unknown aggregation method 'typo'; valid names"),
+        (["--model_selection_method", "nope"], "unknown model_selection method 'nope'"),
+        (["--length_thresholds", "50,x"], "--length_thresholds: 'x' is not a whole number"),
+        (["--length_thresholds", "100,50"], "strictly ascending"),
+        (["--max_rounds", "0"], "--max_rounds: Input should be greater than or equal to 1"),
+        (["--hf_use_8bit", "--hf_use_4bit"], "exclude each other"),
+        (
+            ["--model_specs", '[{"path": "m", "engine": "openai", "engine_options": {"api_key": "sk-1"}}]'],
+            "api_key_env",
+        ),
+    ],
+)
+def test_an_invalid_flag_or_combination_is_a_flag_error_with_the_message(argv, message):
+    with pytest.raises(FlagError) as caught:
+        parse(*argv)
+    assert message in str(caught.value)
+
+
+def test_the_server_exits_2_before_serving_on_an_invalid_flag():
+    for argv, message in (
+        (["--ensemble_method", "typo"], "unknown aggregation method"),
+        (["--length_thresholds", "50,x"], "not a whole number"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "ensemblehub.api", "--port", "1", *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, out.stderr
+        assert message in out.stderr and "Traceback" not in out.stderr
+        assert "Uvicorn running" not in out.stderr + out.stdout
