@@ -21,8 +21,13 @@ from ensemble_core.spec import EnsembleSpec
 
 # inline scorer types a tenant may configure, with the fields they may set; the rest of each
 # type's fields (paths, devices) keep their defaults
+# (``models``: member names only, checked below)
 TENANT_INLINE_SCORERS: dict[str, frozenset[str]] = {
-    "likelihood": frozenset({"type", "weight", "include_own", "models"}),
+    "likelihood": frozenset({"type", "weight", "include_own", "models", "unit"}),
+    "pmi": frozenset({"type", "weight", "models", "neutral_prompt", "unit"}),
+    "agreement": frozenset({"type", "weight", "mode", "other_authors_only"}),
+    "confidence": frozenset({"type", "weight", "window", "reduce"}),
+    "self_certainty": frozenset({"type", "weight"}),
     "embedding": frozenset({"type", "weight", "mode"}),
 }
 # keys that configure loading or connecting, refused wherever they appear in a tenant's config

@@ -146,9 +146,10 @@ def test_fuser_given_as_a_model_path_is_refused(hub, evil_model):
     assert not marker.exists()
 
 
-def test_likelihood_scorer_models_must_be_members(hub, evil_model):
+@pytest.mark.parametrize("kind", ["likelihood", "pmi"])
+def test_scorer_models_must_be_members(hub, evil_model, kind):
     folder, _ = evil_model
-    scorer = {"type": "likelihood", "models": ["tiny-llama", str(folder)]}
+    scorer = {"type": kind, "models": ["tiny-llama", str(folder)]}
     config = {"ensemble_method": "simple", "aggregation_params": {"scorers": [scorer]}}
     resp = hub.client.post(
         "/v1/chat/completions", json={**CHAT, "ensemble_config": config}, headers=hub.tenant
