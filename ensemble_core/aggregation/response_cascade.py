@@ -148,7 +148,7 @@ class CascadeResponseAggregator(ResponseAggregator):
     ) -> tuple[CandidateRecord, dict[str, Any], str | None, str | None]:
         params = self.params
         assert isinstance(params, CascadeParams)
-        weights = confidence_weights(records, params.window)
+        weights = confidence_weights(records, params.window, params.reference_stats)
         for record, value in zip(records, weights, strict=True):
             record.raw_scores = {"confidence": value}
         if params.final == "last":

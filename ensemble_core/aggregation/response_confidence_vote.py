@@ -11,12 +11,14 @@ its most confident candidate. Candidates that copy the prompt (``copy_threshold`
 candidates without an answer do not vote; when none is left the most confident candidate is
 returned. A candidate without per-token numbers (a remote model that returns none) votes with
 the mean weight of the others.
-Trace confidence is a model's opinion of its own text: the weights compare samples of one
-model well and different models only roughly (different vocabularies and calibration).
+Trace confidence is a model's opinion of its own text: the raw weights compare samples of one
+model well and different models only roughly (different vocabularies and calibration). With
+``reference_stats`` (``ensemblehub calibrate --answer-tokens N``) for every member, a vote
+weighs ``exp(z)``, z being its confidence against its own model's usual answer confidence.
 Reference: Fu, Wang, Tian, Zhao, "Deep Think with Confidence" (2025), lowest group confidence,
 confidence filtering (top 10% / top 90%) and confidence-weighted majority voting.
 Parameters: ``samples_per_model``, ``window`` (16), ``keep_fraction`` (0.9), ``answer_format``,
-``copy_threshold``.
+``reference_stats``, ``copy_threshold``.
 Cost: the decodes only; the confidences are by-products of decoding.
 """
 
@@ -34,6 +36,7 @@ from ensemble_core.aggregation.response_vote import group_by_answer
 from ensemble_core.answer_extraction import ExtractedAnswer
 from ensemble_core.members import Member
 from ensemble_core.scorers.confidence import trace_confidence
+from ensemble_core.selection.zscore import ModelReferenceStats
 
 
 class ConfidenceVoteParams(ResponseParams):
@@ -44,11 +47,31 @@ class ConfidenceVoteParams(ResponseParams):
         le=1.0,
         description="share of the most confident candidates that vote (DeepConf: 0.1 or 0.9)",
     )
+    reference_stats: dict[str, ModelReferenceStats] = Field(
+        default_factory=dict,
+        description="per member name or model path (`ensemblehub calibrate --answer-tokens N`): "
+        "when every member has answer_confidence, a vote weighs exp(z) of its confidence against "
+        "its own model's usual one (one scale across models)",
+    )
 
 
-def confidence_weights(records: list[CandidateRecord], window: int) -> list[float]:
-    """Each candidate's trace confidence; a candidate without numbers gets the others' mean."""
+def confidence_weights(
+    records: list[CandidateRecord],
+    window: int,
+    references: dict[str, ModelReferenceStats] | None = None,
+) -> list[float]:
+    """Each candidate's trace confidence (a candidate without numbers gets the others' mean);
+    with calibrated ``references`` for every author, ``exp(z)`` of it against its model's usual
+    answer confidence, so members with different vocabularies weigh on one scale."""
     values = [trace_confidence(r.candidate.token_confidence, window) for r in records]
+    if references:
+        refs = [references.get(r.member.name) or references.get(r.member.spec.path) for r in records]
+        usual = [ref.answer_confidence for ref in refs if ref is not None and ref.answer_confidence]
+        if len(usual) == len(records):
+            values = [
+                math.exp(max(min((v - u.mean) / max(u.std, 1e-6), 20.0), -20.0)) if math.isfinite(v) else v
+                for v, u in zip(values, usual, strict=True)
+            ]
     known = [v for v in values if math.isfinite(v)]
     fill = sum(known) / len(known) if known else 1.0
     return [v if math.isfinite(v) else fill for v in values]
@@ -97,7 +120,7 @@ class ConfidenceVoteResponseAggregator(ResponseAggregator):
     ) -> tuple[CandidateRecord, dict[str, Any], str | None, str | None]:
         params = self.params
         assert isinstance(params, ConfidenceVoteParams)
-        weights = confidence_weights(records, params.window)
+        weights = confidence_weights(records, params.window, params.reference_stats)
         for record, value in zip(records, weights, strict=True):
             record.raw_scores = {"confidence": value}
         winner, summary = weighted_vote(records, answers, weights, params.keep_fraction)

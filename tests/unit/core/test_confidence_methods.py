@@ -5,6 +5,7 @@ confidences); the methods are the things under test."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,41 @@ def test_calibrate_stores_answer_confidence(pool: ModelPool, tiny_dirs: dict[str
     answer = stats[spec.path]["answer_confidence"]
     assert answer["mean"] > 0 and answer["std"] >= 0
     assert "answer_confidence" not in calibrate([spec], ["What is 2+2?"], pool)[spec.path]
+
+
+def _stats(mean: float, std: float) -> dict[str, Any]:
+    return {
+        "mean_nll": {"mean": 2.0, "std": 0.1},
+        "mean_top1_prob": {"mean": 0.5, "std": 0.1},
+        "prompts": 10,
+        "answer_confidence": {"mean": mean, "std": std},
+    }
+
+
+def test_calibrated_vote_puts_members_with_different_vocabularies_on_one_scale() -> None:
+    """A model whose confidences run high by habit must not outvote a model that is, for its
+    own habits, unusually sure."""
+    pool = ModelPool()
+    loud, _ = _member(pool, "loud", [("It is 6.", 9.0)])  # usual 10 +/- 1: below its habit
+    quiet, _ = _member(pool, "quiet", [("It is 5.", 3.0)])  # usual 1 +/- 1: very sure for it
+    raw = _run(pool, [loud, quiet], "deepconf_vote")
+    assert raw.trace["summary"]["winning_answer"] == "6"
+    stats = {"loud": _stats(10.0, 1.0), "quiet": _stats(1.0, 1.0)}
+    calibrated = _run(pool, [loud, quiet], "deepconf_vote", reference_stats=stats)
+    summary = calibrated.trace["summary"]
+    assert summary["winning_answer"] == "5"
+    assert summary["weights"] == {
+        "6": pytest.approx(math.exp(-1.0), abs=1e-4),
+        "5": pytest.approx(math.exp(2.0), abs=1e-4),
+    }
+
+
+def test_copy_guard_reads_a_raw_prompt_too() -> None:
+    pool = ModelPool()
+    echo, _ = _member(pool, "raw_echo", [("Q: What is 2+3?", 9.0)])
+    answer, _ = _member(pool, "raw_answer", [("5", 1.0)])
+    config = EnsembleConfig(aggregation_level="response", aggregation_method="deepconf_vote")
+    request = GenerationRequest(prompt="Q: What is 1+1?\nA: 2\nQ: What is 2+3?\nA:", max_tokens=8)
+    result = run_ensemble(EnsembleSpec(model_specs=[echo, answer]), config, request, pool)
+    assert result.text == "5"
+    assert result.trace["rounds"][0]["candidates"][0]["vetoed"] is True
