@@ -1,4 +1,4 @@
-"""``engine: "openai"``: a ``TextGenerator`` over any OpenAI-compatible ``/v1/completions`` endpoint.
+"""``engine: "openai"``: a ``TextGenerator`` over any OpenAI-compatible server's completions.
 
 A vLLM server, another Ensemble-Hub, a hosted API: the model is reached over HTTP, so nothing is
 loaded here. ``ModelSpec.path`` is the remote model name unless ``engine_options.model`` says
@@ -7,10 +7,14 @@ otherwise. ``engine_options``:
 - ``base_url`` (required): the API root as OpenAI clients take it, e.g. ``http://host:8000/v1``;
 - ``api_key`` or ``api_key_env`` (the name of an environment variable holding it; better than
   storing a secret in a config version): sent as ``Authorization: Bearer``;
-- ``prompt_format``: how the chat becomes one completion prompt: ``raw`` (default: the user's
-  text, for servers that apply their own chat template, such as Ensemble-Hub's
-  ``/v1/completions``), ``chatml``, ``plain`` (``role: content`` lines), or a Jinja chat
-  template string (``messages``, ``add_generation_prompt``);
+- ``prompt_format``: where a chat prompt goes. ``chat`` (default): the remote's
+  ``/chat/completions``, with its own chat template (see ``openai_chat``; no echo there, so
+  continuation scores are NaN and ``zscore`` cannot select this member). Otherwise the chat is
+  rendered here into one ``/completions`` prompt: ``raw`` (the messages' text joined),
+  ``chatml``, ``plain`` (``role: content`` lines), or a Jinja chat template string
+  (``messages``, ``add_generation_prompt``). A member's own ``prompt_format: raw`` (turn
+  template) or ``chat_template`` wins. A raw prompt (``/v1/completions``) always goes to the
+  remote's ``/completions`` as it is;
 - ``logprobs`` (default true): ask for token log-probabilities; a server that refuses them
   (HTTP 400 naming ``logprobs``) is asked again without, and never again;
 - ``timeout_s`` (default 60), ``max_retries`` (default 2; connection errors, 429 and 5xx, with
@@ -40,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from ensemble_core.backends.openai_chat import as_completion_choice, chat_body
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
     Candidate,
@@ -129,8 +134,9 @@ class OpenAITextGenerator:
         self.spec = spec
         self.name = spec.display_name
         self.model = str(options.get("model") or spec.path)
-        self.prompt_format = str(options.get("prompt_format", "raw"))
-        render_prompt([ChatMessage(role="user", content="x")], self.prompt_format)  # fail now, not mid-job
+        self.prompt_format = str(options.get("prompt_format", "chat"))
+        if self.prompt_format != "chat":  # fail now, not mid-job
+            render_prompt([ChatMessage(role="user", content="x")], self.prompt_format)
         self.max_retries = int(options.get("max_retries", 2))
         self.logprobs: bool = bool(options.get("logprobs", True))
         self.echo: bool | None = None  # unknown until tried
@@ -160,30 +166,43 @@ class OpenAITextGenerator:
             rendered = render_member_prompt(prompt, style, None)
             return replace(rendered, add_special_tokens=False)
         template = style.chat_template or self.prompt_format
+        if template == "chat":  # the server renders it; this text only estimates token counts
+            template = "plain"
         return RenderedPrompt(render_prompt(prompt.messages, template), add_special_tokens=False)
 
+    def uses_chat_endpoint(self, prompt: PromptInput, style: PromptStyle | None) -> bool:
+        style = style or PromptStyle()
+        return (
+            prompt.messages is not None
+            and style.format == "chat"
+            and style.chat_template is None
+            and self.prompt_format == "chat"
+        )
+
     # -- HTTP -------------------------------------------------------------------------------
-    def complete(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST ``/completions`` with retries; a refused ``logprobs`` is dropped once and for all."""
+    def complete(self, payload: dict[str, Any], path: str = "/completions") -> dict[str, Any]:
+        """POST ``path`` with retries; a refused ``logprobs`` is dropped once and for all."""
         body = {"model": self.model, **payload}
         if "logprobs" in body and not self.logprobs:
             body.pop("logprobs")
+            body.pop("top_logprobs", None)
         try:
-            return self._post(body)
+            return self._post(body, path)
         except RemoteRejected as exc:
             if "logprobs" in body and "logprobs" in exc.message:
                 self.logprobs = False
                 body.pop("logprobs")
-                return self._post(body)
+                body.pop("top_logprobs", None)
+                return self._post(body, path)
             raise
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, body: dict[str, Any], path: str = "/completions") -> dict[str, Any]:
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(0.2 * 2 ** (attempt - 1))
             try:
-                response = self.client.post("/completions", json=body)
+                response = self.client.post(path, json=body)
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
@@ -229,6 +248,7 @@ class OpenAIGenerationSession:
     ) -> None:
         self.generator = generator
         self.rendered = generator.render(prompt, style)
+        self.chat = list(prompt.messages or []) if generator.uses_chat_endpoint(prompt, style) else None
         self.prompt_text = self.rendered.text
         self.rng = random.Random(seed if seed is not None else 0)
         self.counters = SessionCounters(prompt_tokens=self.count_tokens(self.prompt_text))
@@ -247,24 +267,29 @@ class OpenAIGenerationSession:
         return [self._one(accepted_text, sampling, limits) for sampling in samplings]
 
     def _one(self, accepted_text: str, sampling: Sampling, limits: SegmentLimits) -> Candidate:
-        payload: dict[str, Any] = {
-            "prompt": self.rendered.join(accepted_text),
+        fields: dict[str, Any] = {
             "max_tokens": limits.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "seed": self.rng.randrange(2**31),
-            # the top 5 (OpenAI's most for completions) give DeepConf's token confidence
-            "logprobs": TOP_LOGPROBS,
             **_remote_fields(sampling, limits),
         }
-        data = self.generator.complete(payload)
+        if self.chat is not None:
+            body = chat_body(self.chat, accepted_text, fields, TOP_LOGPROBS)
+            data = self.generator.complete(body, path="/chat/completions")
+            choice = as_completion_choice(data["choices"][0])
+        else:
+            # the top 5 (OpenAI's most for completions) give DeepConf's token confidence
+            payload = {"prompt": self.rendered.join(accepted_text), **fields, "logprobs": TOP_LOGPROBS}
+            data = self.generator.complete(payload)
+            choice = data["choices"][0]
         self.counters.forward_passes += 1
-        choice = data["choices"][0]
         usage = data.get("usage") or {}
         if not self._prompt_counted and usage.get("prompt_tokens"):
             self.counters.prompt_tokens = int(usage["prompt_tokens"])
             self._prompt_counted = True
-        self.counters.prefilled += int(usage.get("prompt_tokens") or self.count_tokens(payload["prompt"]))
+        sent = self.rendered.join(accepted_text)
+        self.counters.prefilled += int(usage.get("prompt_tokens") or self.count_tokens(sent))
         text = str(choice.get("text") or "")
         logprobs = choice.get("logprobs") or {}
         tokens = [str(t) for t in (logprobs.get("tokens") or [])]
@@ -315,7 +340,7 @@ class OpenAIGenerationSession:
     def _echo(self, prompt: str) -> tuple[list[int], list[float], list[float]]:
         """Text offsets, log-probabilities and top-1 log-probabilities of ``prompt``'s tokens."""
         generator = self.generator
-        if generator.echo is False or not generator.logprobs:
+        if generator.echo is False or not generator.logprobs or self.chat is not None:
             return [], [], []
         try:
             data = generator.complete(

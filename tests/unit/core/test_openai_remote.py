@@ -62,7 +62,8 @@ class FakeServer:
         return httpx.Response(200, json={"choices": [choice], "usage": usage})
 
 
-def _generator(server: FakeServer, **options: Any) -> OpenAITextGenerator:
+def _generator(server: Any, **options: Any) -> OpenAITextGenerator:
+    options.setdefault("prompt_format", "raw")  # the /completions paths; chat has its own test
     spec = ModelSpec(path="m", engine="openai", engine_options={"base_url": "http://fake/v1", **options})
     generator = OpenAITextGenerator(spec)
     generator.client = httpx.Client(base_url="http://fake/v1", transport=httpx.MockTransport(server))
@@ -138,3 +139,55 @@ def test_a_raw_prompt_is_sent_as_is_whatever_the_chat_format() -> None:
     session = _generator(server, prompt_format="chatml").open_session(PromptInput.raw("Once upon"), seed=1)
     session.generate(" a", [Sampling(0.0)], SegmentLimits(max_new_tokens=2, boundary="none"))
     assert server.bodies[0]["prompt"] == "Once upon a"
+
+
+class FakeChatServer:
+    """Answers /v1/chat/completions like vLLM, continuing a final assistant message when asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.calls.append((request.url.path, body))
+        tokens = ANSWER[: body["max_tokens"]]
+        if request.url.path == "/v1/completions":  # a raw prompt
+            return httpx.Response(
+                200, json={"choices": [{"text": "".join(tokens), "finish_reason": "length"}]}
+            )
+        content = [
+            {"token": t, "logprob": -0.1 * (i + 1), "top_logprobs": [{"token": t, "logprob": -0.1 * (i + 1)}]}
+            for i, t in enumerate(tokens)
+        ]
+        choice = {
+            "message": {"role": "assistant", "content": "".join(tokens)},
+            "finish_reason": "length",
+            "logprobs": {"content": content},
+        }
+        usage = {"prompt_tokens": 9, "completion_tokens": len(tokens)}
+        return httpx.Response(200, json={"choices": [choice], "usage": usage})
+
+
+def test_a_chat_prompt_goes_to_the_remote_chat_endpoint_by_default() -> None:
+    server = FakeChatServer()
+    session = _generator(server, prompt_format="chat").open_session(PromptInput.chat(MESSAGES), seed=1)
+    (first,) = session.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=8))
+    assert (first.text, first.num_tokens, first.finish) == ("Paris is nice.", 4, "boundary")
+    assert first.token_logprobs == pytest.approx([-0.1, -0.2, -0.3, -0.4])
+    path, body = server.calls[0]
+    assert path == "/v1/chat/completions"
+    assert body["messages"] == [{"role": m.role, "content": m.content} for m in MESSAGES]
+    assert "continue_final_message" not in body
+    session.generate("Paris is nice.", [Sampling(0.0)], SegmentLimits(max_new_tokens=2, boundary="none"))
+    _, body = server.calls[-1]
+    assert body["messages"][-1] == {"role": "assistant", "content": "Paris is nice."}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    # no echo on the chat endpoint: continuation scores are neutral, none is asked for
+    calls = len(server.calls)
+    assert math.isnan(session.score_continuations("", ["x"])[0].mean_logprob)
+    assert len(server.calls) == calls
+    spec = ModelSpec(path="m", engine="openai", engine_options={"base_url": "http://fake/v1"})
+    assert OpenAITextGenerator(spec).prompt_format == "chat"
+    raw = _generator(server, prompt_format="chat").open_session(PromptInput.raw("Once"), seed=1)
+    raw.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=2, boundary="none"))
+    assert server.calls[-1][0] == "/v1/completions" and server.calls[-1][1]["prompt"] == "Once"
