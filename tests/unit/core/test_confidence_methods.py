@@ -247,3 +247,21 @@ def test_copy_guard_reads_a_raw_prompt_too() -> None:
     result = run_ensemble(EnsembleSpec(model_specs=[echo, answer]), config, request, pool)
     assert result.text == "5"
     assert result.trace["rounds"][0]["candidates"][0]["vetoed"] is True
+
+
+@pytest.mark.slow
+def test_smollm2_confidence_drives_the_vote_and_the_cascade(pool: ModelPool) -> None:
+    """Real decoding: the confidences come from SmolLM2's own distributions."""
+    members = [
+        ModelSpec(path="bundled:smollm2", name="careful", temperature=0.0),
+        ModelSpec(path="bundled:smollm2", name="bold", temperature=0.8),
+    ]
+    vote = _run(pool, members, "deepconf_vote", samples_per_model=2)
+    weights = [c["raw_scores"]["confidence"] for c in vote.trace["rounds"][0]["candidates"]]
+    assert len(weights) == 4 and all(w > 0 for w in weights)
+    sure = _run(pool, members, "cascade", min_confidence=0.0)
+    assert sure.trace["summary"]["stages_run"] == 1 and sure.usage.per_model.get("bold") is None
+    unsure = _run(pool, members, "cascade", min_confidence=1e6)
+    stages = unsure.trace["summary"]["stages"]
+    assert [s["member"] for s in stages] == ["careful", "bold"] and stages[0]["reasons"] == ["low_confidence"]
+    assert 0 < stages[0]["confidence"] < 1e6

@@ -54,9 +54,12 @@ class FakeServer:
         tokens = ANSWER[: body["max_tokens"]]
         choice: dict[str, Any] = {"text": "".join(tokens), "finish_reason": "length"}
         if "logprobs" in body:
+            values = [-0.1 * (i + 1) for i in range(len(tokens))]
             choice["logprobs"] = {
                 "tokens": tokens,
-                "token_logprobs": [-0.1 * (i + 1) for i in range(len(tokens))],
+                "token_logprobs": values,
+                # vLLM's shape: the top alternatives per token (two here)
+                "top_logprobs": [{t: v, "?": v - 2.0} for t, v in zip(tokens, values, strict=True)],
             }
         usage = {"prompt_tokens": 11, "completion_tokens": len(tokens)}
         return httpx.Response(200, json={"choices": [choice], "usage": usage})
@@ -86,6 +89,9 @@ def test_segments_are_cut_token_by_token_with_logprobs() -> None:
     (sentence,) = session.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=8))
     assert (sentence.text, sentence.num_tokens, sentence.finish) == ("Paris is nice.", 4, "boundary")
     assert sentence.token_logprobs == pytest.approx([-0.1, -0.2, -0.3, -0.4])
+    # DeepConf token confidence from the returned top log-probabilities: -(v + v - 2) / 2
+    assert sentence.token_confidence == pytest.approx([1.1, 1.2, 1.3, 1.4])
+    assert server.bodies[0]["logprobs"] == 5
     assert server.bodies[0]["prompt"] == render_prompt(MESSAGES, "plain")
     (stopped,) = session.generate(
         "", [Sampling(0.7)], SegmentLimits(max_new_tokens=8, stop_strings=("nice",))
