@@ -18,7 +18,7 @@ from api.schemas.openai import (
     SelectionOnlyPresetRequest,
     SimplePresetRequest,
 )
-from api.services import completion_service, config_service, stream_service
+from api.services import completion_service, config_service, prompt_list, stream_service
 from api.services.completion_service import AnswerForm
 from api.state import AppState, get_state
 
@@ -119,7 +119,20 @@ def completions(
     principal: Principal = Depends(require_api_key),
 ) -> JSONResponse | StreamingResponse:
     """OpenAI's legacy completions: the prompt is continued as raw text, with no chat template
-    (as OpenAI and vLLM do; ``max_tokens`` defaults to 16, as there)."""
+    (as OpenAI and vLLM do; ``max_tokens`` defaults to 16, as there). A list of prompts gets
+    ``n`` choices each, numbered as OpenAI does (prompt ``i``: ``i*n`` to ``i*n+n-1``)."""
+    if isinstance(body.prompt, list) and len(body.prompt) > 1:
+        answer = prompt_list.answer_each(
+            state,
+            body,
+            idempotency_key,
+            tenant=principal.tenant,
+            restricted=not principal.admin,
+            kind="completion",
+            form="legacy",
+            default_max_tokens=16,
+        )
+        return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
     return _respond(
         state, body, idempotency_key, principal, kind="completion", form="legacy", default_max_tokens=16
     )

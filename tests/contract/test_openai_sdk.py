@@ -103,6 +103,18 @@ def test_legacy_completions_continue_the_raw_prompt_with_no_chat_template(client
     assert chat.usage.prompt_tokens > response.usage.prompt_tokens  # the chat template's turns
 
 
+def test_a_list_of_prompts_gets_n_choices_each_numbered_as_openai_does(client):
+    prompts = ["Once upon a time", "The capital of France is"]
+    fields = {"model": "tiny-llama", "max_tokens": 3, "temperature": 0, "n": 2}
+    response = client.completions.create(prompt=prompts, **fields)
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    alone = [client.completions.create(prompt=p, **fields) for p in prompts]
+    assert [c.text for c in response.choices] == [c.text for a in alone for c in a.choices]
+    assert response.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    with pytest.raises(openai.BadRequestError, match="one prompt per request to stream"):
+        client.completions.create(prompt=prompts, stream=True, **fields)
+
+
 def test_n_choices_and_a_member_model_alone(client):
     response = client.chat.completions.create(
         model="tiny-gpt2", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, n=2, seed=3
