@@ -42,6 +42,15 @@ def run_ensemble(
     on_segment: Callable[[SegmentEvent], None] | None = None,
 ) -> EnsembleResult:
     """Answer ``request`` with the members of ``spec`` combined as ``config`` says."""
+    if request.echo:  # scoring the prompt, not a round loop (see ``echo``)
+        from ensemble_core.echo import echo_prompt
+
+        try:
+            return echo_prompt(spec, request, pool)
+        except EnsembleError:
+            raise
+        except Exception as exc:
+            raise GenerationError(f"echo failed: {type(exc).__name__}: {exc}") from exc
     plan = plan_for(config)
     job = EnsembleJob(spec, config, request, pool, plan, on_segment)
     try:

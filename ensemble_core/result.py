@@ -63,3 +63,5 @@ class EnsembleResult(BaseModel):
     method: str
     trace: dict[str, Any] = Field(default_factory=dict)
     usage: Usage = Field(default_factory=Usage)
+    # OpenAI's legacy form: tokens, token_logprobs, top_logprobs, text_offset (``echo``)
+    logprobs: dict[str, Any] | None = None

@@ -38,7 +38,9 @@ class GenerationFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = Field(default=None, ge=1, description="tokens to generate in total")
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="tokens to generate in total (0 only with echo)"
+    )
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = Field(default=None, description="up to 4 stop strings")

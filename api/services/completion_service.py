@@ -24,11 +24,9 @@ AnswerForm = Literal["text", "chat", "legacy"]
 
 # OpenAI fields the ensemble cannot honour, with the value that means "not used"
 _NEUTRAL = {
-    "logprobs": (None, False, 0),
     "top_logprobs": (None, 0),
     "tools": (None, []),
     "tool_choice": (None, "none", "auto"),
-    "echo": (None, False),
     "suffix": (None, ""),
     "best_of": (None, 1),
 }
@@ -116,19 +114,27 @@ def prepare(
         max_rounds=body.max_rounds,
         score_threshold=body.score_threshold,
     )
-    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens or default_max_tokens
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+    echo = echo_fields(body, form, max_tokens)
+    if max_tokens == 0 and not echo:
+        raise ApiError(
+            400, "max_tokens must be at least 1 (0 only with echo)", code="invalid_value", param="max_tokens"
+        )
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise ApiError(400, "at most 4 stop sequences", code="invalid_stop", param="stop")
     generation = build_generation(
         None if raw_prompt is not None else messages,
         raw_prompt=raw_prompt,
-        max_tokens=max_tokens,
+        max_tokens=max(max_tokens, 1),
         temperature=body.temperature,
         top_p=body.top_p,
         stop=stop,
         seed=body.seed,
-        **sampling_fields(body, max_tokens),
+        **sampling_fields(body, max(max_tokens, 1)),
+        **echo,
     )
     limits.check_request_limits(state.settings, generation, config)
     extra: dict[str, Any] = {"endpoint": kind}
@@ -200,7 +206,7 @@ def answer(job: Job, form: AnswerForm, model: str) -> dict[str, Any]:
             item["message"] = {"role": "assistant", "content": text, "refusal": None}
         else:
             item["text"] = text
-        item["logprobs"] = None
+        item["logprobs"] = choice.get("logprobs")
         item["finish_reason"] = choice.get("finish_reason") or "stop"
         item["metadata"] = choice_metadata(job, choice)
         choices.append(item)
@@ -239,6 +245,41 @@ def usage_view(result: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- request checks
+
+
+def echo_fields(body: PromptFields, form: AnswerForm, max_tokens: int) -> dict[str, Any]:
+    """Legacy completions' ``echo`` and ``logprobs`` (lm-eval's loglikelihood request: the
+    prompt's tokens with their log-probabilities, and at most one more token)."""
+    echo = bool(getattr(body, "echo", False))
+    logprobs = body.logprobs
+    if logprobs in (None, False) and not echo:
+        return {}
+    if form != "legacy":
+        raise ApiError(
+            400,
+            "logprobs are supported with echo on /v1/completions only (chat logprobs are not yet)",
+            code="unsupported_parameter",
+            param="logprobs",
+        )
+    if isinstance(logprobs, bool) or (logprobs is not None and not 0 <= logprobs <= 20):
+        raise ApiError(
+            400, "logprobs must be an integer from 0 to 20", code="invalid_value", param="logprobs"
+        )
+    if not echo:
+        raise ApiError(
+            400,
+            "logprobs without echo is not supported yet; send echo: true (with max_tokens 0 or 1)",
+            code="unsupported_parameter",
+            param="logprobs",
+        )
+    if max_tokens > 1 or body.n > 1 or body.stream:
+        raise ApiError(
+            400,
+            "echo scores the prompt: use it with max_tokens 0 or 1, n 1 and no stream",
+            code="unsupported_parameter",
+            param="echo",
+        )
+    return {"echo": True, "logprobs": logprobs, "echo_tokens": max_tokens}
 
 
 def sampling_fields(body: PromptFields, max_tokens: int) -> dict[str, Any]:

@@ -127,6 +127,19 @@ class HFTextGenerator:
         # reasoning markers such as </think> are added tokens that are not "special" and stay
         return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
 
+    @torch.inference_mode()
+    def prompt_logprobs(self, ids: list[int]) -> torch.Tensor:
+        """Log-probabilities [len(ids), vocab] (float32, CPU): row i is the distribution of the
+        token after ``ids[: i + 1]`` (one forward pass, no cache kept; for ``echo``)."""
+        if not ids:
+            return torch.zeros((0, 0))
+        tensor = torch.tensor([ids], dtype=torch.long, device=self.device)
+        try:
+            logits = self.model(input_ids=tensor, use_cache=False).logits[0]
+        except RuntimeError as exc:
+            raise GenerationError(f"{self.name}: forward pass failed: {exc}") from exc
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
+
     def decoder_for(self, limits: SegmentLimits) -> Callable[[list[int]], str]:
         """``decode`` with the request's ``skip_special_tokens``."""
         if limits.skip_special_tokens:

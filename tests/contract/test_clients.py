@@ -37,6 +37,9 @@ def forced(tiny_model_dirs) -> tuple[str, dict[str, int]]:  # type: ignore[no-un
 
 @pytest.fixture(scope="module")
 def client(stack) -> openai.OpenAI:
+    # the first job of a fresh worker loads the models: wait for it longer than a request does
+    warm = {"model": MEMBER, "prompt": "Hi", "max_tokens": 1, "timeout": 300}
+    assert httpx.post(stack.base_url + "/v1/completions", json=warm, timeout=320).status_code == 200
     return openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
@@ -102,6 +105,32 @@ def test_openai_stream_delivers_the_forced_text(client, forced):
     )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces) == text
+
+
+def test_openai_echo_with_logprobs_scores_the_raw_prompt(client):
+    scored = client.completions.create(
+        model=MEMBER, prompt="The capital of France", max_tokens=0, echo=True, logprobs=3
+    )
+    choice = scored.choices[0]
+    assert choice.text == "The capital of France"
+    logprobs = choice.logprobs
+    assert "".join(logprobs.tokens) == "The capital of France"  # raw text, no chat template
+    assert logprobs.token_logprobs[0] is None and all(v < 0 for v in logprobs.token_logprobs[1:])
+    # up to 3 alternatives (ids that decode to the same text share one key, as OpenAI's do)
+    for top, value in zip(logprobs.top_logprobs[1:], logprobs.token_logprobs[1:], strict=True):
+        assert 1 <= len(top) <= 3 and max(top.values()) >= value - 1e-6
+    assert logprobs.text_offset[0] == 0 and logprobs.text_offset == sorted(logprobs.text_offset)
+    one_more = client.completions.create(
+        model=MEMBER, prompt="The capital of France", max_tokens=1, echo=True, logprobs=1, temperature=0
+    ).choices[0]
+    assert one_more.text == "The capital of France" + one_more.logprobs.tokens[-1]
+    assert one_more.logprobs.token_logprobs[1:-1] == pytest.approx(logprobs.token_logprobs[1:], abs=1e-5)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MEMBER, prompt="Hi", max_tokens=5, echo=True, logprobs=1)
+    assert caught.value.body["param"] == "echo"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MEMBER, prompt="Hi", max_tokens=0)
+    assert caught.value.body["param"] == "max_tokens"
 
 
 def test_openai_invalid_values_are_bad_requests(client):
@@ -262,3 +291,81 @@ def test_lm_eval_generate_until_through_the_ensemble(stack, tmp_path):
     jobs = httpx.get(stack.base_url + "/v1/jobs", params={"limit": 50}).json()["data"]
     answered = {j.get("result", {}).get("text") for j in jobs if j.get("result")}
     assert all(r in answered for r in responses)
+
+
+def _lm_eval_choice_task(directory: Path) -> str:
+    """A local multiple_choice task: lm-eval scores each choice with echo + logprobs."""
+    import json
+
+    items = [
+        {"question": "The capital of France is", "choices": [" Paris", " a dog", " seven"], "label": 0},
+        {"question": "Two plus two is", "choices": [" four", " blue"], "label": 0},
+        {"question": "The quick brown fox", "choices": [" jumps over", " is a city"], "label": 0},
+    ]
+    path = directory / "choices.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    (directory / "ehub_mc.yaml").write_text(
+        "task: ehub_mc\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {path}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\n'
+        "doc_to_choice: choices\n"
+        "doc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n"
+    )
+    return "ehub_mc"
+
+
+def _loglikelihoods(results: dict, task: str) -> list[list[float]]:  # type: ignore[type-arg]
+    return [[float(r[0][0]) for r in s["resps"]] for s in results["samples"][task]]
+
+
+def test_lm_eval_multiple_choice_matches_lm_evals_own_hf_model(stack, tiny_model_dirs, tmp_path):
+    """The service's log-likelihoods of a member equal lm-eval's ``hf`` model on the same
+    weights (1e-3); the ensemble answers the same task by the documented echo rule."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    task = _lm_eval_choice_task(tmp_path)
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    weights = str(tiny_model_dirs["llama"])
+
+    def through_the_service(model: str) -> dict:  # type: ignore[type-arg]
+        results = simple_evaluate(
+            model="local-completions",
+            model_args={
+                "model": model,
+                "base_url": stack.base_url + "/v1/completions",
+                "tokenizer_backend": "huggingface",
+                "tokenizer": weights,
+                "tokenized_requests": False,
+                "max_retries": 1,
+            },
+            tasks=[task],
+            task_manager=manager,
+            log_samples=True,
+        )
+        assert results is not None
+        return results
+
+    served = through_the_service(MEMBER)
+    local = simple_evaluate(
+        model=HFLM(pretrained=weights, device="cpu", batch_size=1),
+        tasks=[task],
+        task_manager=manager,
+        log_samples=True,
+    )
+    assert local is not None
+    ours, theirs = _loglikelihoods(served, task), _loglikelihoods(local, task)
+    assert len(ours) == 3 and all(len(row) >= 2 for row in ours)
+    for row_ours, row_theirs in zip(ours, theirs, strict=True):
+        assert row_ours == pytest.approx(row_theirs, abs=1e-3)
+    assert served["results"][task]["acc,none"] == local["results"][task]["acc,none"]
+
+    ensemble = through_the_service("ensemble")
+    mixed = _loglikelihoods(ensemble, task)
+    assert [len(row) for row in mixed] == [len(row) for row in ours]
+    assert all(value < 0 for row in mixed for value in row)

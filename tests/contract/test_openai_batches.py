@@ -115,7 +115,7 @@ def test_bad_input_files_and_batches_are_refused_with_the_line(client):
         json.dumps(chat_line("ok", "Hi"))
         + "\n{not json\n"
         + json.dumps(
-            {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"max_tokens": 0}}
+            {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"max_tokens": -1}}
         )
         + "\n"
         + json.dumps(chat_line("ok", "again"))
