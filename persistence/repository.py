@@ -163,7 +163,11 @@ def count_jobs(session: Session, *, status: str) -> int:
 
 def claim_job(session: Session, job_id: str, *, worker: str) -> Job | None:
     """Move a queued job to running. Only one claimant wins (conditional update), so a task
-    delivered twice under ``acks_late`` runs the job once."""
+    delivered twice under ``acks_late`` runs the job once.
+
+    The returned job's ``attempts`` is this claim's attempt number: the fencing token that the
+    claimant's heartbeats, result and failure carry (``attempt=``). Once the sweeper has given
+    the job to another worker, the first worker's late writes match no row and change nothing."""
     now = utcnow()
     claimed = session.execute(
         update(Job)
@@ -177,19 +181,34 @@ def claim_job(session: Session, job_id: str, *, worker: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def heartbeat_job(session: Session, job_id: str) -> None:
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "running").values(heartbeat_at=utcnow())
-    )
+def _current_attempt(attempt: int | None) -> list[Any]:
+    return [] if attempt is None else [Job.attempts == attempt]
+
+
+def heartbeat_job(session: Session, job_id: str, *, attempt: int | None = None) -> bool:
+    """Touch a running job; False when it is not running (any more) as ``attempt``."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", *_current_attempt(attempt))
+        .values(heartbeat_at=utcnow())
+        .returning(Job.id)
+    ).first()
+    return row is not None
 
 
 def finish_job(
-    session: Session, job_id: str, *, result: dict[str, Any], usage: dict[str, Any] | None
+    session: Session,
+    job_id: str,
+    *,
+    result: dict[str, Any],
+    usage: dict[str, Any] | None,
+    attempt: int | None = None,
 ) -> Settled | None:
-    """Store the result once: only a running job can succeed, so a second writer changes nothing."""
+    """Store the result once: only a running job (of ``attempt``, when given) can succeed, so a
+    second or stale writer changes nothing."""
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
+        .where(Job.id == job_id, Job.status == "running", *_current_attempt(attempt))
         .values(
             status="succeeded",
             result=result,
@@ -210,10 +229,11 @@ def fail_job(
     code: str,
     message: str,
     from_statuses: Sequence[str] = ("queued", "running"),
+    attempt: int | None = None,
 ) -> Settled | None:
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(from_statuses))
+        .where(Job.id == job_id, Job.status.in_(from_statuses), *_current_attempt(attempt))
         .values(status="failed", error_code=code, error_message=message[:4000], finished_at=utcnow())
         .returning(Job.id, Job.batch_id)
     ).first()

@@ -69,10 +69,14 @@ def finish_delivery(
     response_body: str | None = None,
     error: str | None = None,
     duration_ms: float | None = None,
+    claimed_at: datetime | None = None,
 ) -> None:
+    """``claimed_at``: the claim's ``started_at``; a sender whose attempt was released as
+    stuck and claimed again meanwhile writes nothing."""
+    fence = [] if claimed_at is None else [WebhookDelivery.started_at == claimed_at]
     session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "sending")
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "sending", *fence)
         .values(
             status=status,
             response_status=response_status,
@@ -112,6 +116,26 @@ def next_attempt_number(session: Session, event_id: str) -> int:
         select(func.max(WebhookDelivery.attempt)).where(WebhookDelivery.event_id == event_id)
     )
     return int(current or 0) + 1
+
+
+def release_stuck_sending(session: Session, *, stuck_after_s: float, limit: int = 500) -> Sequence[int]:
+    """Attempts in ``sending`` for longer than any send may take: their worker died mid-POST.
+    They go back to ``pending`` (and are sent again: at least once; receivers de-duplicate on
+    ``webhook-id``). Should the old sender still answer, its ``finish_delivery`` matches the
+    new claim's ``started_at`` no more and is dropped."""
+    cutoff = utcnow() - timedelta(seconds=stuck_after_s)
+    stuck = (
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status == "sending", WebhookDelivery.started_at < cutoff)
+        .order_by(WebhookDelivery.id)
+        .limit(limit)
+    )
+    return session.scalars(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(stuck.scalar_subquery()), WebhookDelivery.status == "sending")
+        .values(status="pending", started_at=None)
+        .returning(WebhookDelivery.id)
+    ).all()
 
 
 def stale_pending_deliveries(session: Session, *, grace_s: float, limit: int = 500) -> Sequence[int]:

@@ -64,11 +64,12 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
     claimed = with_database_retry(runtime, f"claim {job_id}", lambda: _claim(runtime, job_id))
     if claimed is None:
         return "skipped"
-    request_json, spec_json = claimed
-    _publish(runtime, job_id, {"type": "started"})
+    request_json, spec_json, attempt = claimed
+    publish = _Publisher(runtime, job_id, attempt)
+    publish({"type": "started"})
 
     stop_beat = threading.Event()
-    beat = threading.Thread(target=_job_heartbeat, args=(runtime, job_id, stop_beat), daemon=True)
+    beat = threading.Thread(target=_job_heartbeat, args=(runtime, job_id, attempt, stop_beat), daemon=True)
     beat.start()
     started = time.perf_counter()
     try:
@@ -84,7 +85,7 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
         # the job stores names of the version's scorers and fusers; the engine gets what they
         # stand for, and the stored trace shows the names again
         resolved = resolve_references(config, spec)
-        results = _run_choices(runtime, job_id, spec, resolved, gen_request, int(request_json.get("n") or 1))
+        results = _run_choices(publish, spec, resolved, gen_request, int(request_json.get("n") or 1))
         payload = _without_nul(_result_payload(results))
         for choice in [payload, *payload.get("choices", [])]:
             if isinstance(choice.get("trace"), dict):
@@ -92,19 +93,25 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
         payload["timings"] = {"model_ms": round((time.perf_counter() - started) * 1000, 1)}
         status, deliveries = _settle(
             runtime,
-            lambda s: repository.finish_job(s, job_id, result=payload, usage=payload.get("usage")),
+            lambda s: repository.finish_job(
+                s, job_id, result=payload, usage=payload.get("usage"), attempt=attempt
+            ),
         )
     except EnsembleError as exc:
-        status, deliveries = _fail(runtime, job_id, exc.code, str(exc))
+        status, deliveries = _fail(runtime, job_id, attempt, exc.code, str(exc))
     except DatabaseUnavailable:
         # the job stays running without a heartbeat: the sweeper gives it another attempt
         raise
     except Exception as exc:  # noqa: BLE001 - every job must end in a final state with a stable code
         log.exception("job %s failed", job_id)
-        status, deliveries = _fail(runtime, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+        status, deliveries = _fail(runtime, job_id, attempt, "internal_error", f"{type(exc).__name__}: {exc}")
     finally:
         stop_beat.set()
-    _publish(runtime, job_id, {"type": "done", "status": status})
+    if status == "skipped":
+        # fenced off: the sweeper gave the job to another attempt, whose writes and events count
+        log.warning("job %s: attempt %d is no longer current; its result was dropped", job_id, attempt)
+        return status
+    publish({"type": "done", "status": status})
     if deliveries and send_webhooks is not None:
         try:
             send_webhooks(deliveries)
@@ -113,7 +120,8 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
     return status
 
 
-def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None, int] | None:
+    """The job's request, its config version and this claim's attempt (the fencing token)."""
     with runtime.db.transaction() as session:
         job = repository.claim_job(session, job_id, worker=runtime.hostname)
         if job is None:
@@ -121,20 +129,26 @@ def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[dict[str, Any], dict[st
         version = (
             repository.get_config_version(session, job.config_version_id) if job.config_version_id else None
         )
-        return dict(job.request), (dict(version.spec) if version else None)
+        return dict(job.request), (dict(version.spec) if version else None), int(job.attempts)
 
 
-def _publish(runtime: WorkerRuntime, job_id: str, event: dict[str, Any]) -> None:
-    """Events are a fast path only (waiters re-read Postgres): a broker blip must not fail a job."""
-    try:
-        runtime.bus.publish(job_id, event)
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not publish %s of job %s: %s", event.get("type"), job_id, exc)
+class _Publisher:
+    """Publishes a job's events stamped with the attempt, so a listener drops the events of an
+    attempt older than the newest it has seen. Events are a fast path only (waiters re-read
+    Postgres): a broker blip must not fail a job."""
+
+    def __init__(self, runtime: WorkerRuntime, job_id: str, attempt: int) -> None:
+        self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        try:
+            self.runtime.bus.publish(self.job_id, {**event, "attempt": self.attempt})
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not publish %s of job %s: %s", event.get("type"), self.job_id, exc)
 
 
 def _run_choices(
-    runtime: WorkerRuntime,
-    job_id: str,
+    publish: _Publisher,
     spec: EnsembleSpec,
     config: EnsembleConfig,
     request: GenerationRequest,
@@ -150,9 +164,11 @@ def _run_choices(
 
         def on_segment(event: SegmentEvent, index: int = index) -> None:
             segment = _without_nul(event.model_dump(mode="json"))
-            _publish(runtime, job_id, {"type": "segment", "index": index, **segment})
+            publish({"type": "segment", "index": index, **segment})
 
-        results.append(run_ensemble(spec, config, choice_request, runtime.pool, on_segment=on_segment))
+        results.append(
+            run_ensemble(spec, config, choice_request, publish.runtime.pool, on_segment=on_segment)
+        )
     return results
 
 
@@ -209,24 +225,28 @@ def _settle(runtime: WorkerRuntime, transition: Callable[[Any], Settled | None])
     return with_database_retry(runtime, "store the final state", attempt)
 
 
-def _fail(runtime: WorkerRuntime, job_id: str, code: str, message: str) -> tuple[str, list[int]]:
+def _fail(
+    runtime: WorkerRuntime, job_id: str, attempt: int, code: str, message: str
+) -> tuple[str, list[int]]:
     status, deliveries = _settle(
         runtime,
         lambda s: repository.fail_job(
-            s, job_id, code=code, message=_without_nul(message), from_statuses=("running",)
+            s, job_id, code=code, message=_without_nul(message), from_statuses=("running",), attempt=attempt
         ),
     )
     return ("failed" if status != "skipped" else status), deliveries
 
 
-def _job_heartbeat(runtime: WorkerRuntime, job_id: str, stop: threading.Event) -> None:
+def _job_heartbeat(runtime: WorkerRuntime, job_id: str, attempt: int, stop: threading.Event) -> None:
     # the sweeper treats a running job without a recent heartbeat as orphaned by a dead worker;
     # after a failed beat (database restarting) the next comes sooner, before the sweeper looks
     interval = runtime.settings.heartbeat_interval_s
     while not stop.wait(interval):
         try:
             with runtime.db.transaction() as session:
-                repository.heartbeat_job(session, job_id)
+                current = repository.heartbeat_job(session, job_id, attempt=attempt)
+            if not current:
+                return  # re-queued (or ended) meanwhile: this attempt must not look alive
             interval = runtime.settings.heartbeat_interval_s
         except Exception as exc:  # noqa: BLE001
             log.warning("job heartbeat failed: %s", exc)

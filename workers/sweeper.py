@@ -7,7 +7,8 @@
 - running jobs whose heartbeat stopped (their worker died: OOM, kill -9, preemption) go back
   to the queue, or fail for good with ``worker_lost`` after ``max_attempts`` attempts;
 - webhook attempts that were due a while ago but never picked up are sent again (a
-  duplicate is harmless: an attempt is claimed once).
+  duplicate is harmless: an attempt is claimed once), and attempts stuck in ``sending``
+  (their worker died mid-POST) go back to pending and are sent again (at least once).
 """
 
 from __future__ import annotations
@@ -76,9 +77,15 @@ def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport
             elif recovery.requeue_orphan(session, job_id, dead_after_s=settings.job_dead_after_s):
                 report.requeued.append(job_id)
     with db.transaction() as session:
+        # a webhook worker killed mid-POST left its attempt in `sending`: back to pending
+        released = list(
+            webhook_repository.release_stuck_sending(session, stuck_after_s=settings.webhook_stuck_after_s)
+        )
+    with db.transaction() as session:
         stale = list(
             webhook_repository.stale_pending_deliveries(session, grace_s=settings.webhook_stale_after_s)
         )
+    stale = sorted(set(stale) | set(released))
     if deliveries or stale:
         enqueue_webhooks(celery, deliveries + stale)
         report.webhooks += [str(d) for d in stale]

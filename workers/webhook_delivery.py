@@ -20,7 +20,7 @@ from jobqueue.webhook_policy import (
     CallbackURLRefused,
     WebhookSettings,
     backoff_delay,
-    check_callback_url,
+    pinned_target,
     signed_headers,
 )
 from persistence import webhook_repository
@@ -46,25 +46,40 @@ def deliver(
         if row is None:
             return "skipped"
         url, event_id, payload, attempt = row.url, row.event_id, dict(row.payload), row.attempt
+        claimed_at = row.started_at  # fences our outcome write (see release_stuck_sending)
     if not settings.webhook_secret:
-        return _record(db, delivery_id, "failed", error="ENSEMBLEHUB_WEBHOOK_SECRET is not set on the worker")
+        return _record(
+            db,
+            delivery_id,
+            "failed",
+            error="ENSEMBLEHUB_WEBHOOK_SECRET is not set on the worker",
+            claimed_at=claimed_at,
+        )
     try:
-        # checked again at send time: DNS may have changed since the API accepted the URL
-        check_callback_url(url, settings.allowlist)
+        # checked again at send time (DNS may have changed since the API accepted the URL),
+        # and the connection goes to the address checked, not to a second lookup's answer
+        target = pinned_target(url, settings.allowlist)
     except CallbackURLRefused as exc:
-        return _record(db, delivery_id, "blocked", error=str(exc))
+        return _record(db, delivery_id, "blocked", error=str(exc), claimed_at=claimed_at)
 
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
     headers = signed_headers(settings.webhook_secret, event_id, body)
     started = time.perf_counter()
     status_code: int | None = None
-    response_body: str | None = None
     error: str | None = None
     own_client = client is None
     http = client or httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False)
     try:
-        response = http.post(url, content=body.encode(), headers=headers)
-        status_code, response_body = response.status_code, response.text[:2000]
+        options = target.request_options()
+        response = http.post(
+            target.url,
+            content=body.encode(),
+            headers={**headers, **options.get("headers", {})},
+            extensions=options.get("extensions"),
+        )
+        # the receiver's body is neither stored nor shown: a tenant could otherwise point a
+        # webhook at an internal page and read it back through the delivery log
+        status_code = response.status_code
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -79,9 +94,9 @@ def deliver(
         delivery_id,
         "delivered" if ok else "failed",
         response_status=status_code,
-        response_body=response_body,
         error=error,
         duration_ms=duration_ms,
+        claimed_at=claimed_at,
     )
     if not ok:
         _schedule_next(db, delivery_id, attempt, settings, schedule_retry)

@@ -78,6 +78,7 @@ def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) 
         for index in range(prepared.n):
             yield chunks.frame(index, {"role": "assistant", "content": ""})
     final = repository.is_final(job.status)
+    newest_attempt = 0
     while not final and time.monotonic() < deadline:
         event = subscription.get(min(1.0, max(0.0, deadline - time.monotonic())))
         if event is None:
@@ -86,6 +87,12 @@ def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) 
                 last_frame = time.monotonic()
                 yield ": keep-alive\n\n"
             continue
+        # a worker that lost its job to a newer attempt (sweeper re-queue) may still be
+        # talking: its events are dropped (its writes are fenced off in Postgres too)
+        attempt = int(event.get("attempt") or 0)
+        if attempt < newest_attempt:
+            continue
+        newest_attempt = attempt
         if event.get("type") == "segment" and event.get("text"):
             index = int(event.get("index") or 0)
             sent[index] = sent.get(index, "") + event["text"]

@@ -65,7 +65,6 @@ def delivery_view(row: WebhookDelivery) -> dict[str, Any]:
         "trigger": row.trigger,
         "status": row.status,
         "response_status": row.response_status,
-        "response_body": row.response_body,
         "error": row.error,
         "duration_ms": row.duration_ms,
         "created_at": _ts(row.created_at),
