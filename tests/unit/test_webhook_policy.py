@@ -91,3 +91,43 @@ def test_settings_reject_a_malformed_secret_or_schedule():
     with pytest.raises(ValidationError, match="comma-separated"):
         WebhookSettings(webhook_retry_schedule_s="5,soon")
     assert WebhookSettings(webhook_retry_schedule_s="1, 2,4").retry_delays_s == [1.0, 2.0, 4.0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[2002:a9fe:a9fe::1]/hook",  # 6to4 of 169.254.169.254
+        "http://[fec0::1]/hook",  # site-local
+        "http://[64:ff9b::a9fe:a9fe]/hook",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b:1::1]/hook",  # NAT64, local use
+        "http://[2001:0:4136:e378::1]/hook",  # Teredo
+        "http://[::ffff:93.184.215.14]/hook",  # IPv4-mapped, even of a public address
+        "http://[::10.0.0.1]/hook",  # IPv4-compatible
+    ],
+)
+def test_ipv6_forms_that_embed_or_translate_ipv4_are_refused(url):
+    with pytest.raises(CallbackURLRefused, match="ENSEMBLEHUB_WEBHOOK_ALLOWLIST"):
+        check_callback_url(url, Allowlist.parse(""), resolve=False)
+
+
+def test_credentials_in_the_url_are_refused():
+    with pytest.raises(CallbackURLRefused, match="credentials"):
+        check_callback_url("https://user:pw@93.184.215.14/hook", Allowlist.parse(""), resolve=False)
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch):
+    """Resolve once: a second lookup (DNS rebinding to 127.0.0.1) is never made."""
+    import socket
+
+    answers = [[(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", 8080))]]
+    answers.append([(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 8080))])
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answers.pop(0))
+    from jobqueue.webhook_policy import pinned_target
+
+    target = pinned_target("https://hooks.example.test:8080/h?x=1", Allowlist.parse(""))
+    assert target.url == "https://93.184.215.14:8080/h?x=1"
+    assert target.request_options() == {
+        "headers": {"host": "hooks.example.test:8080"},
+        "extensions": {"sni_hostname": "hooks.example.test"},
+    }
+    assert len(answers) == 1, "resolved exactly once"
