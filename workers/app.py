@@ -14,6 +14,7 @@ from jobqueue.webhook_policy import WebhookSettings
 from workers import job_runner, sweeper, webhook_delivery
 from workers.runtime import get_runtime
 from workers.settings import WorkerSettings
+from workers.sweep_schedule import SweepSchedule
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,30 @@ def create_worker_app(settings: QueueSettings | None = None) -> Celery:
     return app
 
 
+_schedule: list[SweepSchedule] = []
+
+
 @worker_ready.connect
 def _announce(**_kwargs: object) -> None:
     # heartbeat only (no model loads): /status can list this worker before its first job
-    get_runtime()
+    runtime = get_runtime()
+    if not runtime.settings.sweep_in_workers:
+        return
+    # the sweeper's schedule runs here, one leader across the workers (no beat needed)
+    schedule = SweepSchedule.for_broker(
+        str(app.conf.broker_url or ""),
+        runtime.settings.sweep_interval_s,
+        lambda: sweeper.sweep(runtime.db, app, runtime.settings),
+    )
+    if schedule is not None:
+        schedule.start()
+        _schedule.append(schedule)
 
 
 @worker_shutdown.connect
 def _goodbye(**_kwargs: object) -> None:
+    for schedule in _schedule:
+        schedule.stop()
     get_runtime().stop()
 
 
