@@ -59,17 +59,25 @@ def require_api_key(
     token = credentials.credentials.strip() if credentials and credentials.credentials.strip() else None
     principal = _authenticate(state, request, token)
     if principal.tenant is not None:
-        retry_after = state.rate_limiter.hit(principal.tenant)
-        if retry_after is not None:
-            limit, window = state.settings.rate_limit_requests, state.settings.rate_limit_window_s
-            raise ApiError(
-                429,
-                f"rate limit of tenant {principal.tenant!r} reached ({limit} requests per {window} s); "
-                f"retry in {int(retry_after)} s",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(int(retry_after))},
-            )
+        charge(state, principal.tenant, 1)
     return principal
+
+
+def charge(state: AppState, tenant: str | None, cost: int) -> None:
+    """Count ``cost`` units against the tenant's rate limit (429 past it). A request counts
+    one; a batch also counts its other items, so 50,000 items are not one request."""
+    if tenant is None or cost <= 0:
+        return
+    retry_after = state.rate_limiter.hit(tenant, cost)
+    if retry_after is not None:
+        limit, window = state.settings.rate_limit_requests, state.settings.rate_limit_window_s
+        raise ApiError(
+            429,
+            f"rate limit of tenant {tenant!r} reached ({limit} requests or batch items per {window} s); "
+            f"retry in {int(retry_after)} s",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(int(retry_after))},
+        )
 
 
 def require_admin(principal: Principal = Depends(require_api_key)) -> Principal:

@@ -18,13 +18,14 @@ log = logging.getLogger(__name__)
 
 
 class RateLimiter(Protocol):
-    def hit(self, tenant: str) -> float | None:
-        """Count one request; None when allowed, else the seconds until the window ends."""
+    def hit(self, tenant: str, cost: int = 1) -> float | None:
+        """Count ``cost`` units (a request, or a batch's items); None when allowed, else the
+        seconds until the window ends."""
         ...
 
 
 class NoRateLimit:
-    def hit(self, tenant: str) -> float | None:
+    def hit(self, tenant: str, cost: int = 1) -> float | None:
         return None
 
 
@@ -36,7 +37,7 @@ class RedisRateLimiter:
         self._redis = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
         self._warned_at = 0.0
 
-    def hit(self, tenant: str) -> float | None:
+    def hit(self, tenant: str, cost: int = 1) -> float | None:
         from redis.exceptions import RedisError
 
         now = time.time()
@@ -44,7 +45,7 @@ class RedisRateLimiter:
         key = f"ensemblehub:ratelimit:{tenant}:{window}"
         try:
             pipe = self._redis.pipeline()
-            pipe.incr(key)
+            pipe.incrby(key, cost)
             pipe.expire(key, self.window_s * 2)
             count = int(pipe.execute()[0])
         except RedisError as exc:
@@ -65,13 +66,13 @@ class InMemoryRateLimiter:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, int], int] = {}
 
-    def hit(self, tenant: str) -> float | None:
+    def hit(self, tenant: str, cost: int = 1) -> float | None:
         now = time.time()
         window = int(now // self.window_s)
         with self._lock:
             if len(self._counts) > 10_000:
                 self._counts = {k: v for k, v in self._counts.items() if k[1] == window}
-            count = self._counts[(tenant, window)] = self._counts.get((tenant, window), 0) + 1
+            count = self._counts[(tenant, window)] = self._counts.get((tenant, window), 0) + cost
         if count <= self.limit:
             return None
         return max(1.0, math.ceil((window + 1) * self.window_s - now))

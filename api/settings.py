@@ -32,6 +32,8 @@ class ApiSettings(BaseSettings):
     max_batch_items: int = 50_000
     # back-pressure: past this many queued jobs new work answers 429 (0: no limit)
     max_queued_jobs: int = 200_000
+    # one tenant's share of it (0: no per-tenant limit)
+    max_queued_jobs_per_tenant: int = 50_000
     # a stream sends an SSE comment this often while no segment arrives (keeps proxies open)
     stream_keepalive_s: float = 10.0
     # embedded mode: SQLite + in-process worker (set by `ensemblehub up` when services are missing)

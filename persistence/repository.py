@@ -157,8 +157,11 @@ def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
     session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
 
 
-def count_jobs(session: Session, *, status: str) -> int:
-    return int(session.scalar(select(func.count()).select_from(Job).where(Job.status == status)) or 0)
+def count_jobs(session: Session, *, status: str, tenant: str | None = None) -> int:
+    query = select(func.count()).select_from(Job).where(Job.status == status)
+    if tenant is not None:
+        query = query.where(Job.tenant == tenant)
+    return int(session.scalar(query) or 0)
 
 
 def claim_job(session: Session, job_id: str, *, worker: str) -> Job | None:

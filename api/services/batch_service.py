@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
+from api.guards import charge
 from api.schemas.batch import BatchRequest
 from api.services import config_service, job_service, limits, webhook_service
 from api.services.messages import build_generation, instruction_messages
@@ -52,7 +53,8 @@ def create_batch(
     check_size(state, len(body.examples), param="examples")
     if body.webhook_url:
         job_service.check_webhook_url(state, body.webhook_url)
-    job_service.refuse_when_queue_full(state, adding=len(body.examples))
+    charge(state, tenant, len(body.examples) - 1)  # the request itself counted one
+    job_service.refuse_when_queue_full(state, adding=len(body.examples), tenant=tenant)
     version, spec = config_service.current_version(state.db)
     batch_id = new_id("batch")
     configs: dict[str, EnsembleConfig] = {}

@@ -65,7 +65,7 @@ def submit_job(
             return _same_request(existing, fingerprint), False
     if webhook_url:
         check_webhook_url(state, webhook_url)
-    refuse_when_queue_full(state)
+    refuse_when_queue_full(state, tenant=tenant)
     request_json = {
         "generation": generation.model_dump(mode="json"),
         "ensemble_config": config.model_dump(mode="json"),
@@ -130,8 +130,21 @@ def check_webhook_url(state: AppState, url: str) -> None:
         raise ApiError(422, str(exc), code="webhook_url_forbidden", param="webhook_url") from exc
 
 
-def refuse_when_queue_full(state: AppState, adding: int = 1) -> None:
-    """Back-pressure: past ``max_queued_jobs`` waiting jobs, new work answers 429."""
+def refuse_when_queue_full(state: AppState, adding: int = 1, *, tenant: str | None = None) -> None:
+    """Back-pressure: past ``max_queued_jobs`` waiting jobs, or a tenant's
+    ``max_queued_jobs_per_tenant``, new work answers 429: one tenant's flood cannot fill the
+    queue every tenant shares."""
+    per_tenant = state.settings.max_queued_jobs_per_tenant
+    if tenant is not None and per_tenant > 0:
+        with state.db.transaction() as session:
+            mine = repository.count_jobs(session, status="queued", tenant=tenant)
+        if mine + adding > per_tenant:
+            raise ApiError(
+                429,
+                f"tenant {tenant!r} has {mine} jobs waiting (limit {per_tenant} per tenant); retry later",
+                code="tenant_queue_full",
+                headers={"Retry-After": "30"},
+            )
     limit = state.settings.max_queued_jobs
     if limit <= 0:
         return

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
+from api.guards import charge
 from api.schemas.openai_files import BATCH_ENDPOINTS, BatchCreateRequest
 from api.services import batch_service, completion_service, config_service, file_service, job_service
 from api.services.file_service import BatchLine
@@ -45,7 +46,8 @@ def create(
         )
     lines = _input_lines(state, body, tenant)
     batch_service.check_size(state, len(lines), param="input_file_id")
-    job_service.refuse_when_queue_full(state, adding=len(lines))
+    charge(state, tenant, len(lines) - 1)  # the request itself counted one
+    job_service.refuse_when_queue_full(state, adding=len(lines), tenant=tenant)
     current = config_service.current_version(state.db)
     batch_id = new_id("batch")
     rows = [
