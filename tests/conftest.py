@@ -67,6 +67,9 @@ def stack(tiny_model_dirs, database_url, broker_url, tmp_path_factory) -> Iterat
         ENSEMBLEHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
         ENSEMBLEHUB_WEBHOOK_ALLOWLIST="127.0.0.1",
         ENSEMBLEHUB_WEBHOOK_RETRY_SCHEDULE_S="0.3,0.6,1.2",
+        # tests call the sweeper themselves and check what it did: the shared worker must not
+        # sweep the shared database behind their back (tests/faults run the in-worker schedule)
+        ENSEMBLEHUB_SWEEP_IN_WORKERS="false",
     )
     tiny_specs = [
         {"path": str(tiny_model_dirs["llama"]), "engine": "hf", "device": "cpu", "name": "tiny-llama"},
