@@ -241,8 +241,11 @@ def start_stack(
 def _models_worker_seen(stack: FaultStack) -> bool:
     if not stack.models_worker.alive():
         raise RuntimeError(f"worker exited:\n{stack.models_worker.log()}")
-    # both workers (models; webhooks + sweeper) write their heartbeat once they are up
-    return len(httpx.get(stack.base_url + "/status", timeout=5).json().get("workers") or []) >= 2
+    # both workers (models; webhooks + sweeper) write their heartbeat once they are up; the
+    # worker list is shown to an admin key only
+    admin = {"Authorization": f"Bearer {stack.keys['ops']}"}
+    status = httpx.get(stack.base_url + "/status", headers=admin, timeout=5).json()
+    return len(status.get("workers") or []) >= 2
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
