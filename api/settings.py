@@ -27,6 +27,10 @@ class ApiSettings(BaseSettings):
     max_prompt_chars: int = 200_000
     max_tokens_limit: int = 4096
     max_rounds_limit: int = 64
+    # method parameters that multiply the work of one job (api/services/limits.py)
+    max_resamples_limit: int = 8
+    max_probe_tokens_limit: int = 256
+    max_samples_per_model_limit: int = 32
     # request bodies above this answer 413 (a 10,000-item batch is about 2 MB)
     max_request_bytes: int = 64 * 1024 * 1024
     max_batch_items: int = 50_000

@@ -35,6 +35,31 @@ def check_request_limits(
             param=f"{param_prefix}max_tokens",
         )
     check_max_rounds(settings, config.max_rounds, param=f"{param_prefix}max_rounds")
+    check_work_multipliers(settings, config, param_prefix=param_prefix)
+
+
+# method parameters that multiply a job's work, with the setting that caps each
+WORK_MULTIPLIERS = {
+    "max_resamples": ("max_resamples_limit", "ENSEMBLEHUB_MAX_RESAMPLES_LIMIT"),
+    "probe_tokens": ("max_probe_tokens_limit", "ENSEMBLEHUB_MAX_PROBE_TOKENS_LIMIT"),
+    "samples_per_model": ("max_samples_per_model_limit", "ENSEMBLEHUB_MAX_SAMPLES_PER_MODEL_LIMIT"),
+}
+
+
+def check_work_multipliers(settings: ApiSettings, config: EnsembleConfig, *, param_prefix: str = "") -> None:
+    """``max_resamples``, ``probe_tokens`` and ``samples_per_model`` multiply the decodes of a
+    job; each is capped like ``max_tokens`` (400 naming the parameter and the cap)."""
+    for field in ("model_selection_params", "aggregation_params"):
+        params = getattr(config, field)
+        for name, (setting, env) in WORK_MULTIPLIERS.items():
+            value, cap = params.get(name), getattr(settings, setting)
+            if isinstance(value, int) and not isinstance(value, bool) and value > cap:
+                raise ApiError(
+                    400,
+                    f"{name}={value} is more than this server allows ({cap}, {env})",
+                    code="parameter_too_large",
+                    param=f"{param_prefix}ensemble_config.{field}.{name}",
+                )
 
 
 def check_max_rounds(settings: ApiSettings, max_rounds: int | None, *, param: str = "max_rounds") -> None:

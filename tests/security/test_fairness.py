@@ -64,3 +64,25 @@ def _fill_then_full(client: TestClient, alice: dict[str, str], bob: dict[str, st
     assert full.status_code == 429 and full.json()["error"]["code"] == "tenant_queue_full"
     assert full.headers["retry-after"]
     assert client.post("/v1/chat/completions", json=JOB, headers=bob).status_code == 202
+
+
+def test_parameters_that_multiply_work_are_capped_with_the_cap_named():
+    cases = [
+        (
+            {"aggregation_level": "response", "aggregation_params": {"samples_per_model": 33}},
+            "samples_per_model",
+        ),
+        ({"ensemble_method": "simple", "aggregation_params": {"max_resamples": 9}}, "max_resamples"),
+        (
+            {"model_selection_method": "llm_blender", "model_selection_params": {"probe_tokens": 257}},
+            "probe_tokens",
+        ),
+    ]
+    with keyed() as (client, alice, _bob):
+        for config, name in cases:
+            resp = client.post("/v1/chat/completions", json={**JOB, "ensemble_config": config}, headers=alice)
+            assert resp.status_code == 400, resp.text
+            error = resp.json()["error"]
+            assert error["code"] == "parameter_too_large" and error["param"].endswith(name), error
+            assert "ENSEMBLEHUB_MAX_" in error["message"]
+        assert client.get("/v1/jobs", headers=alice).json()["data"] == [], "nothing was queued"
