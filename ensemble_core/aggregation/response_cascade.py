@@ -7,7 +7,9 @@ confidence-weighted vote of its own samples (see ``deepconf_vote``). The cascade
 stage when (a) its winner's trace confidence (lowest ``window``-token mean of the token
 confidence) reaches the stage's threshold, (b) its samples agree on one final answer
 (``escalate_on_disagreement``), and (c) its winner is not a copy of the prompt. Otherwise
-the next member runs. The last stage always decides. The answer is the decision of the stage
+the next member runs. The last stage always decides. ``signal: logprob`` compares the winner's
+own log-probability per byte instead of its trace confidence (on short answers of small models
+it separated right from wrong better: see the report in docs/evaluation.md). The answer is the decision of the stage
 that stopped (``final: last``) or the weighted vote over every candidate so far (``vote``).
 Thresholds: ``min_confidence`` (a trace confidence, one number or per member name), or,
 calibrated, ``reference_stats`` (the ``zscore`` format; its ``answer_confidence`` is the
@@ -19,7 +21,7 @@ Reference: the spend-the-big-model-only-when-needed idea of Tandem transformers 
 2024) and of LLM cascades ("FrugalGPT", Chen et al., 2023; "Large Language Model Cascades with
 Mixture of Thoughts Representations", Yue et al., 2024: consistency of samples as the
 deferral signal); confidence as in DeepConf (Fu et al., 2025).
-Parameters: ``order``, ``samples_per_model``, ``min_confidence``, ``reference_stats``,
+Parameters: ``order``, ``samples_per_model``, ``signal``, ``min_confidence``, ``reference_stats``,
 ``min_confidence_z``, ``window``, ``escalate_on_disagreement``, ``final``, ``answer_format``,
 ``copy_threshold``.
 Cost: the first member's decodes always; each further member's only for escalated prompts.
@@ -34,7 +36,12 @@ from pydantic import Field
 
 from ensemble_core.aggregation.base import CandidateRecord
 from ensemble_core.aggregation.level_base import LevelJob
-from ensemble_core.aggregation.response_base import ResponseAggregator, ResponseParams, generate_candidates
+from ensemble_core.aggregation.response_base import (
+    ResponseAggregator,
+    ResponseParams,
+    generate_candidates,
+    logprob_per_byte,
+)
 from ensemble_core.aggregation.response_confidence_vote import confidence_weights, weighted_vote
 from ensemble_core.answer_extraction import ExtractedAnswer, extract_answer
 from ensemble_core.errors import ConfigError
@@ -57,6 +64,11 @@ class CascadeParams(ResponseParams):
     )
     min_confidence_z: float = Field(-0.5, description="with reference_stats: the z a stage needs to stop")
     window: int = Field(16, ge=1, description="tokens per sliding window of the trace confidence")
+    signal: Literal["confidence", "logprob"] = Field(
+        "confidence",
+        description="what a stage's threshold compares: DeepConf trace confidence, or the answer's "
+        "own log-probability per byte (calibrated: answer_logprob)",
+    )
     escalate_on_disagreement: bool = Field(True, description="go on when a stage's samples disagree")
     final: Literal["last", "vote"] = Field(
         "last", description="last: the stopping stage decides; vote: weighted vote over every candidate"
@@ -91,9 +103,11 @@ class CascadeResponseAggregator(ResponseAggregator):
         elif params.min_confidence is not None:
             return params.min_confidence, "min_confidence"
         ref = params.reference_stats.get(member.name) or params.reference_stats.get(member.spec.path)
-        if ref is not None and ref.answer_confidence is not None:
-            answer = ref.answer_confidence
-            return answer.mean + params.min_confidence_z * answer.std, "calibrated"
+        usual = None
+        if ref is not None:
+            usual = ref.answer_logprob if params.signal == "logprob" else ref.answer_confidence
+        if usual is not None:
+            return usual.mean + params.min_confidence_z * usual.std, "calibrated"
         return None, "none"
 
     def candidates(self, job: LevelJob, members: list[Member]) -> list[CandidateRecord]:
@@ -111,7 +125,10 @@ class CascadeResponseAggregator(ResponseAggregator):
             answers = [extract_answer(r.candidate.text, params.answer_format) for r in records]
             weights = confidence_weights(records, params.window)
             winner, vote = weighted_vote(records, answers, weights, 1.0)
-            confidence = weights[records.index(winner)]
+            if params.signal == "logprob":
+                confidence = logprob_per_byte(winner)
+            else:
+                confidence = weights[records.index(winner)]
             threshold, source = self._threshold(member)
             reasons = []
             if winner.vetoed:

@@ -13,7 +13,8 @@ round's mean (neutral).
 Reference: likelihood / self-certainty reranking (e.g. "Scalable Best-of-N Selection for LLMs via
 Self-Certainty", Kang et al., 2025) and the upstream toolkit's PPL scorer; bits-per-byte as the
 tokenizer-free scale of language-model evaluation (e.g. The Pile, Gao et al., 2020).
-Parameters: ``models``, ``include_own``, ``unit``, ``weight``.
+Parameters: ``models``, ``include_own``, ``include_others`` (False with ``include_own``: every
+candidate by its own author only, per byte, so no forward pass at all), ``unit``, ``weight``.
 Cost: one batched forward pass per scorer model over the round's candidates, with the shared
 prefix taken from that model's KV cache; zero for own-weights scores.
 """
@@ -52,7 +53,7 @@ class LikelihoodScorer:
             wanted: list[int] = []
             for i in range(n):
                 own = i < len(request.author_load_keys) and request.author_load_keys[i] == scorer.session_key
-                if own and not self.spec.include_own:
+                if (own and not self.spec.include_own) or (not own and not self.spec.include_others):
                     continue
                 logprobs = request.author_logprobs[i] if i < len(request.author_logprobs) else []
                 if own and logprobs:

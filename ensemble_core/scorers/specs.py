@@ -35,6 +35,11 @@ class LikelihoodScorerSpec(_ScorerSpec):
     include_own: bool = Field(
         False, description="let a model score its own candidate (free: logprobs from decoding)"
     )
+    include_others: bool = Field(
+        True,
+        description="let a model score candidates of other models (False with include_own: each "
+        "candidate by its author only, free)",
+    )
     unit: LikelihoodUnit = Field(
         "byte",
         description="byte: total log-probability per UTF-8 byte (one scale across tokenizers); "

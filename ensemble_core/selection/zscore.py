@@ -56,6 +56,9 @@ class ModelReferenceStats(BaseModel):
     answer_confidence: MeanStd | None = Field(
         default=None, description="trace confidence of greedy answers (calibrate(..., answer_tokens=N))"
     )
+    answer_logprob: MeanStd | None = Field(
+        default=None, description="log-probability per byte of greedy answers (same calibration)"
+    )
 
 
 class ZScoreParams(MethodParams):
@@ -98,8 +101,8 @@ def calibrate(
     Returns ``{model path: ModelReferenceStats as JSON}`` ready to store in
     ``model_selection_params.reference_stats``. Members on the same weights are measured once.
     ``pool`` is a ``ModelPool``. With ``answer_tokens > 0`` each model also answers each prompt
-    greedily (that many tokens at most) and the trace confidence of the answers is stored as
-    ``answer_confidence``. Cost: one prefill per model per prompt (+ the greedy answers).
+    greedily (that many tokens at most) and the trace confidence and log-probability per byte
+    of the answers are stored as ``answer_confidence`` and ``answer_logprob``. Cost: one prefill per model per prompt (+ the greedy answers).
     """
     prompt_list = [p for p in prompts if p.strip()]
     out: dict[str, Any] = {}
@@ -107,28 +110,37 @@ def calibrate(
         if spec.path in out:
             continue
         generator = pool.generator(spec)
-        samples, confidences = [], []
+        samples, confidences, logprobs = [], [], []
         for prompt in prompt_list:
             message = ChatMessage(role="user", content=prompt)
             session = generator.open_session(PromptInput.chat([message]), style=spec.prompt_style())
             samples.append(session.prompt_statistics())
             if answer_tokens > 0:
-                confidences.append(_probe_confidence(session, answer_tokens))
+                confidence, logprob = _probe(session, answer_tokens)
+                confidences.append(confidence)
+                logprobs.append(logprob)
             session.close()
         stats = reference_statistics(samples)
         known = [c for c in confidences if math.isfinite(c)]
         if known:
             answer = MeanStd(mean=statistics.fmean(known), std=statistics.pstdev(known))
             stats = stats.model_copy(update={"answer_confidence": answer})
+        known = [v for v in logprobs if math.isfinite(v)]
+        if known:
+            per_byte = MeanStd(mean=statistics.fmean(known), std=statistics.pstdev(known))
+            stats = stats.model_copy(update={"answer_logprob": per_byte})
         out[spec.path] = stats.model_dump(mode="json", exclude_none=True)
     return out
 
 
-def _probe_confidence(session: Any, tokens: int) -> float:
-    """Trace confidence of a greedy answer of at most ``tokens`` tokens (NaN without numbers)."""
+def _probe(session: Any, tokens: int) -> tuple[float, float]:
+    """Trace confidence and log-probability per byte of a greedy answer of at most ``tokens``
+    tokens (NaN where the backend gives no numbers)."""
     limits = SegmentLimits(max_new_tokens=tokens, boundary="none")
     candidate = session.generate("", [Sampling(0.0)], limits)[0]
-    return trace_confidence(candidate.token_confidence)
+    size = len(candidate.text.encode("utf-8"))
+    logprob = sum(candidate.token_logprobs) / size if candidate.token_logprobs and size else math.nan
+    return trace_confidence(candidate.token_confidence), logprob
 
 
 class ZScoreSelector(Selector):

@@ -208,6 +208,7 @@ def test_calibrate_stores_answer_confidence(pool: ModelPool, tiny_dirs: dict[str
     stats = calibrate([spec], ["What is 2+2?", "Name a colour."], pool, answer_tokens=4)
     answer = stats[spec.path]["answer_confidence"]
     assert answer["mean"] > 0 and answer["std"] >= 0
+    assert stats[spec.path]["answer_logprob"]["mean"] < 0
     assert "answer_confidence" not in calibrate([spec], ["What is 2+2?"], pool)[spec.path]
 
 
@@ -265,3 +266,18 @@ def test_smollm2_confidence_drives_the_vote_and_the_cascade(pool: ModelPool) -> 
     stages = unsure.trace["summary"]["stages"]
     assert [s["member"] for s in stages] == ["careful", "bold"] and stages[0]["reasons"] == ["low_confidence"]
     assert 0 < stages[0]["confidence"] < 1e6
+
+
+def test_cascade_on_the_answers_own_log_probability_per_byte() -> None:
+    """signal: logprob compares the winner's own log-probability per byte (scripted: -0.5 per
+    word): -1/3 per byte for "5 5", -1/8 for "The answer is 7."."""
+    pool = ModelPool()
+    terse, _ = _member(pool, "terse", [("5 5", 9.0)])  # confident by DeepConf, unlikely per byte
+    big, _ = _member(pool, "big4", [("The answer is 7.", 1.0)])
+    by_confidence = _run(pool, [terse, big], "cascade", min_confidence=3.0)
+    assert by_confidence.trace["summary"]["stages_run"] == 1
+    by_logprob = _run(pool, [terse, big], "cascade", signal="logprob", min_confidence=-0.2)
+    stages = by_logprob.trace["summary"]["stages"]
+    assert stages[0]["confidence"] == pytest.approx(-1.0 / 3, abs=1e-3)
+    assert stages[0]["reasons"] == ["low_confidence"]
+    assert by_logprob.text == "The answer is 7."

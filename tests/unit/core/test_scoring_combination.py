@@ -96,6 +96,11 @@ def test_likelihood_models_never_judge_their_own_candidates_unless_asked() -> No
     # own candidates come free from decoding log-probabilities, the other's through a forward
     assert own == [pytest.approx((-0.1 - 2.0) / 2), pytest.approx((-4.0 - 0.2) / 2)]
     assert host.log == [("m0", ["yyyy"]), ("m1", ["xx"])]
+    host.log.clear()
+    alone = LikelihoodScorer(LikelihoodScorerSpec(include_own=True, include_others=False), host)  # type: ignore[arg-type]
+    # each candidate by its author only: free, no forward pass
+    assert alone.score(request) == [pytest.approx(-0.1), pytest.approx(-0.2)]
+    assert host.log == []
 
 
 def test_likelihood_with_one_set_of_weights_and_no_own_scores_is_neutral() -> None:
