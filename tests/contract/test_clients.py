@@ -169,7 +169,7 @@ def test_langchain_completions_batch(stack, forced):
     from langchain_openai import OpenAI
 
     text, bias = forced
-    # batch_size=1: one prompt per request (packing several needs prompt lists)
+    # langchain packs the prompts into one request (a prompt list)
     llm = OpenAI(
         model=MEMBER,
         base_url=stack.base_url + "/v1",
@@ -177,7 +177,6 @@ def test_langchain_completions_batch(stack, forced):
         temperature=0,
         max_tokens=TOKENS,
         logit_bias=dict(bias),
-        batch_size=1,
         max_retries=0,
     )
     assert llm.batch(["Hi", "Hello", "Hey"]) == [text] * 3
@@ -369,3 +368,45 @@ def test_lm_eval_multiple_choice_matches_lm_evals_own_hf_model(stack, tiny_model
     mixed = _loglikelihoods(ensemble, task)
     assert [len(row) for row in mixed] == [len(row) for row in ours]
     assert all(value < 0 for row in mixed for value in row)
+
+
+# ---------------------------------------------------------------- guidellm
+
+
+def test_guidellm_short_synchronous_run(stack, tiny_model_dirs, tmp_path):
+    """guidellm probes /health, then sends synthetic prompts with ``ignore_eos`` and a
+    streamed answer; synchronous requests succeed, each with the asked output length."""
+    import json
+    import subprocess
+    import sys
+
+    report = tmp_path / "guidellm.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "guidellm",
+        "run",
+        "--backend",
+        f"kind=openai_http,target={stack.base_url},model={MEMBER}",
+        "--profile",
+        "kind=synchronous",
+        "--constraint",
+        "kind=max_requests,count=3",
+        "--tokenizer",
+        f"kind=huggingface_auto,model={tiny_model_dirs['llama']}",
+        "--data",
+        "kind=synthetic_text,prompt_tokens=16,output_tokens=4",
+        "--output",
+        f"kind=json,path={report}",
+        "--disable-console-interactive",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    benchmark = json.loads(report.read_text())["benchmarks"][0]
+    totals = benchmark["metrics"]["request_totals"]
+    # guidellm counts the requests it finished inside the constraint (2 or 3 of the 3 sent)
+    assert totals["successful"] >= 2 and totals["errored"] == 0 and totals["incomplete"] == 0, totals
+    assert benchmark["metrics"]["output_token_count"]["successful"]["mean"] == 4, benchmark["metrics"][
+        "output_token_count"
+    ]
