@@ -55,6 +55,7 @@ class RenderedPrompt:
     add_special_tokens: bool
     stop_strings: tuple[str, ...] = ()
     separator: str = ""
+    ids: tuple[int, ...] | None = None  # a token-id prompt: these ids, not the text's
 
     def join(self, accepted_text: str) -> str:
         if self.separator and accepted_text and not accepted_text[:1].isspace():
@@ -67,6 +68,8 @@ class RenderedPrompt:
         """Ids of the prompt followed by ``accepted_text``: for a raw prompt what the tokenizer
         gives plain text (``leading_ids``, its BOS, first), for a chat template its text alone.
         ``encode`` adds no special tokens."""
+        if self.ids is not None:  # the answer is tokenized on its own after the given ids
+            return list(self.ids) + (encode(accepted_text) if accepted_text else [])
         lead = leading_ids if self.add_special_tokens else []
         return list(lead) + encode(self.join(accepted_text))
 
@@ -105,6 +108,11 @@ def render_turns(messages: list[ChatMessage], template: str | None = None) -> st
 
 def render_prompt(prompt: PromptInput, style: PromptStyle, tokenizer: Any | None) -> RenderedPrompt:
     """``prompt`` as the member with ``style`` reads it (``tokenizer`` renders chat templates)."""
+    if prompt.token_ids is not None:
+        if tokenizer is None:
+            raise GenerationError("a token-id prompt needs the model's own tokenizer (not a remote model)")
+        text = str(tokenizer.decode(prompt.token_ids))
+        return RenderedPrompt(text, add_special_tokens=False, ids=tuple(prompt.token_ids))
     if prompt.messages is None:
         return RenderedPrompt(prompt.text or "", add_special_tokens=True)
     if style.format == "raw":

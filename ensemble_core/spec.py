@@ -163,14 +163,16 @@ class PromptStyle(_Frozen):
 
 
 class PromptInput(_Frozen):
-    """What a session continues: raw ``text`` (a completion, no template) or chat ``messages``."""
+    """What a session continues: raw ``text`` (a completion, no template), chat ``messages``,
+    or ``token_ids`` (a completion given as ids of the members' one tokenizer, used as they are)."""
 
     text: str | None = None
     messages: list[ChatMessage] | None = None
+    token_ids: list[int] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> PromptInput:
-        _check_one_prompt(self.text, self.messages)
+        _check_one_prompt(self.text, self.messages, self.token_ids)
         return self
 
     @classmethod
@@ -200,11 +202,15 @@ class PromptInput(_Frozen):
         return users[-1] if users else self.messages[-1].content
 
 
-def _check_one_prompt(text: str | None, messages: list[ChatMessage] | None) -> None:
-    if (text is None) == (messages is None):
-        raise ValueError("give exactly one of prompt (raw text) or messages (chat)")
+def _check_one_prompt(
+    text: str | None, messages: list[ChatMessage] | None, token_ids: list[int] | None = None
+) -> None:
+    if sum(x is not None for x in (text, messages, token_ids)) != 1:
+        raise ValueError("give exactly one of prompt (raw text), messages (chat) or prompt token ids")
     if messages is not None and not messages:
         raise ValueError("messages must not be empty")
+    if token_ids is not None and (not token_ids or min(token_ids) < 0):
+        raise ValueError("prompt token ids must be a non-empty list of ids >= 0")
 
 
 class GenerationRequest(_Frozen):
@@ -214,6 +220,7 @@ class GenerationRequest(_Frozen):
 
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    prompt_token_ids: list[int] | None = None
     max_tokens: int = Field(default=256, ge=1)
     temperature: float | None = None
     top_p: float | None = None
@@ -247,10 +254,12 @@ class GenerationRequest(_Frozen):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> GenerationRequest:
-        _check_one_prompt(self.prompt, self.messages)
+        _check_one_prompt(self.prompt, self.messages, self.prompt_token_ids)
         return self
 
     def prompt_input(self) -> PromptInput:
         if self.messages is not None:
             return PromptInput.chat(self.messages)
+        if self.prompt_token_ids is not None:
+            return PromptInput(token_ids=list(self.prompt_token_ids))
         return PromptInput.raw(self.prompt or "")

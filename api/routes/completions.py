@@ -18,7 +18,7 @@ from api.schemas.openai import (
     SelectionOnlyPresetRequest,
     SimplePresetRequest,
 )
-from api.services import completion_service, config_service, prompt_list, stream_service
+from api.services import completion_service, config_service, prompt_list, stream_service, token_prompts
 from api.services.completion_service import AnswerForm
 from api.state import AppState, get_state
 
@@ -121,7 +121,7 @@ def completions(
     """OpenAI's legacy completions: the prompt is continued as raw text, with no chat template
     (as OpenAI and vLLM do; ``max_tokens`` defaults to 16, as there). A list of prompts gets
     ``n`` choices each, numbered as OpenAI does (prompt ``i``: ``i*n`` to ``i*n+n-1``)."""
-    if isinstance(body.prompt, list) and len(body.prompt) > 1:
+    if len(token_prompts.split(body.prompt)) > 1:
         answer = prompt_list.answer_each(
             state,
             body,

@@ -90,7 +90,10 @@ class PromptFields(GenerationFields):
     """The guide's ``prompt`` form or OpenAI's ``messages`` form (exactly one of them)."""
 
     model: str = Field(default="ensemble", description="'ensemble', or one member model's name")
-    prompt: str | list[str] | None = None
+    prompt: str | list[str] | list[int] | list[list[int]] | None = Field(
+        default=None,
+        description="text; a list of texts; or token ids (one list, or a list of them: /v1/completions, one tokenizer)",
+    )
     messages: list[ChatMessageIn] | None = None
     ensemble_config: dict[str, Any] | None = None
     # the guide also accepts these beside ensemble_config

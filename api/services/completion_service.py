@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from api.errors import ApiError
 from api.schemas.openai import ChatMessageIn, PromptFields
-from api.services import config_service, job_service, limits, request_policy
+from api.services import config_service, job_service, limits, request_policy, token_prompts
 from api.services.messages import build_generation
 from api.state import AppState
 from ensemble_core.methods import list_methods
@@ -98,13 +98,18 @@ def prepare(
     ``restricted``: a tenant's (non-admin) request, whose ``ensemble_config`` may only choose
     methods, numbers and names (``request_policy``)."""
     _refuse_unsupported(body)
-    messages = _messages(body)
+    token_ids = body.prompt if kind == "completion" and token_prompts.is_token_prompt(body.prompt) else None
+    messages = _messages(body) if token_ids is None else None
     # /v1/completions continues the prompt as raw text (OpenAI's and vLLM's semantics): no
     # chat template; every other endpoint reads it as the user's turn of a chat
-    raw_prompt = messages[0]["content"] if kind == "completion" and body.prompt is not None else None
+    raw_prompt = None
+    if kind == "completion" and messages is not None and body.prompt is not None:
+        raw_prompt = messages[0]["content"]
     form = form or ("chat" if body.messages is not None else "text")
     row, spec = current or config_service.current_version(state.db)
     models = _member_filter(body.model, spec)
+    if token_ids is not None:
+        token_prompts.check_one_tokenizer(spec, models)
     overrides = {**(preset or {}), **(body.ensemble_config or {}), **(forced or {})}
     if restricted:  # the endpoint's own preset and forced fields are trusted
         request_policy.check_tenant_config(body.ensemble_config, spec)
@@ -128,6 +133,7 @@ def prepare(
     generation = build_generation(
         None if raw_prompt is not None else messages,
         raw_prompt=raw_prompt,
+        token_ids=token_ids,
         max_tokens=max(max_tokens, 1),
         temperature=body.temperature,
         top_p=body.top_p,
@@ -345,6 +351,13 @@ def _messages(body: PromptFields) -> list[dict[str, str]]:
         )
     if body.prompt is not None:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if any(not isinstance(p, str) for p in prompts):
+            raise ApiError(
+                400,
+                "token-id prompts are taken by /v1/completions only; send text here",
+                code="invalid_prompt",
+                param="prompt",
+            )
         if len(prompts) != 1:
             raise ApiError(
                 400,

@@ -18,6 +18,7 @@ def check_request_limits(
     where = f"{param_prefix.rstrip('.')}: " if param_prefix else ""
     prompt = generation.prompt_input()
     chars = sum(len(m.content) for m in prompt.as_messages())
+    chars += 4 * len(prompt.token_ids or [])  # an id stands for a few characters of text
     if chars > settings.max_prompt_chars:
         raise ApiError(
             400,

@@ -16,6 +16,7 @@ def build_generation(
     messages: Sequence[dict[str, Any]] | None,
     *,
     raw_prompt: str | None = None,
+    token_ids: list[int] | None = None,
     max_tokens: int,
     temperature: float | None = None,
     top_p: float | None = None,
@@ -27,6 +28,7 @@ def build_generation(
     try:
         return GenerationRequest(
             prompt=raw_prompt,
+            prompt_token_ids=token_ids,
             messages=None
             if messages is None
             else [ChatMessage(role=m["role"], content=m["content"]) for m in messages],
@@ -38,7 +40,7 @@ def build_generation(
             **sampling,
         )
     except (ValidationError, KeyError) as exc:
-        if raw_prompt is not None:
+        if raw_prompt is not None or token_ids is not None:
             raise ApiError(400, f"invalid prompt: {exc}", code="invalid_prompt", param="prompt") from exc
         raise ApiError(400, f"invalid messages: {exc}", code="invalid_messages", param="messages") from exc
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from api.errors import ApiError
 from api.schemas.openai import PromptFields
-from api.services import completion_service, job_service
+from api.services import completion_service, job_service, token_prompts
 from api.services.completion_service import PreparedJob
 from api.state import AppState
 
@@ -26,7 +26,7 @@ def answer_each(
     restricted: bool,
     **prepare_fields: Any,
 ) -> dict[str, Any]:
-    prompts = list(body.prompt or [])
+    prompts = token_prompts.split(body.prompt)
     if body.stream or body.background:
         raise ApiError(
             400,

@@ -115,6 +115,22 @@ def test_a_list_of_prompts_gets_n_choices_each_numbered_as_openai_does(client):
         client.completions.create(prompt=prompts, stream=True, **fields)
 
 
+def test_token_id_prompts_for_one_member_and_a_400_for_members_of_two_tokenizers(client, stack):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stack.tiny_specs[0]["path"])
+    texts = ["Once upon a time", "The capital of France is"]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    fields = {"model": "tiny-llama", "max_tokens": 3, "temperature": 0}
+    by_text = [client.completions.create(prompt=t, **fields).choices[0].text for t in texts]
+    one = client.completions.create(prompt=ids[0], **fields)
+    assert one.choices[0].text == by_text[0] and one.usage.prompt_tokens == len(ids[0])
+    both = client.completions.create(prompt=ids, **fields)
+    assert [c.text for c in both.choices] == by_text
+    with pytest.raises(openai.BadRequestError, match="one tokenizer"):
+        client.completions.create(model="ensemble", prompt=ids[0], max_tokens=3)
+
+
 def test_n_choices_and_a_member_model_alone(client):
     response = client.chat.completions.create(
         model="tiny-gpt2", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, n=2, seed=3

@@ -178,3 +178,25 @@ def test_a_request_carries_exactly_one_prompt_form() -> None:
     with pytest.raises(ValidationError):
         ModelSpec(path="x", prompt_format="base")  # type: ignore[arg-type]
     assert GenerationRequest(prompt="x").prompt_input() == PromptInput.raw("x")
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_a_token_id_prompt_is_used_as_given_and_answers_as_its_text(
+    level: str, tiny_dirs: dict[str, Path], pool: ModelPool
+) -> None:
+    llama = ModelSpec(path=str(tiny_dirs["llama"]), name="llama", temperature=0.0)
+    twin = ModelSpec(path=str(tiny_dirs["llama"]), name="twin", temperature=0.0)
+    generator = pool.generator(llama)
+    ids = list(generator.tokenizer(RAW)["input_ids"])
+    seen, handle = _first_forward_ids(generator)
+    try:
+        spec, config = EnsembleSpec(model_specs=[llama, twin]), _config(**LEVELS[level])
+        by_ids = run_ensemble(
+            spec, config, GenerationRequest(prompt_token_ids=ids, max_tokens=6, temperature=0.0), pool
+        )
+    finally:
+        handle.remove()
+    assert seen[0][: len(ids)] == ids
+    by_text = run_ensemble(spec, config, GenerationRequest(prompt=RAW, max_tokens=6, temperature=0.0), pool)
+    assert by_ids.text == by_text.text
+    assert by_ids.usage.per_model["llama"].prompt == len(ids)
