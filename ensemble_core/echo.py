@@ -36,8 +36,12 @@ def echo_prompt(spec: EnsembleSpec, request: GenerationRequest, pool: ModelPool)
     if not hasattr(lead_gen, "prompt_logprobs"):
         raise GenerationError(f"{lead.name!r}: echo with logprobs needs the 'hf' engine")
     vocab = lead_gen.tokenizer.get_vocab()  # type: ignore[attr-defined]
-    text = request.prompt if request.prompt is not None else (request.messages or [])[-1].content
-    ids: list[int] = lead_gen.encode(text)  # type: ignore[attr-defined]
+    if request.prompt_token_ids is not None:  # token ids (lm-eval with a tokenizer): as given
+        ids: list[int] = list(request.prompt_token_ids)
+        text = lead_gen.decode(ids, skip_special_tokens=False)  # type: ignore[attr-defined]
+    else:
+        text = request.prompt if request.prompt is not None else (request.messages or [])[-1].content
+        ids = lead_gen.encode(text)  # type: ignore[attr-defined]
     if not ids:
         raise GenerationError("echo: the prompt has no tokens")
     by_weights: dict[str, Any] = {}

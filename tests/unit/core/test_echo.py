@@ -70,3 +70,17 @@ def test_the_ensembles_echo_mixes_the_members_that_share_the_leads_vocabulary(
     mixed = [math.log((math.exp(x) + math.exp(y)) / 2) for x, y in zip(a, b, strict=True)]
     assert result.logprobs["token_logprobs"][1:] == pytest.approx(mixed, abs=1e-4)  # type: ignore[index]
     assert a != pytest.approx(b, abs=1e-3), "the twin's weights differ"
+
+
+def test_an_echo_of_token_ids_scores_those_ids(pool: ModelPool, tiny_dirs: dict[str, Path]) -> None:
+    from ensemble_core.spec import GenerationRequest
+
+    spec = ModelSpec(path=str(tiny_dirs["llama"]), name="llama")
+    generator = pool.generator(spec)
+    assert isinstance(generator, HFTextGenerator)
+    ids, expected = _reference(generator, PROMPT)
+    request = GenerationRequest(prompt_token_ids=ids, echo=True, logprobs=1, echo_tokens=0, temperature=0)
+    result = run_ensemble(EnsembleSpec(model_specs=[spec]), CONFIG, request, pool)
+    assert result.logprobs is not None
+    assert result.logprobs["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
+    assert result.text == PROMPT
