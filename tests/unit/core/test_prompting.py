@@ -200,3 +200,16 @@ def test_a_token_id_prompt_is_used_as_given_and_answers_as_its_text(
     by_text = run_ensemble(spec, config, GenerationRequest(prompt=RAW, max_tokens=6, temperature=0.0), pool)
     assert by_ids.text == by_text.text
     assert by_ids.usage.per_model["llama"].prompt == len(ids)
+
+
+@pytest.mark.slow
+def test_the_bundled_models_take_raw_text_as_their_tokenizers_spell_it() -> None:
+    """Gemma's tokenizer puts a BOS before plain text (a base model needs it), SmolLM2's
+    nothing; a raw prompt gets exactly that, as vLLM's /v1/completions does."""
+    from ensemble_core.backends.hf_loading import load_tokenizer
+    from ensemble_core.prompting import leading_special_ids
+
+    gemma = load_tokenizer(ModelSpec(path="bundled:gemma3-270m"), None)
+    smollm2 = load_tokenizer(ModelSpec(path="bundled:smollm2"), None)
+    assert leading_special_ids(gemma) == [gemma.bos_token_id]
+    assert leading_special_ids(smollm2) == []
