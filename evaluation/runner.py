@@ -14,7 +14,7 @@ it needs; nothing is cached across items, so each item pays its method's full co
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,9 +127,8 @@ def method_rows(
 
 
 def _request(item: Item, max_tokens: int, seed: int) -> GenerationRequest:
-    return GenerationRequest(
-        messages=item_messages(item), max_tokens=max_tokens, temperature=0.0, stop=["\n"], seed=seed
-    )
+    # no request temperature: it would override every member's own (single rows set theirs to 0)
+    return GenerationRequest(messages=item_messages(item), max_tokens=max_tokens, stop=["\n"], seed=seed)
 
 
 def _run_item(item: Item, spec: EnsembleSpec, config: EnsembleConfig, pool: Any, max_tokens: int, seed: int):
@@ -151,13 +150,20 @@ def evaluate_row(
     max_tokens: int = 16,
     seed: int = 0,
     concurrency: int = 8,
+    progress: Callable[[str], None] | None = None,
 ) -> EvalRow:
     label, spec, config = row
     _run_item(WARM_UP, spec, config, pool, max_tokens, seed)  # loads models and scorers, untimed
     out = EvalRow(label)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="eval") as executor:
-        done = list(executor.map(lambda it: _run_item(it, spec, config, pool, max_tokens, seed), items))
+        done = []
+        for n, finished in enumerate(
+            executor.map(lambda it: _run_item(it, spec, config, pool, max_tokens, seed), items), 1
+        ):
+            done.append(finished)
+            if progress is not None and n % 25 == 0:
+                progress(f"  {label}: {n}/{len(items)} items, {time.perf_counter() - started:.0f} s")
     out.wall_s = time.perf_counter() - started
     out.results = [result for result, _ in done]
     out.forward_passes = sum(passes for _, passes in done)
@@ -194,12 +200,15 @@ def evaluate(
     concurrency: int = 8,
     singles: int = 0,
     on_row: Any = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[EvalRow]:
     """Evaluate ``rows`` in order; the first ``singles`` rows are members alone (an oracle row
     follows them when there are two or more)."""
     results: list[EvalRow] = []
     for index, row in enumerate(rows):
-        evaluated = evaluate_row(items, row, pool, max_tokens=max_tokens, seed=seed, concurrency=concurrency)
+        evaluated = evaluate_row(
+            items, row, pool, max_tokens=max_tokens, seed=seed, concurrency=concurrency, progress=progress
+        )
         results.append(evaluated)
         if on_row is not None:
             on_row(evaluated)
