@@ -123,8 +123,6 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         items = select_items(args)
-        if args.output and not args.export_items:
-            args.output.write_text("")
         if args.export_items:
             args.export_items.write_text("".join(json.dumps(it.as_json()) + "\n" for it in items))
             print(f"wrote {len(items)} items to {args.export_items}")
@@ -153,8 +151,9 @@ def run_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             concurrency=args.concurrency,
             singles=len(singles),
-            progress=lambda line: print(line, file=sys.stderr, flush=True),
-            on_row=lambda row: _row_done(row, args.output),
+            on_row=lambda row: print(
+                f"  {row.label}: {row.accuracy:.1%} in {row.wall_s:.0f} s", file=sys.stderr, flush=True
+            ),
         )
     except (ValueError, OSError, EnsembleError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -164,14 +163,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for row in results:
         if row.failures:
             print(f"\n{row.label}: {len(row.failures)} failed, e.g. {row.failures[0]}")
+    if args.output:
+        from evaluation.report import write_rows
+
+        write_rows(args.output, results)
     return 0
-
-
-def _row_done(row: Any, output: Path | None) -> None:
-    """Report a finished row, and append its answers to ``output`` at once (a long run that is
-    stopped keeps the rows it finished)."""
-    from evaluation.report import write_rows
-
-    print(f"  {row.label}: {row.accuracy:.1%} in {row.wall_s:.0f} s", file=sys.stderr, flush=True)
-    if output is not None:
-        write_rows(output, [row], append=True)

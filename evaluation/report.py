@@ -15,8 +15,8 @@ from pathlib import Path
 from evaluation.runner import EvalRow, ItemResult, headers, oracle_row
 
 
-def write_rows(path: Path, rows: list[EvalRow], append: bool = False) -> None:
-    with path.open("a" if append else "w") as out:
+def write_rows(path: Path, rows: list[EvalRow]) -> None:
+    with path.open("w") as out:
         for row in rows:
             out.write(
                 json.dumps(

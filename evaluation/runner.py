@@ -14,7 +14,7 @@ it needs; nothing is cached across items, so each item pays its method's full co
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,20 +150,13 @@ def evaluate_row(
     max_tokens: int = 16,
     seed: int = 0,
     concurrency: int = 8,
-    progress: Callable[[str], None] | None = None,
 ) -> EvalRow:
     label, spec, config = row
     _run_item(WARM_UP, spec, config, pool, max_tokens, seed)  # loads models and scorers, untimed
     out = EvalRow(label)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="eval") as executor:
-        done = []
-        for n, finished in enumerate(
-            executor.map(lambda it: _run_item(it, spec, config, pool, max_tokens, seed), items), 1
-        ):
-            done.append(finished)
-            if progress is not None and n % 25 == 0:
-                progress(f"  {label}: {n}/{len(items)} items, {time.perf_counter() - started:.0f} s")
+        done = list(executor.map(lambda it: _run_item(it, spec, config, pool, max_tokens, seed), items))
     out.wall_s = time.perf_counter() - started
     out.results = [result for result, _ in done]
     out.forward_passes = sum(passes for _, passes in done)
@@ -200,15 +193,12 @@ def evaluate(
     concurrency: int = 8,
     singles: int = 0,
     on_row: Any = None,
-    progress: Callable[[str], None] | None = None,
 ) -> list[EvalRow]:
     """Evaluate ``rows`` in order; the first ``singles`` rows are members alone (an oracle row
     follows them when there are two or more)."""
     results: list[EvalRow] = []
     for index, row in enumerate(rows):
-        evaluated = evaluate_row(
-            items, row, pool, max_tokens=max_tokens, seed=seed, concurrency=concurrency, progress=progress
-        )
+        evaluated = evaluate_row(items, row, pool, max_tokens=max_tokens, seed=seed, concurrency=concurrency)
         results.append(evaluated)
         if on_row is not None:
             on_row(evaluated)

@@ -40,13 +40,13 @@ def test_eval_prints_singles_oracle_and_methods(tiny_model_dirs, tmp_path):
     ]
     items = tmp_path / "qa.jsonl"
     answers = tmp_path / "answers.jsonl"
-    _eval("--split", "test", "--limit", "2", "--export-items", str(items))
+    _eval("--split", "test", "--limit", "3", "--export-items", str(items))
     out = _eval(
         str(items),
         "--model_specs",
         json.dumps(specs),
         "--methods",
-        "response:majority_vote",
+        "round_robin,response:majority_vote",
         "--method",
         'rr64={"aggregation_method": "round_robin", "max_rounds": 64}',
         "--max-tokens",
@@ -63,16 +63,17 @@ def test_eval_prints_singles_oracle_and_methods(tiny_model_dirs, tmp_path):
         "single: tiny-llama",
         "single: tiny-gpt2",
         "oracle (any member right)",
+        "ensemble: round_robin",
         "ensemble: response:majority_vote",
         "ensemble: rr64",
     ]
     overall = header.index("overall")
     for line in lines[1:]:
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        assert cells[overall].endswith("/2)")
+        assert cells[overall].endswith("/3)")
         assert int(cells[header.index("generated tokens")]) > 0
     written = [json.loads(line) for line in answers.read_text().splitlines() if "summary" not in line]
-    assert len(written) == 2 * len(labels)
+    assert len(written) == 3 * len(labels)
     # the report over the written answers prints the same table (oracle recomputed)
     report = subprocess.run(
         [sys.executable, "-m", "evaluation.report", str(answers)], cwd=ROOT, capture_output=True, text=True
