@@ -3,17 +3,24 @@
 On Redis this is pub/sub (one channel per job). In embedded mode, where API and worker share
 one process, an in-memory bus does the same. Events are a fast path only: Postgres stays the
 truth, so a waiter that misses an event still finds the final state by reading the job.
+
+The API waits with ``subscribe_async``: an asyncio subscription (redis.asyncio, or a queue fed
+from the worker threads), so a waiting request holds no thread, only a coroutine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any, Protocol
+
+import anyio
 
 from jobqueue.contract import job_events_channel
 
@@ -34,12 +41,23 @@ class JobSubscription(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+class AsyncJobSubscription(Protocol):
+    async def get(self, timeout: float) -> dict[str, Any] | None: ...
+
+    async def close(self) -> None: ...
+
+
 class RedisJobEventBus:
     def __init__(self, url: str) -> None:
         import redis
 
+        self._url = url
         self._redis = redis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+        )
+        # redis.asyncio connections belong to the event loop that opened them: one client per loop
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
         )
 
     def publish(self, job_id: str, event: dict[str, Any]) -> None:
@@ -50,8 +68,52 @@ class RedisJobEventBus:
         pubsub.subscribe(job_events_channel(job_id))
         return _RedisSubscription(pubsub)
 
+    async def subscribe_async(self, job_id: str) -> _AsyncRedisSubscription:
+        pubsub = self._async_client().pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(job_events_channel(job_id))
+        except BaseException:
+            await _AsyncRedisSubscription(pubsub).close()
+            raise
+        return _AsyncRedisSubscription(pubsub)
+
+    def _async_client(self) -> Any:
+        import redis.asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_clients[loop] = redis.asyncio.Redis.from_url(
+                self._url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+            )
+        return client
+
     def ping(self) -> None:
         self._redis.ping()
+
+
+class _AsyncRedisSubscription:
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def get(self, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            message = await self._pubsub.get_message(timeout=remaining)
+            if message and message.get("type") == "message":
+                return json.loads(message["data"])  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        # shielded: a client that disconnects cancels the waiter, and the connection must
+        # still go back to the pool
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._pubsub.aclose()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+                pass
 
 
 class _RedisSubscription:
@@ -100,7 +162,13 @@ class InMemoryJobEventBus:
             self._subscribers[job_id].append(q)
         return _MemorySubscription(self, job_id, q)
 
-    def _unsubscribe(self, job_id: str, q: queue.Queue[dict[str, Any]]) -> None:
+    async def subscribe_async(self, job_id: str) -> _AsyncMemorySubscription:
+        sub = _AsyncMemorySubscription(self, job_id)
+        with self._lock:
+            self._subscribers[job_id].append(sub)  # type: ignore[arg-type]
+        return sub
+
+    def _unsubscribe(self, job_id: str, q: Any) -> None:
         with self._lock:
             subs = self._subscribers.get(job_id, [])
             if q in subs:
@@ -130,6 +198,30 @@ class _MemorySubscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _AsyncMemorySubscription:
+    """Events published from worker threads are handed to the waiter's event loop."""
+
+    def __init__(self, bus: InMemoryJobEventBus, job_id: str) -> None:
+        self._bus, self._job_id = bus, job_id
+        self._loop = asyncio.get_running_loop()
+        self._q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def put(self, event: dict[str, Any]) -> None:  # called by ``publish``, from any thread
+        try:
+            self._loop.call_soon_threadsafe(self._q.put_nowait, event)
+        except RuntimeError:  # the waiter's loop is closed: nobody listens any more
+            pass
+
+    async def get(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return await asyncio.wait_for(self._q.get(), max(0.0, timeout))
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
+        self._bus._unsubscribe(self._job_id, self)
 
 
 # one bus per process in embedded mode: the API and the in-process worker must share it

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.guards import Principal, require_api_key
@@ -41,7 +42,7 @@ IdempotencyKey = Header(
 )
 
 
-def _respond(
+async def _respond(
     state: AppState,
     body: PromptFields,
     idempotency_key: str | None,
@@ -53,7 +54,10 @@ def _respond(
     forced: dict[str, Any] | None = None,
     default_max_tokens: int = 256,
 ) -> JSONResponse | StreamingResponse:
-    prepared = completion_service.prepare(
+    # the route is async so that waiting holds no thread; the blocking steps (config read,
+    # submission) borrow one from the pool for the moment they take
+    prepared = await run_in_threadpool(
+        completion_service.prepare,
         state,
         body,
         kind=kind,
@@ -72,7 +76,7 @@ def _respond(
         if body.timeout is None:
             # a stream shows progress and keeps the connection alive: wait as long as allowed
             prepared.timeout = state.settings.max_sync_timeout_s
-        job, frames = stream_service.open_stream(state, prepared, idempotency_key)
+        job, frames = await stream_service.open_stream(state, prepared, idempotency_key)
         return StreamingResponse(
             frames,
             media_type="text/event-stream",
@@ -83,7 +87,9 @@ def _respond(
             raise ApiError(
                 400, "background and stream cannot be combined", code="invalid_request", param="background"
             )
-        job, _ = completion_service.submit(state, prepared, idempotency_key, accept_unsent=True)
+        job, _ = await run_in_threadpool(
+            completion_service.submit, state, prepared, idempotency_key, accept_unsent=True
+        )
         return JSONResponse(
             {
                 "id": job.id,
@@ -94,12 +100,12 @@ def _respond(
             status_code=202,
             headers={"Location": f"/v1/jobs/{job.id}", "X-Job-Id": job.id},
         )
-    answer = completion_service.run_to_answer(state, prepared, idempotency_key)
+    answer = await completion_service.run_to_answer(state, prepared, idempotency_key)
     return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
 
 
 @router.post("/chat/completions", response_model=None, responses=ANSWERS)
-def chat_completions(
+async def chat_completions(
     body: ChatCompletionRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
@@ -108,11 +114,11 @@ def chat_completions(
     """The guide's ``prompt`` form answers ``text_completion``; OpenAI's ``messages`` form
     answers ``chat.completion``. Both carry ``choices[i].metadata`` (selected models, method,
     config, round trace)."""
-    return _respond(state, body, idempotency_key, principal, kind="chat")
+    return await _respond(state, body, idempotency_key, principal, kind="chat")
 
 
 @router.post("/completions", response_model=None, responses=ANSWERS)
-def completions(
+async def completions(
     body: CompletionRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
@@ -122,7 +128,7 @@ def completions(
     (as OpenAI and vLLM do; ``max_tokens`` defaults to 16, as there). A list of prompts gets
     ``n`` choices each, numbered as OpenAI does (prompt ``i``: ``i*n`` to ``i*n+n-1``)."""
     if len(token_prompts.split(body.prompt)) > 1:
-        answer = prompt_list.answer_each(
+        answer = await prompt_list.answer_each(
             state,
             body,
             idempotency_key,
@@ -133,13 +139,13 @@ def completions(
             default_max_tokens=16,
         )
         return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
-    return _respond(
+    return await _respond(
         state, body, idempotency_key, principal, kind="completion", form="legacy", default_max_tokens=16
     )
 
 
 @router.post("/loop/completions", response_model=None, responses=ANSWERS)
-def loop_completions(
+async def loop_completions(
     body: LoopRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
@@ -154,11 +160,11 @@ def loop_completions(
         "aggregation_method": "round_robin",
         "use_output_aggregation": True,
     }
-    return _respond(state, body, idempotency_key, principal, kind="loop", forced=forced)
+    return await _respond(state, body, idempotency_key, principal, kind="loop", forced=forced)
 
 
 @router.post("/ensemble/presets/simple", response_model=None, responses=ANSWERS)
-def preset_simple(
+async def preset_simple(
     body: SimplePresetRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
@@ -175,11 +181,11 @@ def preset_simple(
     }
     if body.aggregation_level:
         forced["aggregation_level"] = body.aggregation_level
-    return _respond(state, body, idempotency_key, principal, kind="preset_simple", forced=forced)
+    return await _respond(state, body, idempotency_key, principal, kind="preset_simple", forced=forced)
 
 
 @router.post("/ensemble/presets/selection_only", response_model=None, responses=ANSWERS)
-def preset_selection_only(
+async def preset_selection_only(
     body: SelectionOnlyPresetRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
@@ -197,11 +203,13 @@ def preset_selection_only(
     best_only = completion_service.best_only_param(body.model_selection_method)
     if best_only and best_only not in params:
         forced["model_selection_params"] = {**params, best_only: 1}
-    return _respond(state, body, idempotency_key, principal, kind="preset_selection_only", forced=forced)
+    return await _respond(
+        state, body, idempotency_key, principal, kind="preset_selection_only", forced=forced
+    )
 
 
 @router.post("/ensemble/presets/aggregation_only", response_model=None, responses=ANSWERS)
-def preset_aggregation_only(
+async def preset_aggregation_only(
     body: AggregationOnlyPresetRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
@@ -215,7 +223,9 @@ def preset_aggregation_only(
         "aggregation_level": body.aggregation_level,
         "use_output_aggregation": True,
     }
-    return _respond(state, body, idempotency_key, principal, kind="preset_aggregation_only", forced=forced)
+    return await _respond(
+        state, body, idempotency_key, principal, kind="preset_aggregation_only", forced=forced
+    )
 
 
 @router.get("/models")

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from api.guards import Principal, require_admin, require_api_key
 from api.schemas.ensemble import ConfigUpdate, InferenceRequest
@@ -14,7 +15,7 @@ from api.services.messages import build_generation, instruction_messages
 from api.state import AppState, get_state
 from ensemble_core.methods import list_methods
 from persistence import repository
-from persistence.models import ConfigVersion
+from persistence.models import ConfigVersion, Job
 
 router = APIRouter(prefix="/v1/ensemble", tags=["ensemble"])
 
@@ -74,12 +75,43 @@ def config_versions(
 
 
 @router.post("/inference")
-def inference(
+async def inference(
     body: InferenceRequest,
     state: AppState = Depends(get_state),
     idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
     principal: Principal = Depends(require_api_key),
 ) -> JSONResponse:
+    # async so that the wait holds no thread; the submission borrows one briefly
+    job = await run_in_threadpool(_submit_inference, state, body, idempotency_key, principal)
+    job = await job_service.wait_for_job(state, job.id, job_service.resolve_timeout(state, body.timeout))
+    job_service.raise_unless_succeeded(job)
+    result = job.result or {}
+    config_json = (job.request or {}).get("ensemble_config")
+    return JSONResponse(
+        {
+            "id": job.id,
+            "object": "ensemble.inference",
+            "created": int(job.created_at.timestamp()),
+            "result": {
+                "output": result.get("text", ""),
+                "selected_models": result.get("selected_models", []),
+                "method": result.get("method"),
+                "finish_reason": result.get("finish_reason"),
+                "stop_reason": result.get("stop_reason"),
+                "config": config_json,
+                "trace": result.get("trace"),
+            },
+            "config": config_json,
+            "config_version_id": job.config_version_id,
+            "usage": _openai_usage(result),
+        },
+        headers={"X-Job-Id": job.id},
+    )
+
+
+def _submit_inference(
+    state: AppState, body: InferenceRequest, idempotency_key: str | None, principal: Principal
+) -> Job:
     row, spec = config_service.current_version(state.db)
     config = config_service.merge_config(
         spec,
@@ -107,30 +139,7 @@ def inference(
         webhook_url=body.webhook_url,
         tenant=principal.tenant,
     )
-    job = job_service.wait_for_job(state, job.id, job_service.resolve_timeout(state, body.timeout))
-    job_service.raise_unless_succeeded(job)
-    result = job.result or {}
-    config_json = (job.request or {}).get("ensemble_config")
-    return JSONResponse(
-        {
-            "id": job.id,
-            "object": "ensemble.inference",
-            "created": int(job.created_at.timestamp()),
-            "result": {
-                "output": result.get("text", ""),
-                "selected_models": result.get("selected_models", []),
-                "method": result.get("method"),
-                "finish_reason": result.get("finish_reason"),
-                "stop_reason": result.get("stop_reason"),
-                "config": config_json,
-                "trace": result.get("trace"),
-            },
-            "config": config_json,
-            "config_version_id": job.config_version_id,
-            "usage": _openai_usage(result),
-        },
-        headers={"X-Job-Id": job.id},
-    )
+    return job
 
 
 def _openai_usage(result: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from starlette.concurrency import run_in_threadpool
+
 from api.errors import ApiError
 from api.schemas.openai import ChatMessageIn, PromptFields
 from api.services import config_service, job_service, limits, request_policy, token_prompts
@@ -191,10 +193,13 @@ def submit(
     )
 
 
-def run_to_answer(state: AppState, prepared: PreparedJob, idempotency_key: str | None) -> dict[str, Any]:
-    """Submit (or attach to the job of the same Idempotency-Key), wait, answer; 504 past the timeout."""
-    job, _ = submit(state, prepared, idempotency_key)
-    job = job_service.wait_for_job(state, job.id, prepared.timeout)
+async def run_to_answer(
+    state: AppState, prepared: PreparedJob, idempotency_key: str | None
+) -> dict[str, Any]:
+    """Submit (or attach to the job of the same Idempotency-Key), wait, answer; 504 past the
+    timeout. The submission borrows a thread; the wait holds none."""
+    job, _ = await run_in_threadpool(submit, state, prepared, idempotency_key)
+    job = await job_service.wait_for_job(state, job.id, prepared.timeout)
     job_service.raise_unless_succeeded(job)
     return answer(job, prepared.form, prepared.model)
 

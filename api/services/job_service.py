@@ -19,9 +19,11 @@ import time
 import weakref
 from typing import Any
 
+import anyio
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError, ServiceUnavailable
 from api.state import AppState
@@ -211,22 +213,33 @@ def send(state: AppState, job_id: str, *, accept_unsent: bool = False) -> None:
     enqueue_marker(state).mark(job_id)
 
 
-def wait_for_job(state: AppState, job_id: str, timeout_s: float) -> Job:
+# A live subscription hears the done event (it is opened before the first read, so none is
+# missed); the re-read is only a safety net, and with hundreds of waiters a read per waiter
+# per second would cost the API process more CPU than everything else it does.
+RECHECK_S = 5.0
+
+
+async def wait_for_job(state: AppState, job_id: str, timeout_s: float) -> Job:
     """Wait until the job is final or the timeout passes; returns the job as last read.
 
-    Events on the bus wake us at once; the database is re-read every second in case an event
-    was missed (Postgres is the truth). Without the bus (Redis restarting) the database alone
-    is polled, so a job that finishes meanwhile is still answered."""
+    Events on the bus wake us at once; the database is re-read every few seconds in case an
+    event was missed (Postgres is the truth). Without the bus (Redis restarting) the database
+    alone is polled, twice a second, so a job that finishes meanwhile is still answered. The
+    wait holds no thread: only each database read borrows one from the pool, for the moment
+    it takes."""
     deadline = time.monotonic() + timeout_s
-    with JobEvents.open(state, job_id) as events:
-        job = load_job(state, job_id)
+    events = await JobEvents.open(state, job_id)
+    try:
+        job = await run_in_threadpool(load_job, state, job_id)
         while not repository.is_final(job.status):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            event = events.get(min(1.0, remaining))
+            event = await events.get(min(RECHECK_S, remaining))
             if event is None or event.get("type") == "done":
-                job = load_job(state, job_id)
+                job = await run_in_threadpool(load_job, state, job_id)
+    finally:
+        await events.close()
     return job
 
 
@@ -238,33 +251,27 @@ class JobEvents:
         self.job_id, self._sub = job_id, subscription
 
     @classmethod
-    def open(cls, state: AppState, job_id: str) -> JobEvents:
+    async def open(cls, state: AppState, job_id: str) -> JobEvents:
         try:
-            return cls(job_id, state.bus.subscribe(job_id))
+            return cls(job_id, await state.bus.subscribe_async(job_id))
         except BROKER_ERRORS as exc:
             log.warning("cannot subscribe to job events (%s); polling the database", exc)
             return cls(job_id, None)
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    async def get(self, timeout: float) -> dict[str, Any] | None:
         if self._sub is not None:
             try:
-                return self._sub.get(timeout)  # type: ignore[no-any-return]
+                return await self._sub.get(timeout)  # type: ignore[no-any-return]
             except BROKER_ERRORS as exc:
                 log.warning("job events of %s lost (%s); polling the database", self.job_id, exc)
-                self.close()
-        time.sleep(min(0.5, max(0.0, timeout)))
+                await self.close()
+        await anyio.sleep(min(0.5, max(0.0, timeout)))
         return None
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._sub is not None:
-            self._sub.close()
-            self._sub = None
-
-    def __enter__(self) -> JobEvents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            sub, self._sub = self._sub, None
+            await sub.close()
 
 
 def publish_event(state: AppState, job_id: str, event: dict[str, Any]) -> None:

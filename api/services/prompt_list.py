@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from api.errors import ApiError
 from api.schemas.openai import PromptFields
 from api.services import completion_service, job_service, token_prompts
 from api.services.completion_service import PreparedJob
 from api.state import AppState
+from persistence.models import Job
 
 
-def answer_each(
+async def answer_each(
     state: AppState,
     body: PromptFields,
     idempotency_key: str | None,
@@ -35,6 +38,27 @@ def answer_each(
             code="invalid_request",
             param="stream" if body.stream else "background",
         )
+    # validating and submitting borrow a pool thread; the waits hold none
+    prepared, jobs = await run_in_threadpool(
+        _submit_all, state, body, prompts, idempotency_key, tenant, restricted, prepare_fields
+    )
+    answers = []
+    for job, one in zip(jobs, prepared, strict=True):
+        done = await job_service.wait_for_job(state, job.id, one.timeout)
+        job_service.raise_unless_succeeded(done)
+        answers.append(completion_service.answer(done, one.form, one.model))
+    return merge(answers, body.n)
+
+
+def _submit_all(
+    state: AppState,
+    body: PromptFields,
+    prompts: list[Any],
+    idempotency_key: str | None,
+    tenant: str | None,
+    restricted: bool,
+    prepare_fields: dict[str, Any],
+) -> tuple[list[PreparedJob], list[Job]]:
     prepared: list[PreparedJob] = []
     for index, prompt in enumerate(prompts):
         try:
@@ -52,12 +76,7 @@ def answer_each(
         completion_service.submit(state, one, f"{idempotency_key}#{i}" if idempotency_key else None)[0]
         for i, one in enumerate(prepared)
     ]
-    answers = []
-    for job, one in zip(jobs, prepared, strict=True):
-        done = job_service.wait_for_job(state, job.id, one.timeout)
-        job_service.raise_unless_succeeded(done)
-        answers.append(completion_service.answer(done, one.form, one.model))
-    return merge(answers, body.n)
+    return prepared, jobs
 
 
 def merge(answers: list[dict[str, Any]], n: int) -> dict[str, Any]:

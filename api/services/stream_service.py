@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.concurrency import run_in_threadpool
 
 from api.errors import envelope
 from api.services import job_service
@@ -30,30 +31,32 @@ from persistence.models import Job, new_id
 log = logging.getLogger(__name__)
 
 
-def open_stream(
+async def open_stream(
     state: AppState, prepared: PreparedJob, idempotency_key: str | None
-) -> tuple[Job, Iterator[str]]:
+) -> tuple[Job, AsyncIterator[str]]:
     """Submit the job with the subscription already open; returns the job and its SSE frames.
 
     Errors before the first frame (validation, queue full, broker down) raise as usual and
-    answer with a normal JSON error."""
+    answer with a normal JSON error. The stream waits on an asyncio subscription: it holds no
+    thread, only its database reads borrow one briefly."""
     job_id = new_id("job")
-    subscription = state.bus.subscribe(job_id)
+    subscription = await state.bus.subscribe_async(job_id)
     try:
-        job, _created = submit(state, prepared, idempotency_key, job_id=job_id)
+        job, _created = await run_in_threadpool(submit, state, prepared, idempotency_key, job_id=job_id)
         if job.id != job_id:
             # an Idempotency-Key retry attached to an earlier job: listen to that one
-            subscription.close()
-            subscription = state.bus.subscribe(job.id)
+            await subscription.close()
+            subscription = await state.bus.subscribe_async(job.id)
     except BaseException:
-        subscription.close()
+        await subscription.close()
         raise
     return job, _frames(state, prepared, job, job_service.JobEvents(job.id, subscription))
 
 
-def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> Iterator[str]:
+async def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> AsyncIterator[str]:
     try:
-        yield from _relay(state, prepared, job, subscription)
+        async for frame in _relay(state, prepared, job, subscription):
+            yield frame
     except Exception as exc:  # noqa: BLE001 - the 200 is sent already: the error goes in the stream
         log.exception("stream of job %s broke", job.id)
         database = isinstance(exc, (DBAPIError, PoolTimeoutError))
@@ -66,10 +69,10 @@ def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any)
             job_id=job.id,
         )
     finally:
-        subscription.close()
+        await subscription.close()
 
 
-def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> Iterator[str]:
+async def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> AsyncIterator[str]:
     chunks = _ChunkWriter(job, prepared)
     sent: dict[int, str] = {}
     deadline = time.monotonic() + prepared.timeout
@@ -80,9 +83,9 @@ def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) 
     final = repository.is_final(job.status)
     newest_attempt = 0
     while not final and time.monotonic() < deadline:
-        event = subscription.get(min(1.0, max(0.0, deadline - time.monotonic())))
+        event = await subscription.get(min(1.0, max(0.0, deadline - time.monotonic())))
         if event is None:
-            final = repository.is_final(job_service.load_job(state, job.id).status)
+            final = repository.is_final((await _load(state, job.id)).status)
             if not final and time.monotonic() - last_frame >= state.settings.stream_keepalive_s:
                 last_frame = time.monotonic()
                 yield ": keep-alive\n\n"
@@ -102,7 +105,7 @@ def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) 
             )
         elif event.get("type") == "done":
             final = True
-    job = job_service.load_job(state, job.id)
+    job = await _load(state, job.id)
     if not repository.is_final(job.status):
         yield _error_frame(
             504,
@@ -119,7 +122,12 @@ def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) 
             job_id=job.id,
         )
         return
-    yield from _finish(chunks, job, prepared, sent)
+    for frame in _finish(chunks, job, prepared, sent):
+        yield frame
+
+
+async def _load(state: AppState, job_id: str) -> Job:
+    return await run_in_threadpool(job_service.load_job, state, job_id)
 
 
 def _finish(chunks: _ChunkWriter, job: Job, prepared: PreparedJob, sent: dict[int, str]) -> Iterator[str]:
