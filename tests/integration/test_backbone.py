@@ -117,6 +117,7 @@ def test_inference_returns_a_real_smollm2_answer(stack):
             "input": "What is the capital of France? Answer in one word.",
             "ensemble_config": {"model_selection_method": "all", "aggregation_method": "round_robin"},
             "max_tokens": 8,
+            "seed": 0,  # without a seed every request draws fresh randomness (OpenAI semantics)
             "timeout": 240,
         }
         resp = client.post("/v1/ensemble/inference", json=body)
