@@ -109,6 +109,14 @@ def select_items(args: argparse.Namespace) -> list[Any]:
     return items[: args.limit] if args.limit is not None else items
 
 
+def _row_done(row: Any, output: Path | None) -> None:
+    from evaluation.report import write_rows
+
+    print(f"  {row.label}: {row.accuracy:.1%} in {row.wall_s:.0f} s", file=sys.stderr, flush=True)
+    if output is not None:
+        write_rows(output, [row], append=True)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -137,6 +145,8 @@ def run_eval(args: argparse.Namespace) -> int:
         for _, _, config in ensemble_rows:
             plan_for(config)  # a misspelled method fails before any model loads
         singles = [] if args.no_singles else single_model_rows(spec)
+        if args.output:
+            args.output.write_text("")  # rows are appended as they finish: a stopped run keeps them
         kinds = sorted({it.kind for it in items}, key=lambda k: [it.kind for it in items].index(k))
         print(
             f"{len(items)} items ({args.split} split, {args.file or 'built-in set'}); models: "
@@ -151,9 +161,7 @@ def run_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
             concurrency=args.concurrency,
             singles=len(singles),
-            on_row=lambda row: print(
-                f"  {row.label}: {row.accuracy:.1%} in {row.wall_s:.0f} s", file=sys.stderr, flush=True
-            ),
+            on_row=lambda row: _row_done(row, args.output),
         )
     except (ValueError, OSError, EnsembleError, ValidationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -163,8 +171,4 @@ def run_eval(args: argparse.Namespace) -> int:
     for row in results:
         if row.failures:
             print(f"\n{row.label}: {len(row.failures)} failed, e.g. {row.failures[0]}")
-    if args.output:
-        from evaluation.report import write_rows
-
-        write_rows(args.output, results)
     return 0

@@ -15,8 +15,8 @@ from pathlib import Path
 from evaluation.runner import EvalRow, ItemResult, headers, oracle_row
 
 
-def write_rows(path: Path, rows: list[EvalRow]) -> None:
-    with path.open("w") as out:
+def write_rows(path: Path, rows: list[EvalRow], append: bool = False) -> None:
+    with path.open("a" if append else "w") as out:
         for row in rows:
             out.write(
                 json.dumps(
@@ -44,7 +44,15 @@ def read_rows(paths: list[Path]) -> list[EvalRow]:
             else:
                 fields = {
                     k: record.get(k)
-                    for k in ("item_id", "kind", "answer", "correct", "generated_tokens", "error")
+                    for k in (
+                        "item_id",
+                        "kind",
+                        "answer",
+                        "correct",
+                        "generated_tokens",
+                        "error",
+                        "candidates",
+                    )
                 }
                 row.results.append(ItemResult(**fields))
     return list(rows.values())

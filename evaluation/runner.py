@@ -37,6 +37,9 @@ class ItemResult:
     correct: bool
     generated_tokens: int
     error: str | None = None
+    # response-level methods: every whole answer the method chose from (model, text, tokens,
+    # mean_logprob, correct), so selection rules can be compared offline on the same answers
+    candidates: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -139,7 +142,20 @@ def _run_item(item: Item, spec: EnsembleSpec, config: EnsembleConfig, pool: Any,
     usage = result.usage.per_model.values()
     generated = sum(u.generated for u in usage)
     passes = sum(u.forward_passes for u in usage)
-    return ItemResult(item.id, item.kind, result.text, is_correct(item, result.text), generated), passes
+    answer = ItemResult(item.id, item.kind, result.text, is_correct(item, result.text), generated)
+    answer.candidates = _graded_candidates(item, result.trace)
+    return answer, passes
+
+
+def _graded_candidates(item: Item, trace: dict[str, Any]) -> list[dict[str, Any]] | None:
+    rounds = trace.get("rounds") or []
+    if "summary" not in trace or len(rounds) != 1 or "candidates" not in rounds[0]:
+        return None  # not a response-level method (its one round holds the whole answers)
+    keep = ("model", "text", "tokens", "mean_logprob", "finish", "vetoed")
+    return [
+        {**{k: c[k] for k in keep if k in c}, "correct": is_correct(item, c.get("text", ""))}
+        for c in rounds[0].get("candidates", [])
+    ]
 
 
 def evaluate_row(

@@ -74,6 +74,11 @@ def test_eval_prints_singles_oracle_and_methods(tiny_model_dirs, tmp_path):
         assert int(cells[header.index("generated tokens")]) > 0
     written = [json.loads(line) for line in answers.read_text().splitlines() if "summary" not in line]
     assert len(written) == 3 * len(labels)
+    # a response-level row keeps every whole answer it chose from, graded, for offline rules
+    voted = [w for w in written if w["row"] == "ensemble: response:majority_vote"]
+    assert all({c["model"] for c in w["candidates"]} == {"tiny-llama", "tiny-gpt2"} for w in voted)
+    assert all(isinstance(c["correct"], bool) and "mean_logprob" in c for w in voted for c in w["candidates"])
+    assert all(w["candidates"] is None for w in written if w["row"] == "ensemble: round_robin")
     # the report over the written answers prints the same table (oracle recomputed)
     report = subprocess.run(
         [sys.executable, "-m", "evaluation.report", str(answers)], cwd=ROOT, capture_output=True, text=True
