@@ -23,8 +23,9 @@ from ensemble_core.spec import EnsembleSpec
 # type's fields (paths, devices) keep their defaults
 # (``models``: member names only, checked below)
 TENANT_INLINE_SCORERS: dict[str, frozenset[str]] = {
-    "likelihood": frozenset({"type", "weight", "include_own", "models", "unit"}),
-    "pmi": frozenset({"type", "weight", "models", "neutral_prompt", "unit"}),
+    "likelihood": frozenset({"type", "weight", "include_own", "include_others", "models", "unit"}),
+    "pmi": frozenset({"type", "weight", "models", "neutral_prompt", "neutral", "unit"}),
+    "novelty": frozenset({"type", "weight"}),
     "agreement": frozenset({"type", "weight", "mode", "other_authors_only"}),
     "confidence": frozenset({"type", "weight", "window", "reduce"}),
     "self_certainty": frozenset({"type", "weight"}),

@@ -13,7 +13,10 @@ combination vetoes echoes.)
 Reference: Holtzman et al., "Surface Form Competition: Why the Highest Probability Answer Isn't
 Always Right" (EMNLP 2021, domain-conditional PMI); Li et al., "A Diversity-Promoting Objective
 Function for Neural Conversation Models" (NAACL 2016, MMI reranking).
-Parameters: ``models``, ``neutral_prompt``, ``unit``, ``weight``.
+``neutral: question`` keeps the few-shot turns and replaces only the last user message
+(domain-conditional PMI: the examples' answer format, e.g. a favourite letter, is as likely
+without the question and cancels out).
+Parameters: ``models``, ``neutral_prompt``, ``neutral``, ``unit``, ``weight``.
 Cost: per scorer model one batched pass over the round's candidates after the neutral prompt
 (prompt + accepted text prefilled on a short-lived session), plus one for the conditional
 term of candidates the model did not write.
@@ -68,12 +71,7 @@ class PmiScorer:
 
     def _unconditional(self, scorer: Member, request: ScoringRequest) -> list[tuple[float, int]]:
         generator = self.host.pool.generator(scorer.spec)
-        neutral = self.spec.neutral_prompt  # in the request's form, read as the scorer reads it
-        prompt = (
-            PromptInput.chat([ChatMessage(role="user", content=neutral)])
-            if request.prompt.is_chat
-            else PromptInput.raw(neutral)
-        )
+        prompt = self._neutral_prompt(request)
         session = generator.open_session(prompt, style=scorer.style, seed=0)
         try:
             scores = session.score_continuations(request.accepted_text, list(request.candidates))
@@ -84,6 +82,18 @@ class PmiScorer:
         finally:
             session.close()
         return [_total(s) for s in scores]
+
+    def _neutral_prompt(self, request: ScoringRequest) -> PromptInput:
+        """The request's prompt with the question replaced, in the request's form."""
+        neutral = self.spec.neutral_prompt
+        if not request.prompt.is_chat:
+            return PromptInput.raw(neutral)
+        messages = list(request.prompt.as_messages())
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+        if self.spec.neutral != "question" or last_user is None:
+            return PromptInput.chat([ChatMessage(role="user", content=neutral)])
+        messages[last_user] = ChatMessage(role="user", content=neutral)
+        return PromptInput.chat(messages[: last_user + 1])
 
     def score(self, request: ScoringRequest) -> list[float]:
         n = len(request.candidates)

@@ -57,7 +57,18 @@ class PmiScorerSpec(_ScorerSpec):
     neutral_prompt: str = Field(
         "Answer:", description="the user message that replaces the question for the unconditional term"
     )
+    neutral: Literal["prompt", "question"] = Field(
+        "prompt",
+        description="prompt: the neutral message replaces the whole prompt; question: only the last "
+        "user message (few-shot turns and system prompt kept, so the answer format's prior cancels)",
+    )
     unit: LikelihoodUnit = Field("byte", description="byte, char or token (as for likelihood)")
+
+
+class NoveltyScorerSpec(_ScorerSpec):
+    """1 when the candidate has a word the question does not (an answer, not a repeat), else 0."""
+
+    type: Literal["novelty"] = "novelty"
 
 
 class AgreementScorerSpec(_ScorerSpec):
@@ -143,6 +154,7 @@ ScorerSpec = Annotated[
     LikelihoodScorerSpec
     | PmiScorerSpec
     | AgreementScorerSpec
+    | NoveltyScorerSpec
     | ConfidenceScorerSpec
     | SelfCertaintyScorerSpec
     | RewardModelScorerSpec
@@ -161,6 +173,7 @@ _SPEC_TYPES: dict[str, type[BaseModel]] = {
     "likelihood": LikelihoodScorerSpec,
     "pmi": PmiScorerSpec,
     "agreement": AgreementScorerSpec,
+    "novelty": NoveltyScorerSpec,
     "confidence": ConfidenceScorerSpec,
     "self_certainty": SelfCertaintyScorerSpec,
     "reward_model": RewardModelScorerSpec,

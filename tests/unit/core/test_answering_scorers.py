@@ -22,7 +22,8 @@ from ensemble_core.scorers.combined import CombinedScorer, CopyGuard, normalise
 from ensemble_core.scorers.confidence import trace_confidence
 from ensemble_core.scorers.copy_guard import copied_fraction
 from ensemble_core.scorers.likelihood import per_unit
-from ensemble_core.scorers.specs import AgreementScorerSpec, RemoteScorerSpec
+from ensemble_core.scorers.novelty import NoveltyScorer
+from ensemble_core.scorers.specs import AgreementScorerSpec, NoveltyScorerSpec, RemoteScorerSpec
 from ensemble_core.spec import (
     ChatMessage,
     EnsembleConfig,
@@ -85,8 +86,9 @@ def length_server():  # type: ignore[no-untyped-def]
 def _scorer_configs(tiny_dirs: dict[str, Path], url: str) -> dict[str, list[dict[str, Any]]]:
     return {
         "likelihood": [{"type": "likelihood"}, {"type": "likelihood", "include_own": True}],
-        "pmi": [{"type": "pmi"}],
+        "pmi": [{"type": "pmi"}, {"type": "pmi", "neutral": "question"}],
         "agreement": [{"type": "agreement"}],
+        "novelty": [{"type": "novelty"}],
         "confidence": [{"type": "confidence"}],
         "self_certainty": [{"type": "self_certainty"}],
         "reward_model": [{"type": "reward_model", "path": str(tiny_dirs["reward"])}],
@@ -246,6 +248,49 @@ def test_pmi_is_the_conditional_minus_the_neutral_likelihood(
             assert raw[i]["pmi"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)
     finally:
         job.close()
+
+
+def test_pmi_question_mode_keeps_the_few_shot_turns(pool: ModelPool, tiny_spec: EnsembleSpec) -> None:
+    turns = [
+        ChatMessage(role="user", content="Capital of France?"),
+        ChatMessage(role="assistant", content="Paris"),
+        ChatMessage(role="user", content=QUESTION),
+    ]
+    config = EnsembleConfig(ensemble_method="reward_based")
+    request = GenerationRequest(messages=turns)
+    job = EnsembleJob(tiny_spec, config, request, pool, plan_for(config), None)
+    job.selected = job.members
+    try:
+        text = " four"
+        scoring = ScoringRequest(request.prompt_input(), "", [text], ["x"])
+        raw = job.build_scorer([{"type": "pmi", "neutral": "question"}]).score_round(scoring).raw
+        expected = []
+        for member in job.members:
+            cond = job.session(member).score_continuations("", [text])[0]
+            neutral_turns = [*turns[:2], ChatMessage(role="user", content="Answer:")]
+            neutral = pool.generator(member.spec).open_session(PromptInput.chat(neutral_turns), seed=0)
+            uncond = neutral.score_continuations("", [text])[0]
+            neutral.close()
+            delta = cond.mean_logprob * cond.tokens - uncond.mean_logprob * uncond.tokens
+            expected.append(per_unit(delta, cond.tokens, text, "byte"))
+        assert raw[0]["pmi"] == pytest.approx(sum(expected) / len(expected), abs=1e-4)
+    finally:
+        job.close()
+
+
+def test_novelty_marks_answers_that_only_repeat_the_question() -> None:
+    turns = [
+        ChatMessage(role="user", content="What is the capital of Spain?"),
+        ChatMessage(role="assistant", content="Madrid"),
+        ChatMessage(role="user", content="What is the capital of Poland?"),
+    ]
+    candidates = ["Poland", "Warsaw", "The Poland.", "", "Madrid"]
+    scores = NoveltyScorer(NoveltyScorerSpec()).score(ScoringRequest(turns, "", candidates, ["a"] * 5))
+    # only the last user turn is the question: "Madrid" (from an example) is something new
+    assert scores == [0.0, 1.0, 0.0, 0.0, 1.0]
+    # when every candidate copies (option letters), centring leaves the scorer neutral
+    letters = ScoringRequest(PromptInput.raw("Which? A) cat B) dog"), "", ["B", "A"], ["a", "b"])
+    assert NoveltyScorer(NoveltyScorerSpec()).score(letters) == [0.0, 0.0]
 
 
 def test_agreement_counts_matching_answers_and_shared_words() -> None:
