@@ -151,7 +151,7 @@ def _graded_candidates(item: Item, trace: dict[str, Any]) -> list[dict[str, Any]
     rounds = trace.get("rounds") or []
     if "summary" not in trace or len(rounds) != 1 or "candidates" not in rounds[0]:
         return None  # not a response-level method (its one round holds the whole answers)
-    keep = ("model", "text", "tokens", "mean_logprob", "finish", "vetoed")
+    keep = ("model", "text", "tokens", "mean_logprob", "finish", "vetoed", "score", "raw_scores")
     return [
         {**{k: c[k] for k in keep if k in c}, "correct": is_correct(item, c.get("text", ""))}
         for c in rounds[0].get("candidates", [])
