@@ -5,7 +5,9 @@
 3. Select the members.
 4. Round after round the aggregator produces a winning segment; the engine appends it,
    emits a ``SegmentEvent`` and stops at EOS, ``max_tokens`` (generated tokens in total),
-   ``max_rounds``, a stop string, ``max_repeat`` identical segments or a repeated n-gram loop.
+   ``max_rounds``, a stop string, ``max_repeat`` identical segments or a repeated n-gram loop;
+   or early, when the ``StopSignal`` says so (cancelled, past the deadline: checked between
+   segments and, by the step-by-step backends, between decode steps), keeping what it has.
 5. Return the text, the trace (selection numbers, every candidate of every round) and usage.
 """
 
@@ -30,8 +32,10 @@ from ensemble_core.ports import GenerationSession, SegmentLimits
 from ensemble_core.result import EnsembleResult, ModelUsage, SegmentEvent, Usage
 from ensemble_core.scorers.combined import CombinedScorer, CopyGuard, build_scorer
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
+from ensemble_core.stopping import STOP_REASONS, StoppableSession, StopSignal
 
-_LENGTH_REASONS = {"max_tokens", "max_rounds"}
+# a cut answer reads as OpenAI's "length" (the job's status says why it was cut)
+_LENGTH_REASONS = {"max_tokens", "max_rounds", *STOP_REASONS}
 
 
 def run_ensemble(
@@ -40,8 +44,12 @@ def run_ensemble(
     request: GenerationRequest,
     pool: ModelPool,
     on_segment: Callable[[SegmentEvent], None] | None = None,
+    stop: StopSignal | None = None,
 ) -> EnsembleResult:
-    """Answer ``request`` with the members of ``spec`` combined as ``config`` says."""
+    """Answer ``request`` with the members of ``spec`` combined as ``config`` says.
+
+    ``stop``: a cancel flag and/or deadline; a stopped run returns its partial answer with
+    ``stop_reason`` ``"cancelled"`` or ``"deadline_exceeded"`` (not an error)."""
     if request.echo:  # scoring the prompt, not a round loop (see ``echo``)
         from ensemble_core.echo import echo_prompt
 
@@ -52,7 +60,7 @@ def run_ensemble(
         except Exception as exc:
             raise GenerationError(f"echo failed: {type(exc).__name__}: {exc}") from exc
     plan = plan_for(config)
-    job = EnsembleJob(spec, config, request, pool, plan, on_segment)
+    job = EnsembleJob(spec, config, request, pool, plan, on_segment, stop)
     try:
         return job.run()
     except EnsembleError:
@@ -74,8 +82,10 @@ class EnsembleJob:
         pool: ModelPool,
         plan: EnsemblePlan,
         on_segment: Callable[[SegmentEvent], None] | None,
+        stop: StopSignal | None = None,
     ) -> None:
         self.config = config
+        self.stop = stop
         self.request = request
         self.pool = pool
         self.plan = plan
@@ -99,12 +109,13 @@ class EnsembleJob:
         if key not in self.sessions:
             generator = self.pool.generator(member.spec)
             seed = self.rng.randrange(2**31)
-            self.sessions[key] = generator.open_session(
+            session = generator.open_session(
                 self.request.prompt_input(),
                 style=member.style,
                 reuse_cache=self.params.reuse_cache,
                 seed=seed,
             )
+            self.sessions[key] = StoppableSession(session, self.stop) if self.stop else session
             self.session_owner[key] = member.name
         return self.sessions[key]
 
@@ -114,6 +125,9 @@ class EnsembleJob:
 
     def member_usage(self, name: str) -> ModelUsage:
         return self.usage.setdefault(name, ModelUsage())
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.requested()
 
     def record_discarded(self, member: Member, tokens: int) -> None:
         self.member_usage(member.name).discarded += tokens
@@ -158,6 +172,8 @@ class EnsembleJob:
             loop = RoundLoop(self, aggregator, selected)
             text, stop_reason = loop.run()
         total_seconds = time.perf_counter() - started
+        if self.stop is not None and self.stop.reason is not None:
+            stop_reason = self.stop.reason  # whatever the loop saw last, it was cut short
         return self._result(
             text, stop_reason, selected, outcome.details, loop, selection_seconds, total_seconds
         )
@@ -280,6 +296,9 @@ class RoundLoop:
         repeats, last_segment = 0, None
         for round_index in range(self.job.config.max_rounds):
             self.round = round_index
+            if self.job.stop_requested():
+                assert self.job.stop is not None and self.job.stop.reason is not None
+                return self.accepted_text, self.job.stop.reason
             remaining = request.max_tokens - self.generated_tokens
             if remaining <= 0:
                 return self.accepted_text, "max_tokens"

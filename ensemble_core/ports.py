@@ -13,6 +13,7 @@ together); a session keeps whatever part of its cache still matches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -80,6 +81,9 @@ class SegmentLimits:
     stop_token_ids: tuple[int, ...] = ()  # end the answer like EOS (not in the text)
     include_stop_str: bool = False  # a stop string stays in the text
     skip_special_tokens: bool = True  # special tokens (other than EOS) are left out of the text
+    # asked once per decode step (where the backend decodes step by step): True ends every
+    # candidate where it is, finish "length" (a cancelled job, or one past its deadline)
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -117,6 +117,7 @@ class GaCTokenAggregator(LevelAggregator):
             ignore_eos=params.ignore_eos or job.request.ignore_eos,
             min_tokens=job.request.min_tokens,
             include_stop_str=job.request.include_stop_str_in_output,
+            should_stop=job.stop_requested,
         )
 
         def on_text(step: int, source: str, text: str) -> None:

@@ -351,6 +351,8 @@ class HFGenerationSession:
                 )
             if all(r is not None for r in results) or step == limits.max_new_tokens - 1:
                 break
+            if limits.should_stop is not None and limits.should_stop():
+                break  # cancelled or past the deadline: the rows end here, finish "length"
             logits = self._forward([[t] for t in chosen])[:, -1, :]
         return [
             r if r is not None else trails[i].attach(Candidate(decode(ids[i]), ids[i], logps[i], "length"))

@@ -274,7 +274,11 @@ class DecodeBatcher:
                 finished = self._advance(
                     row, token, float(logprobs[r, token]), (confidence[r], certainty[r]), tails[id(row.call)]
                 )
-                if not finished and len(row.ids) >= row.call.limits.max_new_tokens:
+                limits = row.call.limits
+                if not finished and (
+                    len(row.ids) >= limits.max_new_tokens
+                    or (limits.should_stop is not None and limits.should_stop())
+                ):
                     decode = gen.decoder_for(row.call.limits)
                     row.call.results[row.index] = row.trail.attach(
                         Candidate(decode(row.ids), row.ids, row.logps, "length")

@@ -57,6 +57,9 @@ class TokenDecodeSettings:
     ignore_eos: bool = False  # never choose EOS, so every run decodes max_tokens
     min_tokens: int = 0  # EOS is not chosen before this many steps
     include_stop_str: bool = False
+    # asked before every step: True ends the answer here (stop reason "stopped"; the engine
+    # replaces it with the signal's reason: cancelled or deadline_exceeded)
+    should_stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -224,6 +227,9 @@ class TokenDecoder:
         stop_reason = "max_tokens"
         self.steps = 0
         while self.steps < settings.max_tokens:
+            if settings.should_stop is not None and settings.should_stop():
+                stop_reason = "stopped"
+                break
             key, source = self._step()
             self.steps += 1
             if key == EOS_KEY:
