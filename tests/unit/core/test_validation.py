@@ -103,6 +103,7 @@ def test_list_methods_is_json_with_schemas() -> None:
         "likelihood",
         "pmi",
         "agreement",
+        "novelty",
         "confidence",
         "self_certainty",
         "reward_model",
