@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +15,14 @@ class ApiSettings(BaseSettings):
     sync_timeout_s: float = 60.0
     # a request's own `timeout` field is capped here
     max_sync_timeout_s: float = 600.0
+    # a job runs at most this long (seconds, from the start of its attempt) unless its request
+    # asks for less or more (`deadline_s`, capped below); past it the engine stops and the job
+    # fails with `deadline_exceeded`, its partial answer kept
+    job_deadline_s: float = Field(600.0, gt=0)
+    max_job_deadline_s: float = Field(3600.0, gt=0)
+    # POST /v1/jobs/{id}/cancel of a running job waits this long for the worker to store the
+    # partial answer (it stops within a decode step), so the answer shows it
+    cancel_wait_s: float = Field(3.0, ge=0)
     flower_basic_auth: str | None = None
     flower_port: int = 5555
     # webhook settings (secret, allowlist, retry schedule): jobqueue.webhook_policy.WebhookSettings

@@ -25,6 +25,17 @@ import anyio
 from jobqueue.contract import job_events_channel
 
 
+def cancel_event() -> dict[str, Any]:
+    """What the API publishes when it cancels a job: its waiters end, and the worker running it
+    (``workers.job_stop``) stops within a decode step. It carries no ``attempt``: it is no
+    worker's event."""
+    return {"type": "done", "status": "cancelled"}
+
+
+def is_cancel_event(event: dict[str, Any]) -> bool:
+    return event.get("type") == "done" and event.get("status") == "cancelled" and "attempt" not in event
+
+
 class JobEventBus(Protocol):
     def publish(self, job_id: str, event: dict[str, Any]) -> None: ...
 

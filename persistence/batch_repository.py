@@ -142,18 +142,22 @@ def count_batch_items(
     return None
 
 
-def cancel_batch(session: Session, batch_id: str) -> tuple[str | None, int]:
-    """Cancel the queued items of an open batch; running ones finish and are kept.
+def cancel_batch(session: Session, batch_id: str) -> tuple[str | None, int, list[str]]:
+    """Cancel the open items of an open batch: queued ones never run, running ones are
+    cancelled now and their workers (told by the caller) stop within a step and keep their
+    partial answers; finished items are kept.
 
-    Returns (final status if the batch ended now, number of items cancelled)."""
+    Returns (final status if the batch ended now, number of items cancelled, ids of the items
+    that were running)."""
     session.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.status.in_(OPEN_BATCH_STATUSES))
         .values(status="cancelling", cancelling_at=utcnow())
     )
+    running = list(session.scalars(select(Job.id).where(Job.batch_id == batch_id, Job.status == "running")))
     cancelled = session.execute(
         update(Job)
-        .where(Job.batch_id == batch_id, Job.status == "queued")
+        .where(Job.batch_id == batch_id, Job.status.in_(("queued", "running")))
         .values(
             status="cancelled",
             finished_at=utcnow(),
@@ -164,7 +168,7 @@ def cancel_batch(session: Session, batch_id: str) -> tuple[str | None, int]:
     ).all()
     final = count_batch_items(session, batch_id, cancelled=len(cancelled))
     metrics_repository.record_final_jobs(session, "cancelled", len(cancelled))
-    return final, len(cancelled)
+    return final, len(cancelled), running
 
 
 def batch_items(session: Session, batch_id: str, *, after: int = -1, limit: int = 100) -> Sequence[Job]:

@@ -233,21 +233,36 @@ def fail_job(
     message: str,
     from_statuses: Sequence[str] = ("queued", "running"),
     attempt: int | None = None,
+    result: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> Settled | None:
+    """Fail the job once. ``result``/``usage``: what a job stopped by its deadline had done."""
+    values: dict[str, Any] = {
+        "status": "failed",
+        "error_code": code,
+        "error_message": message[:4000],
+        "finished_at": utcnow(),
+    }
+    if result is not None:
+        values.update(result=result, usage=usage)
     row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(from_statuses), *_current_attempt(attempt))
-        .values(status="failed", error_code=code, error_message=message[:4000], finished_at=utcnow())
+        .values(**values)
         .returning(Job.id, Job.batch_id)
     ).first()
     return settlement(session, row, "failed")
 
 
-def cancel_job(session: Session, job_id: str) -> Settled | None:
-    """Only a queued job can be cancelled; a running one finishes (its result is kept)."""
+def cancel_job(
+    session: Session, job_id: str, *, from_statuses: Sequence[str] = ("queued", "running")
+) -> Settled | None:
+    """Cancel a job that has not ended. A running one is cancelled here at once (its final
+    state); its worker, told to stop, then stores the partial answer with
+    :func:`store_partial_result`."""
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
+        .where(Job.id == job_id, Job.status.in_(from_statuses))
         .values(
             status="cancelled",
             finished_at=utcnow(),
@@ -257,6 +272,24 @@ def cancel_job(session: Session, job_id: str) -> Settled | None:
         .returning(Job.id, Job.batch_id)
     ).first()
     return settlement(session, row, "cancelled")
+
+
+def store_partial_result(
+    session: Session, job_id: str, *, result: dict[str, Any], usage: dict[str, Any] | None, attempt: int
+) -> bool:
+    """The answer a cancelled job had when its worker stopped: written once, by the attempt
+    that was running when it was cancelled (the state is final already; nothing is counted)."""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "cancelled", Job.attempts == attempt, Job.result.is_(None))
+        .values(result=result, usage=usage)
+        .returning(Job.id)
+    ).first()
+    return row is not None
+
+
+def running_job_ids(session: Session, job_ids: Sequence[str]) -> list[str]:
+    return list(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status == "running")))
 
 
 def is_final(status: str) -> bool:

@@ -5,6 +5,10 @@ Everything here is idempotent under at-least-once delivery: the claim is a condi
 state, the batch counters and the webhook event rows commit together; the webhook tasks are
 sent after that commit.
 
+A job stops early when it is cancelled or runs past its deadline (``workers.job_stop``): the
+engine checks the signal between decode steps and the partial answer is kept, in the cancelled
+row or in the ``deadline_exceeded`` failure.
+
 Postgres restarting is waited out: the claim and the final write are retried for
 ``database_retry_s`` (a finished answer is not thrown away for a blip). A claim that still
 fails raises :class:`DatabaseUnavailable`, and the task is retried later.
@@ -26,9 +30,11 @@ from ensemble_core.errors import EnsembleError
 from ensemble_core.references import resolve_references, restore_names
 from ensemble_core.result import EnsembleResult, SegmentEvent
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
+from ensemble_core.stopping import CANCELLED, DEADLINE_EXCEEDED, StopSignal
 from jobqueue.webhook_events import record_settlement_events
 from persistence import repository
 from persistence.repository import Settled
+from workers.job_stop import CancelListener, job_deadline_s
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -68,8 +74,12 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
     publish = _Publisher(runtime, job_id, attempt)
     publish({"type": "started"})
 
+    stop = StopSignal(deadline_s=job_deadline_s(runtime, request_json))
+    listener = CancelListener(runtime, job_id, stop)
     stop_beat = threading.Event()
-    beat = threading.Thread(target=_job_heartbeat, args=(runtime, job_id, attempt, stop_beat), daemon=True)
+    beat = threading.Thread(
+        target=_job_heartbeat, args=(runtime, job_id, attempt, stop_beat, stop), daemon=True
+    )
     beat.start()
     started = time.perf_counter()
     try:
@@ -85,18 +95,13 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
         # the job stores names of the version's scorers and fusers; the engine gets what they
         # stand for, and the stored trace shows the names again
         resolved = resolve_references(config, spec)
-        results = _run_choices(publish, spec, resolved, gen_request, int(request_json.get("n") or 1))
+        results = _run_choices(publish, spec, resolved, gen_request, int(request_json.get("n") or 1), stop)
         payload = _without_nul(_result_payload(results))
         for choice in [payload, *payload.get("choices", [])]:
             if isinstance(choice.get("trace"), dict):
                 restore_names(choice["trace"], config)
         payload["timings"] = {"model_ms": round((time.perf_counter() - started) * 1000, 1)}
-        status, deliveries = _settle(
-            runtime,
-            lambda s: repository.finish_job(
-                s, job_id, result=payload, usage=payload.get("usage"), attempt=attempt
-            ),
-        )
+        status, deliveries = _store(runtime, job_id, attempt, payload, stop)
     except EnsembleError as exc:
         status, deliveries = _fail(runtime, job_id, attempt, exc.code, str(exc))
     except DatabaseUnavailable:
@@ -107,6 +112,7 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
         status, deliveries = _fail(runtime, job_id, attempt, "internal_error", f"{type(exc).__name__}: {exc}")
     finally:
         stop_beat.set()
+        listener.close()
     if status == "skipped":
         # fenced off: the sweeper gave the job to another attempt, whose writes and events count
         log.warning("job %s: attempt %d is no longer current; its result was dropped", job_id, attempt)
@@ -153,6 +159,7 @@ def _run_choices(
     config: EnsembleConfig,
     request: GenerationRequest,
     n: int,
+    stop: StopSignal | None = None,
 ) -> list[EnsembleResult]:
     """OpenAI's ``n``: n independent answers. With a seed, choice i uses seed + i, so the
     choices differ and the job still replays exactly."""
@@ -167,8 +174,10 @@ def _run_choices(
             publish({"type": "segment", "index": index, **segment})
 
         results.append(
-            run_ensemble(spec, config, choice_request, publish.runtime.pool, on_segment=on_segment)
+            run_ensemble(spec, config, choice_request, publish.runtime.pool, on_segment=on_segment, stop=stop)
         )
+        if stop is not None and stop.reason is not None:
+            break  # the choices not begun are not run: the job is cancelled or out of time
     return results
 
 
@@ -225,6 +234,47 @@ def _settle(runtime: WorkerRuntime, transition: Callable[[Any], Settled | None])
     return with_database_retry(runtime, "store the final state", attempt)
 
 
+def _store(
+    runtime: WorkerRuntime, job_id: str, attempt: int, payload: dict[str, Any], stop: StopSignal
+) -> tuple[str, list[int]]:
+    """The final write: the answer; a cancelled job's partial answer (the API set the state
+    already); or, past the deadline, a ``deadline_exceeded`` failure that keeps the partial one."""
+    usage = payload.get("usage")
+    if stop.reason == CANCELLED:
+
+        def keep_partial() -> bool:
+            with runtime.db.transaction() as session:
+                return repository.store_partial_result(
+                    session, job_id, result=payload, usage=usage, attempt=attempt
+                )
+
+        stored = with_database_retry(runtime, "store the partial answer", keep_partial)
+        return ("cancelled" if stored else "skipped"), []
+    if stop.reason == DEADLINE_EXCEEDED:
+        seconds = payload.get("timings", {}).get("model_ms", 0) / 1000
+        message = (
+            f"the job ran past its deadline ({seconds:.1f} s); the partial answer is in result "
+            f"({payload.get('usage', {}).get('completion_tokens', 0)} tokens)"
+        )
+        return _settle(
+            runtime,
+            lambda s: repository.fail_job(
+                s,
+                job_id,
+                code=DEADLINE_EXCEEDED,
+                message=message,
+                from_statuses=("running",),
+                attempt=attempt,
+                result=payload,
+                usage=usage,
+            ),
+        )
+    return _settle(
+        runtime,
+        lambda s: repository.finish_job(s, job_id, result=payload, usage=usage, attempt=attempt),
+    )
+
+
 def _fail(
     runtime: WorkerRuntime, job_id: str, attempt: int, code: str, message: str
 ) -> tuple[str, list[int]]:
@@ -237,7 +287,9 @@ def _fail(
     return ("failed" if status != "skipped" else status), deliveries
 
 
-def _job_heartbeat(runtime: WorkerRuntime, job_id: str, attempt: int, stop: threading.Event) -> None:
+def _job_heartbeat(
+    runtime: WorkerRuntime, job_id: str, attempt: int, stop: threading.Event, signal: StopSignal
+) -> None:
     # the sweeper treats a running job without a recent heartbeat as orphaned by a dead worker;
     # after a failed beat (database restarting) the next comes sooner, before the sweeper looks
     interval = runtime.settings.heartbeat_interval_s
@@ -246,7 +298,10 @@ def _job_heartbeat(runtime: WorkerRuntime, job_id: str, attempt: int, stop: thre
             with runtime.db.transaction() as session:
                 current = repository.heartbeat_job(session, job_id, attempt=attempt)
             if not current:
-                return  # re-queued (or ended) meanwhile: this attempt must not look alive
+                # cancelled, or re-queued to another attempt, meanwhile: this attempt must not
+                # look alive, and its engine stops (whatever it writes now is fenced off)
+                signal.cancel()
+                return
             interval = runtime.settings.heartbeat_interval_s
         except Exception as exc:  # noqa: BLE001
             log.warning("job heartbeat failed: %s", exc)

@@ -29,6 +29,9 @@ class WorkerSettings(BaseSettings):
     # longer than the webhook HTTP timeout (ENSEMBLEHUB_WEBHOOK_TIMEOUT_S) so a slow live send
     # is not doubled
     webhook_stuck_after_s: float = 120.0
+    # a job stored without its own `deadline_s` (the API sets one on every job it accepts) stops
+    # after running this long (0: never), error code `deadline_exceeded`, partial answer kept
+    job_deadline_s: float = Field(3600.0, ge=0)
     max_attempts: int = 3  # after this many lost workers the job fails with `worker_lost`
     # a worker keeps retrying a database write (claim, result) this long while Postgres is down.
     # Shorter than job_dead_after_s (checked below): a worker still waiting out an outage is

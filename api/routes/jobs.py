@@ -1,4 +1,4 @@
-"""Polling jobs, cancelling a queued one, and its webhook attempts."""
+"""Polling jobs, cancelling one (queued or running), and its webhook attempts."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from fastapi import APIRouter, Depends, Query
 
 from api.errors import ApiError
 from api.guards import Principal, require_api_key
-from api.services import job_service, webhook_service
+from api.services import job_cancel, job_service, webhook_service
 from api.state import AppState, get_state
-from jobqueue.webhook_events import record_settlement_events
 from persistence import repository
 from persistence.models import JOB_STATUSES
 
@@ -28,24 +27,9 @@ def get_job(
 def cancel_job(
     job_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
 ) -> dict[str, Any]:
-    """Cancel a queued job. A running job is not interrupted (409); a finished one stays."""
-    job = job_service.load_job(state, job_id, tenant=principal.tenant)
-    if job.status == "cancelled":
-        return job_service.job_view(job)
-    with state.db.transaction() as session:
-        settled = repository.cancel_job(session, job_id)
-        deliveries = record_settlement_events(session, [settled]) if settled else []
-    if settled is None:
-        current = job_service.load_job(state, job_id)
-        raise ApiError(
-            409,
-            f"job {job_id} is {current.status}; only a queued job can be cancelled",
-            code="job_not_cancellable",
-            param="job_id",
-        )
-    webhook_service.send(state, deliveries)
-    job_service.publish_event(state, job_id, {"type": "done", "status": "cancelled"})
-    return job_service.job_view(job_service.load_job(state, job_id))
+    """Cancel a queued or running job: ``cancelled`` at once; a running one stops within one
+    decode step and keeps its partial text and usage in ``result``. A finished job stays (409)."""
+    return job_service.job_view(job_cancel.cancel_job(state, job_id, tenant=principal.tenant))
 
 
 @router.get("/{job_id}/webhooks")

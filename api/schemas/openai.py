@@ -51,6 +51,12 @@ class GenerationFields(BaseModel):
     timeout: float | None = Field(
         default=None, description="seconds to wait before answering 504 with the job id (capped)"
     )
+    deadline_s: float | None = Field(
+        default=None,
+        description="seconds the job may run (from its start on a worker); past it the job stops, "
+        "fails with error.code deadline_exceeded and keeps its partial answer. Default and cap: the "
+        "server's ENSEMBLEHUB_JOB_DEADLINE_S and ENSEMBLEHUB_MAX_JOB_DEADLINE_S",
+    )
     webhook_url: str | None = Field(default=None, description="POSTed a signed event when the job ends")
     background: bool = Field(
         default=False,

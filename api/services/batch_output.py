@@ -48,7 +48,7 @@ def error_line(job: Job) -> dict[str, Any] | None:
     request = job.request or {}
     line: dict[str, Any] = {"id": f"batch_req_{job.id}", "custom_id": request.get("custom_id")}
     if job.status == "cancelled":
-        message = "the batch was cancelled before this request ran"
+        message = "the batch was cancelled before this request finished"
         return {**line, "response": None, "error": {"code": "batch_cancelled", "message": message}}
     if job.status != "failed":
         return None

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from api.guards import charge
 from api.schemas.batch import BatchRequest
-from api.services import config_service, job_service, limits, webhook_service
+from api.services import config_service, job_cancel, job_service, limits, webhook_service
 from api.services.messages import build_generation, instruction_messages
 from api.state import AppState
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec
@@ -110,8 +110,10 @@ def store_and_enqueue(
     The batch and its items belong to ``tenant`` (None: the open, keyless mode). With the
     broker down the batch is accepted all the same: its items wait in Postgres, unsent, and
     the sweeper sends them once the broker is back (the job table is the outbox)."""
+    default_deadline = min(state.settings.job_deadline_s, state.settings.max_job_deadline_s)
     for row in rows:
         row["tenant"], row["tenant_key"] = tenant, tenant or ""
+        row["request"].setdefault("deadline_s", default_deadline)
     with state.db.transaction() as session:
         batch_repository.create_batch(
             session,
@@ -186,8 +188,8 @@ def load_batch(state: AppState, batch_id: str, *, tenant: str | None = None) -> 
 
 
 def cancel_batch(state: AppState, batch_id: str) -> Batch:
-    """Queued items are cancelled, running ones finish and are kept; the batch is
-    ``cancelling`` until the last running item ends, then ``cancelled``."""
+    """Queued items are cancelled, running ones are cancelled and stop within a decode step
+    (their partial answers kept), finished ones are kept; the batch is ``cancelled`` at once."""
     batch = load_batch(state, batch_id)
     if batch.status in ("cancelling", "cancelled"):
         return batch
@@ -200,11 +202,12 @@ def cancel_batch(state: AppState, batch_id: str) -> Batch:
         )
     deliveries: list[int] = []
     with state.db.transaction() as session:
-        final, _count = batch_repository.cancel_batch(session, batch_id)
+        final, _count, running = batch_repository.cancel_batch(session, batch_id)
         if final is not None:
             delivery = record_finished_batch(session, batch_id)
             deliveries = [delivery] if delivery is not None else []
     webhook_service.send(state, deliveries)
+    job_cancel.tell_workers(state, running)
     return load_batch(state, batch_id)
 
 

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.schemas.openai import ChatMessageIn, PromptFields
-from api.services import config_service, job_service, limits, request_policy, token_prompts
+from api.services import config_service, job_cancel, job_service, limits, request_policy, token_prompts
 from api.services.messages import build_generation
 from api.state import AppState
 from ensemble_core.methods import list_methods
@@ -146,6 +146,7 @@ def prepare(
     )
     limits.check_request_limits(state.settings, generation, config)
     extra: dict[str, Any] = {"endpoint": kind}
+    extra["deadline_s"] = job_cancel.resolve_deadline(state.settings, body.deadline_s)
     if body.n > 1:
         extra["n"] = body.n
     if models:

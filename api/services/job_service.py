@@ -73,6 +73,10 @@ def submit_job(
         "ensemble_config": config.model_dump(mode="json"),
         **(extra or {}),
     }
+    # every job carries the deadline it runs under (api/services/job_cancel.py)
+    request_json.setdefault(
+        "deadline_s", min(state.settings.job_deadline_s, state.settings.max_job_deadline_s)
+    )
     if fingerprint:
         request_json["fingerprint"] = fingerprint
     try:
@@ -307,7 +311,14 @@ _FAILED_JOB_STATUS = {
     "broker_unavailable": 503,
     "worker_lost": 503,
     "database_unavailable": 503,
+    # the job ran past its deadline_s (api/services/job_cancel.py); its partial answer is kept
+    "deadline_exceeded": 504,
 }
+
+
+def final_job_status(job: Job) -> int:
+    """The HTTP status that answers for a job that ended without succeeding."""
+    return 409 if job.status == "cancelled" else _FAILED_JOB_STATUS.get(job.error_code or "", 500)
 
 
 def raise_unless_succeeded(job: Job) -> None:
@@ -324,9 +335,8 @@ def raise_unless_succeeded(job: Job) -> None:
             headers={"Location": f"/v1/jobs/{job.id}", "Retry-After": "2", "X-Should-Retry": "true"},
             extra={"job_id": job.id},
         )
-    status = 409 if job.status == "cancelled" else _FAILED_JOB_STATUS.get(job.error_code or "", 500)
     raise ApiError(
-        status,
+        final_job_status(job),
         job.error_message or f"job {job.status}",
         code=job.error_code or job.status,
         extra={"job_id": job.id},

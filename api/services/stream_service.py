@@ -7,6 +7,9 @@ one last chunk, and a stream always ends with the complete answer.
 
 Chunks follow OpenAI's formats (``chat.completion.chunk``, or ``text_completion`` for the
 prompt form) and add ``choices[i].metadata = {"model", "round"}``: who wrote the piece.
+
+A client that disconnects before the stream ends cancels its job (``job_cancel``): the worker
+stops within a decode step. (A ``background`` job is the way to submit and leave.)
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import envelope
-from api.services import job_service
+from api.services import job_cancel, job_service
 from api.services.completion_service import PreparedJob, choice_metadata, submit, usage_view
 from api.state import AppState
 from persistence import repository
@@ -54,10 +58,13 @@ async def open_stream(
 
 
 async def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> AsyncIterator[str]:
+    ended = False  # the stream ran to its end (the answer, an error frame, the 504 frame)
     try:
         async for frame in _relay(state, prepared, job, subscription):
             yield frame
+        ended = True
     except Exception as exc:  # noqa: BLE001 - the 200 is sent already: the error goes in the stream
+        ended = True
         log.exception("stream of job %s broke", job.id)
         database = isinstance(exc, (DBAPIError, PoolTimeoutError))
         yield _error_frame(
@@ -70,6 +77,20 @@ async def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription
         )
     finally:
         await subscription.close()
+        if not ended:
+            await _cancel_dropped(state, job.id)
+
+
+async def _cancel_dropped(state: AppState, job_id: str) -> None:
+    """The client went away mid-stream (``background`` was not asked for, so nobody will read
+    the answer): cancel the job, so its worker stops within a decode step. Shielded: the
+    disconnect has cancelled this task already."""
+    with anyio.CancelScope(shield=True):
+        try:
+            if await run_in_threadpool(job_cancel.cancel_if_open, state, job_id):
+                log.info("job %s cancelled: its client dropped the stream", job_id)
+        except Exception as exc:  # noqa: BLE001 - the job then runs to its end, as before
+            log.warning("could not cancel job %s after its client left: %s", job_id, exc)
 
 
 async def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> AsyncIterator[str]:
@@ -116,7 +137,7 @@ async def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription:
         return
     if job.status != "succeeded":
         yield _error_frame(
-            409 if job.status == "cancelled" else 500,
+            job_service.final_job_status(job),
             job.error_message or f"job {job.status}",
             code=job.error_code or job.status,
             job_id=job.id,
