@@ -81,7 +81,7 @@ def batch_results(
 def cancel_batch(
     batch_id: str, state: AppState = Depends(get_state), principal: Principal = Depends(require_api_key)
 ) -> dict[str, Any]:
-    """Queued items are cancelled; finished ones are kept; running ones finish."""
+    """Queued and running items are cancelled (running ones keep their partial answers); finished ones are kept."""
     batch_service.load_batch(state, batch_id, tenant=principal.tenant)
     return batch_service.batch_view(batch_service.cancel_batch(state, batch_id))
 

@@ -162,7 +162,7 @@ def retrieve(state: AppState, batch_id: str, *, tenant: str | None = None) -> di
 
 
 def cancel(state: AppState, batch_id: str, *, tenant: str | None = None) -> dict[str, Any]:
-    """Queued items are cancelled, running ones finish; ``cancelling`` until the last ends."""
+    """Queued and running items are cancelled (running ones stop within a decode step)."""
     link, _ = _load(state, batch_id, tenant)
     return batch_view(link, batch_service.cancel_batch(state, batch_id))
 

@@ -138,3 +138,34 @@ def test_a_dropped_stream_cancels_its_job(smollm2_stack: str) -> None:
         assert stopped_s < 2.0
         assert job["result"]["text"] and 0 < job["usage"]["completion_tokens"] < 400
     report("a client drops its stream mid-answer", job_stopped_s=round(stopped_s, 2))
+
+
+def test_batch_cancel_stops_its_running_items(smollm2_stack: str) -> None:
+    body = {
+        "examples": [{"input": f"Tell story number {i} about a lighthouse."} for i in range(3)],
+        "max_tokens": 400,
+        "ensemble_config": {"aggregation_params": {"ignore_eos": True}},
+    }
+    with httpx.Client(base_url=smollm2_stack, timeout=60) as client:
+        resp = client.post("/v1/ensemble/batch", json=body)
+        assert resp.status_code in (200, 202), resp.text
+        batch_id = resp.json()["id"]
+
+        def running() -> list[dict]:
+            jobs = client.get("/v1/jobs", params={"batch_id": batch_id, "status": "running"}).json()
+            return jobs["data"]
+
+        item = wait_until(running, 60, "a running batch item", 0.05)[0]
+        time.sleep(1.0)
+        asked = time.monotonic()
+        assert client.post(f"/v1/ensemble/batch/{batch_id}/cancel").json()["status"] == "cancelled"
+        job = wait_until(
+            lambda: (j := client.get(f"/v1/jobs/{item['id']}").json())["result"] is not None and j,
+            10,
+            "the running item's partial answer",
+            0.05,
+        )
+        stopped_s = time.monotonic() - asked
+        assert job["status"] == "cancelled" and stopped_s < 2.0
+        assert job["result"]["text"] and 0 < job["usage"]["completion_tokens"] < 400
+    report("batch cancel with a running 400-token item", item_stopped_s=round(stopped_s, 2))
