@@ -47,7 +47,8 @@ def segment_limits(request: GenerationRequest, *, generated: int = 0, **fields: 
     """``SegmentLimits`` for a segment that starts after ``generated`` tokens of the answer: the
     request's stop strings and token-level fields, plus the caller's ``fields`` (max_new_tokens,
     boundary...). A caller's ``ignore_eos`` (benchmarks) adds to the request's."""
-    ignore_eos = bool(fields.pop("ignore_eos", False)) or request.ignore_eos
+    # a structured answer ends where its grammar does: EOS is never ignored then
+    ignore_eos = (bool(fields.pop("ignore_eos", False)) or request.ignore_eos) and request.structured is None
     fields.setdefault("stop_strings", tuple(request.stop))
     return SegmentLimits(
         ignore_eos=ignore_eos,
@@ -55,6 +56,7 @@ def segment_limits(request: GenerationRequest, *, generated: int = 0, **fields: 
         stop_token_ids=tuple(request.stop_token_ids),
         include_stop_str=request.include_stop_str_in_output,
         skip_special_tokens=request.skip_special_tokens,
+        grammar=request.structured,
         **fields,
     )
 

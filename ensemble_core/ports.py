@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ensemble_core.spec import ChatMessage, PromptInput, PromptStyle
+from ensemble_core.structured_output import StructuredOutput
 
 # how many of a step's most likely tokens DeepConf's token confidence averages (the paper's k)
 CONFIDENCE_TOP_K = 20
@@ -84,6 +85,8 @@ class SegmentLimits:
     # asked once per decode step (where the backend decodes step by step): True ends every
     # candidate where it is, finish "length" (a cancelled job, or one past its deadline)
     should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
+    # every token must keep the answer (accepted text + this segment) inside this shape
+    grammar: StructuredOutput | None = None
 
 
 @dataclass

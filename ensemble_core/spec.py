@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ensemble_core.structured_output import StructuredOutput
+
 Engine = Literal["hf", "vllm", "openai"]
 Quantization = Literal["8bit", "4bit"]
 PromptFormat = Literal["chat", "raw"]
@@ -244,6 +246,9 @@ class GenerationRequest(_Frozen):
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo_tokens: int = Field(default=1, ge=0, le=1, description="with echo: tokens to add (0 or 1)")
+    # the answer's shape (response_format json_object/json_schema, or a tool call): every
+    # member's decoding is constrained to it (see ``structured_output``)
+    structured: StructuredOutput | None = None
 
     @field_validator("logit_bias")
     @classmethod

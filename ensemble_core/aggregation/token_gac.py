@@ -20,6 +20,9 @@ Parameters: see ``TokenLevelParams``. Engines: ``hf`` only (it needs full distri
 Cost: every token, one decode forward pass per distinct model (members on the same weights
 share it); with ``uncertain``, about one pass for the leader per token plus one catch-up pass
 per other model per ensembled step. ``max_rounds`` does not apply (``max_tokens`` does).
+Structured output: the grammar is compiled for the union vocabulary's byte keys and masks the
+averaged distribution, so the chosen key keeps the answer valid (with a grammar every step is
+ensembled: ``uncertain`` would pick from the leader's own vocabulary).
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ class GaCTokenAggregator(LevelAggregator):
             min_tokens=job.request.min_tokens,
             include_stop_str=job.request.include_stop_str_in_output,
             should_stop=job.stop_requested,
+            grammar=job.request.structured,
         )
 
         def on_text(step: int, source: str, text: str) -> None:

@@ -86,6 +86,8 @@ class HFTextGenerator:
             self.pad_id = min(self.eos_ids)
         self.batcher = self._make_batcher(spec)
         self.leading_ids = leading_special_ids(self.tokenizer)
+        self._grammars: Any = None  # hf_grammar.VocabularyGrammars, built at the first use
+        self._grammar_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
 
     def _make_batcher(self, spec: ModelSpec) -> DecodeBatcher | None:
@@ -139,6 +141,20 @@ class HFTextGenerator:
         except RuntimeError as exc:
             raise GenerationError(f"{self.name}: forward pass failed: {exc}") from exc
         return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+    def row_grammars(self, limits: SegmentLimits, accepted_text: str, rows: int) -> Any:
+        """Structured output: one grammar matcher per candidate row, each already past
+        ``accepted_text`` (``hf_grammar.RowGrammars``); None without a grammar."""
+        if limits.grammar is None:
+            return None
+        from ensemble_core.backends.hf_grammar import VocabularyGrammars
+
+        with self._grammar_lock:
+            if self._grammars is None:
+                head = self.model.get_output_embeddings()
+                size = int(head.weight.shape[0]) if head is not None else len(self.tokenizer)
+                self._grammars = VocabularyGrammars.for_tokenizer(self.tokenizer, size, self.eos_ids)
+        return self._grammars.rows(limits.grammar, accepted_text, rows)
 
     def decoder_for(self, limits: SegmentLimits) -> Callable[[list[int]], str]:
         """``decode`` with the request's ``skip_special_tokens``."""
@@ -317,6 +333,7 @@ class HFGenerationSession:
         ends = end_ids(gen.eos_ids, limits)
         decode = gen.decoder_for(limits)
         prompt_len = len(self.prompt_ids)
+        grammars = gen.row_grammars(limits, accepted_text, n)
         for step in range(limits.max_new_tokens):
             chosen = [
                 choose_token(
@@ -328,6 +345,9 @@ class HFGenerationSession:
                     context=lambda row=row: target + ids[row],  # type: ignore[misc]
                     output=lambda row=row: target[prompt_len:] + ids[row],  # type: ignore[misc]
                     generated=len(ids[row]),
+                    grammar=None
+                    if grammars is None or results[row] is not None
+                    else functools.partial(grammars.mask, row),
                 )
                 for row, sampling in enumerate(samplings)
             ]
@@ -336,6 +356,8 @@ class HFGenerationSession:
             for row, token in enumerate(chosen):
                 if results[row] is not None:
                     continue
+                if grammars is not None:
+                    grammars.accept(row, token)
                 self.counters.generated += 1
                 results[row] = extend_candidate(
                     ids[row],

@@ -33,6 +33,7 @@ sliding-window models such as Gemma 3 keep the direct path.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class _Call:
     done: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    grammars: Any = None  # hf_grammar.RowGrammars (structured output): one matcher per sampling
 
 
 @dataclass
@@ -253,6 +255,7 @@ class DecodeBatcher:
         for i, ((call, rest, _), length, prefix) in enumerate(zip(prepared, lengths, prefixes, strict=True)):
             call.results = [None] * len(call.samplings)
             call.rows_left = len(call.samplings)
+            call.grammars = gen.row_grammars(call.limits, call.accepted_text, len(call.samplings))
             fed = list(prefix.rows[0]) + rest
             for j in range(len(call.samplings)):
                 rows.append(_Row(call, j, list(fed), length + len(rest)))
@@ -364,6 +367,8 @@ class DecodeBatcher:
     ) -> bool:
         """Add ``token`` to ``row``; return whether its candidate ended (result recorded)."""
         gen = self.generator
+        if row.call.grammars is not None:
+            row.call.grammars.accept(row.index, token)
         candidate = extend_candidate(
             row.ids,
             row.logps,
@@ -429,6 +434,7 @@ def _sample_rows(logits: torch.Tensor, rows: list[_Row]) -> list[int]:
             context=lambda row=row: row.fed,  # type: ignore[misc]
             output=lambda row=row, start=prompt_len: row.fed[start:],  # type: ignore[misc]
             generated=len(row.ids),
+            grammar=None if call.grammars is None else functools.partial(call.grammars.mask, row.index),
         )
         chosen.append(token)
     return chosen

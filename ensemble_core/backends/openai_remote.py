@@ -273,6 +273,7 @@ class OpenAIGenerationSession:
             "top_p": sampling.top_p,
             "seed": self.rng.randrange(2**31),
             **_remote_fields(sampling, limits),
+            **_remote_format(limits, accepted_text),
         }
         if self.chat is not None:
             body = chat_body(self.chat, accepted_text, fields, TOP_LOGPROBS)
@@ -393,6 +394,24 @@ def _remote_fields(sampling: Sampling, limits: SegmentLimits) -> dict[str, Any]:
     if limits.stop_token_ids:
         fields["stop_token_ids"] = list(limits.stop_token_ids)
     return fields
+
+
+def _remote_format(limits: SegmentLimits, accepted_text: str) -> dict[str, Any]:
+    """Structured output passed through as ``response_format`` (a JSON schema; a tool call as
+    the schema of its JSON). The server's grammar starts at the answer's beginning, so it can
+    only write an answer in one piece: it cannot continue one that another segment began."""
+    grammar = limits.grammar
+    if grammar is None:
+        return {}
+    if accepted_text or grammar.kind == "tool_auto":
+        raise GenerationError(
+            "a remote (openai engine) member can write a structured answer only in one piece "
+            "(tool_choice other than auto, and segment_boundary none or a response-level method)"
+        )
+    if grammar.kind == "json_object":
+        return {"response_format": {"type": "json_object"}}
+    schema = {"name": "answer", "schema": grammar.json_schema(), "strict": grammar.strict}
+    return {"response_format": {"type": "json_schema", "json_schema": schema}}
 
 
 def _token_confidence(top_logprobs: Any, count: int) -> list[float]:

@@ -92,21 +92,30 @@ def choose_token(
     context: Callable[[], Sequence[int]],
     output: Callable[[], Sequence[int]],
     generated: int,
+    grammar: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> int:
     """One decode step's token: the logits adjusted (the token histories are only built when a
-    penalty needs them), EOS and stop tokens held back before ``limits.eos_after`` tokens."""
+    penalty needs them), EOS and stop tokens held back before ``limits.eos_after`` tokens, and
+    (structured output) every token the ``grammar`` forbids masked. Where the grammar allows
+    nothing but the end, the end is not held back."""
     blocked = ends if generated < limits.eos_after else ()
+    adjusted = row_logits
     if sampling.adjusts_logits or blocked:
         needs_context = sampling.repetition_penalty != 1.0
         needs_output = bool(sampling.presence_penalty or sampling.frequency_penalty)
-        row_logits = adjust_logits(
+        adjusted = adjust_logits(
             row_logits,
             sampling,
             context=context() if needs_context else (),
             output=output() if needs_output else (),
             blocked=blocked,
         )
-    return sample_token(row_logits, sampling, rng)
+    if grammar is not None:
+        masked = grammar(adjusted)
+        if blocked and not bool(torch.isfinite(masked).any()):
+            masked = grammar(row_logits)
+        adjusted = masked
+    return sample_token(adjusted, sampling, rng)
 
 
 def end_ids(eos_ids: Collection[int], limits: SegmentLimits) -> set[int]:

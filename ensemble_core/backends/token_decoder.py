@@ -29,9 +29,11 @@ from ensemble_core.errors import GenerationError
 from ensemble_core.loop_detection import repeated_ngram_tail
 from ensemble_core.ports import Sampling
 from ensemble_core.segment_text import find_stop
+from ensemble_core.structured_output import StructuredOutput
 
 _EXAMPLES = 20  # disagreements shown in the trace
 _UNIONS: dict[tuple[int, ...], tuple[list[Any], UnionVocabulary]] = {}
+_GRAMMARS: dict[int, tuple[list[bytes], Any]] = {}  # id(keys) -> (keys, VocabularyGrammars)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class TokenDecodeSettings:
     # asked before every step: True ends the answer here (stop reason "stopped"; the engine
     # replaces it with the signal's reason: cancelled or deadline_exceeded)
     should_stop: Callable[[], bool] | None = None
+    grammar: StructuredOutput | None = None  # structured output: the shape the answer must keep
 
 
 @dataclass
@@ -127,9 +130,29 @@ class TokenDecoder:
         self.steps = 0
         self.stats = _Stats({v.name: 0 for v in voters}, {v.name: 0 for v in voters})
         self._eos = [torch.tensor([i for i, k in enumerate(s.vocab.keys) if k == EOS_KEY]) for s in steppers]
+        self.grammar = self._grammar_rows()
+
+    def _grammar_rows(self) -> Any:
+        """Structured output: one matcher over the key space tokens are picked from (the union
+        vocabulary's, or the one model's own)."""
+        if self.settings.grammar is None:
+            return None
+        from ensemble_core.backends.hf_grammar import VocabularyGrammars
+
+        keys = self.union.keys if self.union is not None else self.steppers[0].vocab.keys
+        found = _GRAMMARS.get(id(keys))
+        if found is None or found[0] is not keys:
+            stops = [i for i, k in enumerate(keys) if k == EOS_KEY]
+            found = (keys, VocabularyGrammars.for_byte_keys(keys, stops, CONTROL_PREFIX))
+            if len(_GRAMMARS) >= 8:
+                _GRAMMARS.pop(next(iter(_GRAMMARS)))
+            _GRAMMARS[id(keys)] = found
+        return found[1].rows(self.settings.grammar, "", 1)
 
     def _pick(self, probs: torch.Tensor, stepper: int | None = None) -> int:
         """``choose`` on a model's (``stepper``) or the union's distribution; EOS masked if asked."""
+        if self.grammar is not None:
+            return self._pick_in_grammar(probs, stepper)
         if self.settings.ignore_eos or self.steps < self.settings.min_tokens:
             probs = probs.clone()
             if stepper is not None:
@@ -137,6 +160,28 @@ class TokenDecoder:
             elif self.union is not None and EOS_KEY in self.union.index:
                 probs[self.union.index[EOS_KEY]] = 0.0
         return choose(probs, self.settings.sampling, self.rng)
+
+    def _pick_in_grammar(self, probs: torch.Tensor, stepper: int | None) -> int:
+        """The chosen entry among those the grammar allows (EOS held back by ``min_tokens``
+        unless it is all the grammar allows); the grammar's state takes the choice."""
+        allowed = self.grammar.allowed(0, probs.numel())
+        if self.steps < self.settings.min_tokens:
+            eos = self._eos[stepper] if stepper is not None else None
+            if eos is None and self.union is not None and EOS_KEY in self.union.index:
+                eos = torch.tensor([self.union.index[EOS_KEY]])
+            if eos is not None and len(eos):
+                without = allowed.clone()
+                without[eos] = False
+                allowed = without if bool(without.any()) else allowed
+        logp = torch.log(probs.clamp_min(1e-300)).masked_fill(~allowed, -torch.inf)
+        sampling = self.settings.sampling
+        if sampling.temperature <= 0:
+            index = int(torch.argmax(logp))
+        else:
+            tempered = cut_distribution(torch.softmax(logp / sampling.temperature, dim=-1), sampling)
+            index = int(torch.multinomial(tempered.float(), 1, generator=self.rng))
+        self.grammar.accept(0, index)
+        return index
 
     # -- one step ---------------------------------------------------------------------------
     def _ensure_synced(self, index: int) -> bool:
@@ -146,7 +191,10 @@ class TokenDecoder:
     def _step(self) -> tuple[bytes, str]:
         """One step: the chosen key and who chose it (the leader alone, or ``ensemble``)."""
         lead = self.voters[self.leader].stepper
-        if self.settings.ensemble_steps == "uncertain" and self._ensure_synced(lead):
+        leader_alone = self.settings.ensemble_steps == "uncertain" and (
+            self.grammar is None or self.union is None  # a grammar lives in the union's key space
+        )
+        if leader_alone and self._ensure_synced(lead):
             probs = self.steppers[lead].distribution()  # the leader alone first: maybe enough
             if float(probs.max()) >= self.settings.uncertainty_threshold:
                 return self.steppers[lead].vocab.keys[self._pick(probs, lead)], self.voters[self.leader].name

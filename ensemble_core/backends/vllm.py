@@ -356,6 +356,8 @@ class VLLMGenerationSession:
     ) -> list[Candidate]:
         if not samplings or limits.max_new_tokens <= 0:
             return []
+        if limits.grammar is not None:  # the API refuses it first (400); a notebook gets this
+            raise GenerationError("structured output is not available on the vllm engine; use hf members")
         gen = self.generator
         limits = with_stops(limits, self.rendered)
         base = gen.encode_prompt(self.rendered, accepted_text)
