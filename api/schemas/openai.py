@@ -87,9 +87,14 @@ class GenerationFields(BaseModel):
     # OpenAI fields the ensemble cannot honour: accepted only at their neutral values
     logprobs: bool | int | None = None
     top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any | None = None
-    response_format: dict[str, Any] | None = None
+    # structured output: every member's decoding is constrained (``structured_output``)
+    tools: list[Any] | None = Field(default=None, description="functions the answer may call (chat only)")
+    tool_choice: Any | None = Field(default=None, description="none, auto, required or a named function")
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="{'type': 'text' | 'json_object' | 'json_schema', 'json_schema': {...}}"
+    )
+    guided_json: dict[str, Any] | str | None = Field(default=None, description="vLLM's: a JSON schema")
+    structured_outputs: dict[str, Any] | None = Field(default=None, description="vLLM's: {'json': schema}")
 
 
 class PromptFields(GenerationFields):

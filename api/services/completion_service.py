@@ -15,7 +15,15 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
 from api.schemas.openai import ChatMessageIn, PromptFields
-from api.services import config_service, job_cancel, job_service, limits, request_policy, token_prompts
+from api.services import (
+    config_service,
+    job_cancel,
+    job_service,
+    limits,
+    request_policy,
+    structured_request,
+    token_prompts,
+)
 from api.services.messages import build_generation
 from api.state import AppState
 from ensemble_core.methods import list_methods
@@ -27,8 +35,6 @@ AnswerForm = Literal["text", "chat", "legacy"]
 # OpenAI fields the ensemble cannot honour, with the value that means "not used"
 _NEUTRAL = {
     "top_logprobs": (None, 0),
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
     "suffix": (None, ""),
     "best_of": (None, 1),
 }
@@ -100,8 +106,11 @@ def prepare(
     ``restricted``: a tenant's (non-admin) request, whose ``ensemble_config`` may only choose
     methods, numbers and names (``request_policy``)."""
     _refuse_unsupported(body)
+    structured = structured_request.structured_output(body, kind=kind)
     token_ids = body.prompt if kind == "completion" and token_prompts.is_token_prompt(body.prompt) else None
     messages = _messages(body) if token_ids is None else None
+    if messages is not None and kind != "completion":
+        messages = structured_request.with_tool_instruction(messages, structured)
     # /v1/completions continues the prompt as raw text (OpenAI's and vLLM's semantics): no
     # chat template; every other endpoint reads it as the user's turn of a chat
     raw_prompt = None
@@ -112,6 +121,8 @@ def prepare(
     models = _member_filter(body.model, spec)
     if token_ids is not None:
         token_prompts.check_one_tokenizer(spec, models)
+    if structured is not None:
+        _check_structured_engines(spec, models)
     overrides = {**(preset or {}), **(body.ensemble_config or {}), **(forced or {})}
     if restricted:  # the endpoint's own preset and forced fields are trusted
         request_policy.check_tenant_config(body.ensemble_config, spec)
@@ -143,6 +154,7 @@ def prepare(
         seed=body.seed,
         **sampling_fields(body, max(max_tokens, 1)),
         **echo,
+        **({"structured": structured} if structured is not None else {}),
     )
     limits.check_request_limits(state.settings, generation, config)
     extra: dict[str, Any] = {"endpoint": kind}
@@ -210,16 +222,23 @@ async def run_to_answer(
 
 def answer(job: Job, form: AnswerForm, model: str) -> dict[str, Any]:
     result = job.result or {}
+    structured = structured_request.structured_of(job.request) if form == "chat" else None
     choices = []
     for index, choice in enumerate(result.get("choices") or [result]):
         text = choice.get("text", "")
         item: dict[str, Any] = {"index": index}
+        finish_reason = choice.get("finish_reason") or "stop"
         if form == "chat":
-            item["message"] = {"role": "assistant", "content": text, "refusal": None}
+            content, tool_calls, finish_reason = structured_request.message_parts(
+                text, finish_reason, structured, f"call_{job.id}_{index}"
+            )
+            item["message"] = {"role": "assistant", "content": content, "refusal": None}
+            if tool_calls:
+                item["message"]["tool_calls"] = tool_calls
         else:
             item["text"] = text
         item["logprobs"] = choice.get("logprobs")
-        item["finish_reason"] = choice.get("finish_reason") or "stop"
+        item["finish_reason"] = finish_reason
         item["metadata"] = choice_metadata(job, choice)
         choices.append(item)
     return {
@@ -337,11 +356,16 @@ def _refuse_unsupported(body: PromptFields) -> None:
                 code="unsupported_parameter",
                 param=name,
             )
-    fmt = body.response_format
-    if fmt and fmt.get("type") not in (None, "text"):
+
+
+def _check_structured_engines(spec: EnsembleSpec, models: list[str] | None) -> None:
+    members = [m for m in spec.model_specs if models is None or m.display_name in models]
+    vllm = [m.display_name for m in members if m.engine == "vllm"]
+    if vllm:
         raise ApiError(
             400,
-            "response_format other than {'type': 'text'} is not supported",
+            "structured output (response_format, tools) constrains every member's decoding, which "
+            f"the vllm engine does not do here; these members run on it: {', '.join(vllm)}",
             code="unsupported_parameter",
             param="response_format",
         )
@@ -378,11 +402,13 @@ def _messages(body: PromptFields) -> list[dict[str, str]]:
 
 
 def _message(message: ChatMessageIn, index: int) -> dict[str, str]:
+    if message.role == "tool" or (message.role == "assistant" and getattr(message, "tool_calls", None)):
+        return structured_request.tool_turn(message, index)
     role = _ROLES.get(message.role)
     if role is None:
         raise ApiError(
             400,
-            f"messages[{index}].role {message.role!r} is not supported; use system, developer, user or assistant",
+            f"messages[{index}].role {message.role!r} is not supported; use system, developer, user, assistant or tool",
             code="invalid_messages",
             param=f"messages.{index}.role",
         )

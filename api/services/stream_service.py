@@ -26,7 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import envelope
-from api.services import job_cancel, job_service
+from api.services import job_cancel, job_service, structured_request
 from api.services.completion_service import PreparedJob, choice_metadata, submit, usage_view
 from api.state import AppState
 from persistence import repository
@@ -103,6 +103,9 @@ async def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription:
             yield chunks.frame(index, {"role": "assistant", "content": ""})
     final = repository.is_final(job.status)
     newest_attempt = 0
+    # a tool call is sent whole at the end (its JSON is not content); plain text is relayed
+    structured = prepared.generation.structured
+    holds_text = prepared.form == "chat" and structured is not None and structured.is_tool_call
     while not final and time.monotonic() < deadline:
         event = await subscription.get(min(1.0, max(0.0, deadline - time.monotonic())))
         if event is None:
@@ -117,7 +120,7 @@ async def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription:
         if attempt < newest_attempt:
             continue
         newest_attempt = attempt
-        if event.get("type") == "segment" and event.get("text"):
+        if event.get("type") == "segment" and event.get("text") and not holds_text:
             index = int(event.get("index") or 0)
             sent[index] = sent.get(index, "") + event["text"]
             last_frame = time.monotonic()
@@ -154,15 +157,23 @@ async def _load(state: AppState, job_id: str) -> Job:
 def _finish(chunks: _ChunkWriter, job: Job, prepared: PreparedJob, sent: dict[int, str]) -> Iterator[str]:
     result = job.result or {}
     choices = result.get("choices") or [result]
+    structured = prepared.generation.structured if prepared.form == "chat" else None
     for index, choice in enumerate(choices):
         text, streamed = choice.get("text", ""), sent.get(index, "")
-        if text.startswith(streamed) and len(text) > len(streamed):
+        finish_reason = choice.get("finish_reason") or "stop"
+        _, tool_calls, finish_reason = structured_request.message_parts(
+            text, finish_reason, structured, f"call_{job.id}_{index}"
+        )
+        if tool_calls:
+            delta = {"tool_calls": [{"index": i, **call} for i, call in enumerate(tool_calls)]}
+            yield chunks.frame(index, delta, metadata={"model": None, "round": None})
+        elif text.startswith(streamed) and len(text) > len(streamed):
             # segments the relay did not hear (or text the engine trimmed after a round)
             yield chunks.frame(index, text[len(streamed) :], metadata={"model": None, "round": None})
         yield chunks.frame(
             index,
             None,
-            finish_reason=choice.get("finish_reason") or "stop",
+            finish_reason=finish_reason,
             metadata=choice_metadata(job, choice) | {"trace": None},
         )
     if prepared.include_usage:
