@@ -55,9 +55,13 @@ def test_400_bad_requests(stack):
     )
     _error(httpx.post(url, json={"model": "ensemble"}), 400, "invalid_request")
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    _error(httpx.post(url, json={**PROMPT, "tools": tools}), 400, "unsupported_parameter")
+    named = {"type": "function", "function": {"name": "g"}}
+    bad_choice = _error(
+        httpx.post(url, json={**PROMPT, "tools": tools, "tool_choice": named}), 400, "invalid_value"
+    )
+    assert bad_choice["param"] == "tool_choice"
     _error(httpx.post(url, json={**PROMPT, "stop": ["a", "b", "c", "d", "e"]}), 400, "invalid_stop")
-    tool = {"model": "ensemble", "messages": [{"role": "tool", "content": "x"}]}
+    tool = {"model": "ensemble", "messages": [{"role": "function", "content": "x"}]}
     assert _error(httpx.post(url, json=tool), 400, "invalid_messages")["param"] == "messages.0.role"
     _error(httpx.get(stack.base_url + "/v1/jobs", params={"status": "nope"}), 400, "invalid_status")
 
