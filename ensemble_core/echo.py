@@ -2,7 +2,9 @@
 multiple_choice tasks send): the prompt's tokens with their log-probabilities, plus at most one
 continued token.
 
-The prompt is scored as the raw text the client sent (``request.prompt``; no chat template), in the lead member's
+The prompt is scored as the raw text the client sent (``request.prompt``; no chat template),
+encoded the way the model encodes a raw prompt (its BOS first where its tokenizer adds one,
+listed as the first token, as vLLM does; token ids are scored as given), in the lead member's
 tokenization (the first member of the request's ensemble; for ``model: <member>``, that
 member). The rule for an ensemble: each token's log-probability is taken from the mean of the
 next-token distributions (probabilities, not logs) of every member whose tokenizer has the
@@ -23,7 +25,7 @@ from ensemble_core.errors import GenerationError
 from ensemble_core.members import build_members
 from ensemble_core.pool import ModelPool
 from ensemble_core.result import EnsembleResult, ModelUsage, Usage
-from ensemble_core.spec import EnsembleSpec, GenerationRequest
+from ensemble_core.spec import EnsembleSpec, GenerationRequest, PromptInput
 
 
 def echo_prompt(spec: EnsembleSpec, request: GenerationRequest, pool: ModelPool) -> EnsembleResult:
@@ -41,7 +43,10 @@ def echo_prompt(spec: EnsembleSpec, request: GenerationRequest, pool: ModelPool)
         text = lead_gen.decode(ids, skip_special_tokens=False)  # type: ignore[attr-defined]
     else:
         text = request.prompt if request.prompt is not None else (request.messages or [])[-1].content
-        ids = lead_gen.encode(text)  # type: ignore[attr-defined]
+        # the model's own encoding of the raw prompt, its BOS included where its tokenizer adds
+        # one (Gemma needs it), as vLLM and lm-eval's hf model score it
+        rendered = lead_gen.render(PromptInput.raw(text))  # type: ignore[attr-defined]
+        ids = lead_gen.encode_prompt(rendered)  # type: ignore[attr-defined]
     if not ids:
         raise GenerationError("echo: the prompt has no tokens")
     by_weights: dict[str, Any] = {}

@@ -28,7 +28,7 @@ from ensemble_core.loop_detection import repeated_ngram_tail
 from ensemble_core.members import Member, build_members, segment_limits
 from ensemble_core.methods import EnsemblePlan, plan_for
 from ensemble_core.pool import ModelPool
-from ensemble_core.ports import GenerationSession, SegmentLimits
+from ensemble_core.ports import Candidate, GenerationSession, SegmentLimits
 from ensemble_core.result import EnsembleResult, ModelUsage, SegmentEvent, Usage
 from ensemble_core.scorers.combined import CombinedScorer, CopyGuard, build_scorer
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
@@ -226,7 +226,9 @@ class EnsembleJob:
             "stop_reason": stop_reason,
             "timings": {"selection_s": round(selection_seconds, 4), "total_s": round(total_seconds, 4)},
         }
+        logprobs = self._logprobs(loop, trace) if self.request.logprobs is not None else None
         return EnsembleResult(
+            logprobs=logprobs,
             text=text,
             finish_reason="length" if stop_reason in _LENGTH_REASONS else "stop",
             stop_reason=stop_reason,
@@ -239,6 +241,26 @@ class EnsembleJob:
                 per_model=dict(self.usage),
             ),
         )
+
+    def _logprobs(self, loop: RoundLoop | LevelOutcome, trace: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer's tokens with their writers' log-probabilities (``answer_logprobs``)."""
+        from ensemble_core.answer_logprobs import answer_logprobs
+
+        if any(c.trim_accepted for _, c in loop.pieces) or (
+            isinstance(loop, LevelOutcome) and not loop.pieces
+        ):
+            trace["logprobs"] = "unavailable: no single model wrote this answer's text verbatim"
+            return None
+        pieces = []
+        for member, candidate in loop.pieces:
+            generator: Any = self.pool.generator(member.spec)
+            if hasattr(generator, "decode"):
+                decode = functools.partial(generator.decode, skip_special_tokens=True)
+            else:  # a remote model: its token ids are unknown, its tokens are not listed
+                trace["logprobs"] = f"unavailable: {member.name} gives no token ids"
+                return None
+            pieces.append((member.name, candidate, decode))
+        return answer_logprobs(pieces, self.request.logprobs or 0)
 
 
 class RoundLoop:
@@ -255,6 +277,8 @@ class RoundLoop:
         self.generated_tokens = 0
         self.max_tokens = job.request.max_tokens
         self.history: list[str] = []
+        # (writer, accepted candidate) in order: the answer's tokens, for ``logprobs``
+        self.pieces: list[tuple[Member, Candidate]] = []
         self.trace: list[dict[str, Any]] = []
         self.limits = SegmentLimits(max_new_tokens=1)
 
@@ -340,6 +364,7 @@ class RoundLoop:
         self.accepted_text += candidate.text
         self.generated_tokens += candidate.num_tokens
         self.history.append(winner.member.name)
+        self.pieces.append((winner.member, candidate))
         if self.job.on_segment is not None and candidate.text:
             self.job.on_segment(SegmentEvent(round=self.round, model=winner.member.name, text=candidate.text))
 

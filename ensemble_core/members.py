@@ -57,6 +57,7 @@ def segment_limits(request: GenerationRequest, *, generated: int = 0, **fields: 
         include_stop_str=request.include_stop_str_in_output,
         skip_special_tokens=request.skip_special_tokens,
         grammar=request.structured,
+        top_logprobs=request.logprobs or 0,
         **fields,
     )
 

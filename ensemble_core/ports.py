@@ -87,6 +87,8 @@ class SegmentLimits:
     should_stop: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
     # every token must keep the answer (accepted text + this segment) inside this shape
     grammar: StructuredOutput | None = None
+    # the request's ``logprobs``/``top_logprobs``: keep this many alternatives per token
+    top_logprobs: int = 0
 
 
 @dataclass
@@ -111,6 +113,9 @@ class Candidate:
     trim_accepted: int = 0  # a stop string that began in the accepted text cuts it back this far
     token_confidence: list[float] = field(default_factory=list)
     token_self_certainty: list[float] = field(default_factory=list)
+    # per generated token, the ``limits.top_logprobs`` most likely (token id, untempered
+    # log-probability) at that step; empty unless asked for
+    token_top: list[list[tuple[int, float]]] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:

@@ -241,8 +241,9 @@ class GenerationRequest(_Frozen):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     # OpenAI's legacy completions: ``echo`` scores the prompt (the raw ``prompt``, else the
-    # last message's content, as raw text) and continues it by at most ``max_tokens`` (0 or 1) tokens; ``logprobs``
-    # alternatives per token (0-20)
+    # last message's content, as raw text) and continues it by at most ``max_tokens`` (0 or 1) tokens. ``logprobs``
+    # (with or without echo): return the answer's token log-probabilities with this many
+    # alternatives per token (0-20; ``ensemble_core.answer_logprobs``); None: none
     echo: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo_tokens: int = Field(default=1, ge=0, le=1, description="with echo: tokens to add (0 or 1)")

@@ -84,9 +84,16 @@ class GenerationFields(BaseModel):
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
     prompt_cache_key: str | None = None
-    # OpenAI fields the ensemble cannot honour: accepted only at their neutral values
-    logprobs: bool | int | None = None
-    top_logprobs: int | None = None
+    # completions: logprobs N (0-20); chat: logprobs true + top_logprobs N (0-20)
+    logprobs: bool | int | None = Field(
+        default=None, description="completions: alternatives per token (0-20); chat: true/false"
+    )
+    top_logprobs: int | None = Field(default=None, description="chat: alternatives per token (0-20)")
+    # completions: logprobs N (0-20); chat: logprobs true + top_logprobs N (0-20)
+    logprobs: bool | int | None = Field(
+        default=None, description="completions: alternatives per token (0-20); chat: true/false"
+    )
+    top_logprobs: int | None = Field(default=None, description="chat: alternatives per token (0-20)")
     # structured output: every member's decoding is constrained (``structured_output``)
     tools: list[Any] | None = Field(default=None, description="functions the answer may call (chat only)")
     tool_choice: Any | None = Field(default=None, description="none, auto, required or a named function")

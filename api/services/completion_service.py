@@ -26,6 +26,7 @@ from api.services import (
 )
 from api.services.messages import build_generation
 from api.state import AppState
+from ensemble_core.answer_logprobs import chat_logprobs
 from ensemble_core.methods import list_methods
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 from persistence.models import ConfigVersion, Job
@@ -34,7 +35,6 @@ AnswerForm = Literal["text", "chat", "legacy"]
 
 # OpenAI fields the ensemble cannot honour, with the value that means "not used"
 _NEUTRAL = {
-    "top_logprobs": (None, 0),
     "suffix": (None, ""),
     "best_of": (None, 1),
 }
@@ -237,7 +237,7 @@ def answer(job: Job, form: AnswerForm, model: str) -> dict[str, Any]:
                 item["message"]["tool_calls"] = tool_calls
         else:
             item["text"] = text
-        item["logprobs"] = choice.get("logprobs")
+        item["logprobs"] = logprobs_view(choice.get("logprobs"), form)
         item["finish_reason"] = finish_reason
         item["metadata"] = choice_metadata(job, choice)
         choices.append(item)
@@ -250,6 +250,13 @@ def answer(job: Job, form: AnswerForm, model: str) -> dict[str, Any]:
         "usage": usage_view(result),
         "system_fingerprint": None,
     }
+
+
+def logprobs_view(logprobs: dict[str, Any] | None, form: AnswerForm) -> dict[str, Any] | None:
+    """A choice's stored logprobs (the legacy form) as the endpoint's clients read them."""
+    if logprobs is None:
+        return None
+    return chat_logprobs(logprobs) if form == "chat" else logprobs
 
 
 def choice_metadata(job: Job, choice: dict[str, Any]) -> dict[str, Any]:
@@ -279,30 +286,26 @@ def usage_view(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def echo_fields(body: PromptFields, form: AnswerForm, max_tokens: int) -> dict[str, Any]:
-    """Legacy completions' ``echo`` and ``logprobs`` (lm-eval's loglikelihood request: the
-    prompt's tokens with their log-probabilities, and at most one more token)."""
+    """``logprobs`` and legacy completions' ``echo``: the engine's ``logprobs`` is the number
+    of alternatives per token (``ensemble_core.answer_logprobs``; with ``echo``, the prompt's
+    tokens are scored too, as lm-eval's loglikelihood asks: ``ensemble_core.echo``).
+
+    Legacy completions send ``logprobs`` as that number (0-20); chat sends ``logprobs: true``
+    and ``top_logprobs`` (0-20), as OpenAI's chat API does."""
     echo = bool(getattr(body, "echo", False))
-    logprobs = body.logprobs
-    if logprobs in (None, False) and not echo:
-        return {}
-    if form != "legacy":
-        raise ApiError(
-            400,
-            "logprobs are supported with echo on /v1/completions only (chat logprobs are not yet)",
-            code="unsupported_parameter",
-            param="logprobs",
-        )
-    if isinstance(logprobs, bool) or (logprobs is not None and not 0 <= logprobs <= 20):
-        raise ApiError(
-            400, "logprobs must be an integer from 0 to 20", code="invalid_value", param="logprobs"
-        )
+    if form == "legacy":
+        top = _legacy_logprobs(body.logprobs)
+        if body.top_logprobs is not None:
+            raise ApiError(
+                400,
+                "top_logprobs is a chat field; legacy completions take logprobs (0-20)",
+                code="invalid_value",
+                param="top_logprobs",
+            )
+    else:
+        top = _chat_logprobs(body.logprobs, body.top_logprobs)
     if not echo:
-        raise ApiError(
-            400,
-            "logprobs without echo is not supported yet; send echo: true (with max_tokens 0 or 1)",
-            code="unsupported_parameter",
-            param="logprobs",
-        )
+        return {} if top is None else {"logprobs": top}
     if max_tokens > 1 or body.n > 1 or body.stream:
         raise ApiError(
             400,
@@ -310,7 +313,29 @@ def echo_fields(body: PromptFields, form: AnswerForm, max_tokens: int) -> dict[s
             code="unsupported_parameter",
             param="echo",
         )
-    return {"echo": True, "logprobs": logprobs, "echo_tokens": max_tokens}
+    return {"echo": True, "logprobs": top, "echo_tokens": max_tokens}
+
+
+def _legacy_logprobs(value: bool | int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not 0 <= value <= 20:
+        raise ApiError(
+            400, "logprobs must be an integer from 0 to 20", code="invalid_value", param="logprobs"
+        )
+    return value
+
+
+def _chat_logprobs(logprobs: bool | int | None, top_logprobs: int | None) -> int | None:
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise ApiError(400, "logprobs must be true or false here", code="invalid_value", param="logprobs")
+    if top_logprobs is not None and not 0 <= top_logprobs <= 20:
+        raise ApiError(
+            400, "top_logprobs must be an integer from 0 to 20", code="invalid_value", param="top_logprobs"
+        )
+    if top_logprobs and not logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", code="invalid_value", param="top_logprobs")
+    return (top_logprobs or 0) if logprobs else None
 
 
 def sampling_fields(body: PromptFields, max_tokens: int) -> dict[str, Any]:

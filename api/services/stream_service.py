@@ -27,7 +27,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api.errors import envelope
 from api.services import job_cancel, job_service, structured_request
-from api.services.completion_service import PreparedJob, choice_metadata, submit, usage_view
+from api.services.completion_service import (
+    PreparedJob,
+    choice_metadata,
+    logprobs_view,
+    submit,
+    usage_view,
+)
 from api.state import AppState
 from persistence import repository
 from persistence.models import Job, new_id
@@ -170,6 +176,10 @@ def _finish(chunks: _ChunkWriter, job: Job, prepared: PreparedJob, sent: dict[in
         elif text.startswith(streamed) and len(text) > len(streamed):
             # segments the relay did not hear (or text the engine trimmed after a round)
             yield chunks.frame(index, text[len(streamed) :], metadata={"model": None, "round": None})
+        if choice.get("logprobs") is not None:
+            # the answer's token log-probabilities, all in one chunk once the job is done
+            logprobs = logprobs_view(choice["logprobs"], prepared.form)
+            yield chunks.frame(index, "", logprobs=logprobs, metadata={"model": None, "round": None})
         yield chunks.frame(
             index,
             None,
@@ -200,6 +210,7 @@ class _ChunkWriter:
         *,
         finish_reason: str | None = None,
         metadata: dict[str, Any] | None = None,
+        logprobs: dict[str, Any] | None = None,
     ) -> str:
         choice: dict[str, Any] = {"index": index}
         if self.form == "chat":
@@ -209,7 +220,7 @@ class _ChunkWriter:
                 choice["delta"] = {"content": content} if content is not None else {}
         else:
             choice["text"] = content if isinstance(content, str) else ""
-        choice["logprobs"] = None
+        choice["logprobs"] = logprobs
         choice["finish_reason"] = finish_reason
         if metadata is not None:
             choice["metadata"] = metadata

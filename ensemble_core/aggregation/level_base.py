@@ -18,7 +18,7 @@ from pydantic import Field
 
 from ensemble_core.members import Member
 from ensemble_core.pool import ModelPool
-from ensemble_core.ports import GenerationSession
+from ensemble_core.ports import Candidate, GenerationSession
 from ensemble_core.registry import MethodParams
 from ensemble_core.result import ModelUsage, SegmentEvent
 from ensemble_core.spec import EnsembleConfig, GenerationRequest
@@ -69,6 +69,8 @@ class LevelOutcome:
     trace: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     prompt_tokens: int = 0
+    # (writer, candidate) when the answer is one model's text verbatim (for ``logprobs``)
+    pieces: list[tuple[Member, Candidate]] = field(default_factory=list)
 
 
 class LevelAggregator(ABC):

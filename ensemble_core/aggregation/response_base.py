@@ -112,6 +112,7 @@ class ResponseAggregator(LevelAggregator):
             generated_tokens=generated,
             trace=[round_trace],
             summary=summary,
+            pieces=[(winner.member, winner.candidate)] if final_text is None else [],
         )
 
     def candidates(self, job: LevelJob, members: list[Member]) -> list[CandidateRecord]:

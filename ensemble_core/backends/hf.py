@@ -29,6 +29,7 @@ from ensemble_core.backends.sampling import (
     end_ids,
     extend_candidate,
     step_confidence,
+    step_top,
 )
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
@@ -353,6 +354,7 @@ class HFGenerationSession:
             ]
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             confidence, certainty = step_confidence(logprobs)
+            tops = step_top(logprobs, limits.top_logprobs)
             for row, token in enumerate(chosen):
                 if results[row] is not None:
                     continue
@@ -370,6 +372,7 @@ class HFGenerationSession:
                     decode=decode,
                     trail=trails[row],
                     confidence=(confidence[row], certainty[row]),
+                    top=tops[row] if tops is not None else None,
                 )
             if all(r is not None for r in results) or step == limits.max_new_tokens - 1:
                 break

@@ -47,6 +47,7 @@ from ensemble_core.backends.sampling import (
     end_ids,
     extend_candidate,
     step_confidence,
+    step_top,
 )
 from ensemble_core.errors import GenerationError
 from ensemble_core.ports import Candidate, Sampling, SegmentLimits
@@ -269,13 +270,19 @@ class DecodeBatcher:
             chosen = _sample_rows(logits, rows)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             confidence, certainty = step_confidence(logprobs)
+            tops = step_top(logprobs, max(row.call.limits.top_logprobs for row in rows))
             keep: list[int] = []
             sessions_seen: set[int] = set()
             for r, (row, token) in enumerate(zip(rows, chosen, strict=True)):
                 session = row.call.session
                 session.counters.generated += 1
                 finished = self._advance(
-                    row, token, float(logprobs[r, token]), (confidence[r], certainty[r]), tails[id(row.call)]
+                    row,
+                    token,
+                    float(logprobs[r, token]),
+                    (confidence[r], certainty[r]),
+                    tails[id(row.call)],
+                    tops[r] if tops is not None else None,
                 )
                 limits = row.call.limits
                 if not finished and (
@@ -363,7 +370,13 @@ class DecodeBatcher:
             raise GenerationError(f"{gen.name}: batched forward pass failed: {exc}") from exc
 
     def _advance(
-        self, row: _Row, token: int, logprob: float, confidence: tuple[float, float], tail: str
+        self,
+        row: _Row,
+        token: int,
+        logprob: float,
+        confidence: tuple[float, float],
+        tail: str,
+        top: list[tuple[int, float]] | None = None,
     ) -> bool:
         """Add ``token`` to ``row``; return whether its candidate ended (result recorded)."""
         gen = self.generator
@@ -380,6 +393,7 @@ class DecodeBatcher:
             decode=gen.decoder_for(row.call.limits),
             trail=row.trail,
             confidence=confidence,
+            top=top,
         )
         if candidate is None:
             return False

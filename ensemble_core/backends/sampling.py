@@ -129,11 +129,22 @@ class ConfidenceTrail:
 
     confidence: list[float] = field(default_factory=list)
     self_certainty: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
 
     def attach(self, candidate: Candidate) -> Candidate:
         candidate.token_confidence = self.confidence
         candidate.token_self_certainty = self.self_certainty
+        candidate.token_top = self.top
         return candidate
+
+
+def step_top(logprobs: torch.Tensor, k: int) -> list[list[tuple[int, float]]] | None:
+    """The ``k`` most likely (token id, log-probability) of each row, or None when ``k`` is 0
+    (the request asked for no alternatives: nothing is computed)."""
+    if k <= 0:
+        return None
+    values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
 
 
 def step_confidence(logprobs: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -161,6 +172,7 @@ def extend_candidate(
     decode: Callable[[list[int]], str],
     trail: ConfidenceTrail | None = None,
     confidence: tuple[float, float] = (math.nan, math.nan),
+    top: list[tuple[int, float]] | None = None,
 ) -> Candidate | None:
     """Add ``token`` to a candidate's ``ids``/``logps`` (and its ``(token confidence,
     self-certainty)`` to ``trail``); return the finished candidate when this token ends the
@@ -173,6 +185,8 @@ def extend_candidate(
     logps.append(logprob)
     trail.confidence.append(confidence[0])
     trail.self_certainty.append(confidence[1])
+    if limits.top_logprobs > 0:
+        trail.top.append((top or [])[: limits.top_logprobs])
     text = decode(ids)
     finish, stop = check_candidate(text, len(ids), limits, accepted_tail)
     if finish is None:

@@ -107,6 +107,49 @@ def test_openai_stream_delivers_the_forced_text(client, forced):
     assert "".join(pieces) == text
 
 
+def test_openai_completion_logprobs_list_the_generated_tokens(client, forced):
+    text, bias = forced
+    legacy = client.completions.create(
+        model=MEMBER, prompt="Hi", max_tokens=TOKENS, temperature=0, logit_bias=bias, logprobs=2
+    ).choices[0]
+    assert legacy.text == text
+    lp = legacy.logprobs
+    assert lp.tokens == ["a"] * TOKENS and lp.text_offset == list(range(TOKENS))
+    # the model's own (raw) log-probabilities, before the bias: negative, two alternatives each
+    assert len(lp.token_logprobs) == TOKENS and all(v < 0 for v in lp.token_logprobs)
+    assert all(1 <= len(top) <= 2 for top in lp.top_logprobs)
+    assert lp.model_extra["models"] == [MEMBER] * TOKENS  # the writer of each token
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MEMBER, prompt="Hi", max_tokens=2, logprobs=21)
+    assert caught.value.body["param"] == "logprobs"
+
+
+def test_openai_chat_logprobs_and_top_logprobs(client, forced):
+    text, bias = forced
+    body = {"model": MEMBER, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": TOKENS}
+    chat = client.chat.completions.create(
+        **body, temperature=0, logit_bias=bias, logprobs=True, top_logprobs=3
+    ).choices[0]
+    assert chat.message.content == text
+    content = chat.logprobs.content
+    assert [c.token for c in content] == ["a"] * TOKENS
+    assert all(c.bytes == [ord("a")] and c.logprob < 0 for c in content)
+    for c in content:
+        ranked = [t.logprob for t in c.top_logprobs]
+        assert 1 <= len(ranked) <= 3 and ranked == sorted(ranked, reverse=True)
+    # the ensemble: each token named after the member that wrote it (loop: both take turns)
+    mixed = client.chat.completions.create(
+        model="ensemble", messages=body["messages"], max_tokens=8, temperature=0, logprobs=True
+    ).choices[0]
+    writers = {c.model_extra["model"] for c in mixed.logprobs.content}
+    assert "".join(c.token for c in mixed.logprobs.content) == mixed.message.content
+    assert writers <= {"tiny-llama", "tiny-gpt2"} and writers
+    assert client.chat.completions.create(**body).choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(**body, top_logprobs=2)
+    assert caught.value.body["param"] == "top_logprobs"
+
+
 def test_openai_echo_with_logprobs_scores_the_raw_prompt(client):
     scored = client.completions.create(
         model=MEMBER, prompt="The capital of France", max_tokens=0, echo=True, logprobs=3

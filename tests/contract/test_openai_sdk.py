@@ -158,11 +158,11 @@ def test_errors_map_to_the_sdk_exceptions(client):
             extra_body={"ensemble_config": {"model_selection_method": "zscroe"}},
         )
     assert bad.value.code == "invalid_config" and "zscore" in bad.value.message
-    with pytest.raises(openai.BadRequestError) as unsupported:
+    with pytest.raises(openai.BadRequestError) as invalid:
         client.chat.completions.create(
-            model="ensemble", messages=[{"role": "user", "content": "x"}], logprobs=True
+            model="ensemble", messages=[{"role": "user", "content": "x"}], top_logprobs=2
         )
-    assert unsupported.value.code == "unsupported_parameter"
+    assert invalid.value.code == "invalid_value" and invalid.value.param == "top_logprobs"
 
 
 def test_the_sdks_own_retries_of_a_504_attach_to_one_job(stack):

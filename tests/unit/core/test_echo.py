@@ -21,7 +21,9 @@ CONFIG = EnsembleConfig()
 
 
 def _reference(generator: HFTextGenerator, text: str) -> tuple[list[int], list[float]]:
-    ids = generator.encode(text)
+    """A plain transformers forward pass over the model's own encoding of the raw text (with
+    its BOS where the tokenizer adds one, as lm-eval's hf model and vLLM score it)."""
+    ids = list(generator.tokenizer(text)["input_ids"])
     with torch.inference_mode():
         logits = generator.model(input_ids=torch.tensor([ids])).logits[0].float()
     logprobs = torch.log_softmax(logits, dim=-1)
@@ -40,8 +42,12 @@ def test_a_members_echo_is_its_own_forward_pass(pool: ModelPool, tiny_dirs: dict
     assert logprobs is not None
     assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
     assert logprobs["token_logprobs"][1 : len(ids)] == pytest.approx(expected, abs=1e-4)
-    assert "".join(logprobs["tokens"][: len(ids)]) == PROMPT  # raw text: no chat template
-    assert logprobs["text_offset"][: len(ids)] == [len(generator.decode(ids[:i])) for i in range(len(ids))]
+    # raw text, no chat template (after the BOS, if the tokenizer adds one)
+    assert "".join(logprobs["tokens"][: len(ids)]) == generator.decode(ids, skip_special_tokens=False)
+    assert generator.decode(ids) == PROMPT
+    assert logprobs["text_offset"][: len(ids)] == [
+        len(generator.decode(ids[:i], skip_special_tokens=False)) for i in range(len(ids))
+    ]
     # one more token, the greedy one, with top-2 alternatives whose best is that token
     assert len(logprobs["tokens"]) == len(ids) + 1 and result.text == PROMPT + logprobs["tokens"][-1]
     top = logprobs["top_logprobs"][-1]
@@ -83,4 +89,23 @@ def test_an_echo_of_token_ids_scores_those_ids(pool: ModelPool, tiny_dirs: dict[
     result = run_ensemble(EnsembleSpec(model_specs=[spec]), CONFIG, request, pool)
     assert result.logprobs is not None
     assert result.logprobs["token_logprobs"][1:] == pytest.approx(expected, abs=1e-4)
+    assert result.text == PROMPT
+
+
+def test_a_bos_tokenizers_echo_starts_with_its_bos(pool: ModelPool, tmp_path: Path) -> None:
+    """Gemma's tokenizer adds a BOS to a raw prompt: echo scores the prompt after it, as a
+    direct forward pass of ``tokenizer(text)`` (what lm-eval's hf model does) gives."""
+    from tests.tiny_models import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "bos", arch="llama", vocab_seed=3, bos=True)
+    spec = ModelSpec(path=str(folder), name="bos")
+    generator = pool.generator(spec)
+    assert isinstance(generator, HFTextGenerator)
+    ids, expected = _reference(generator, PROMPT)
+    assert ids[0] == generator.tokenizer.bos_token_id, "the fixture's tokenizer adds a BOS"
+    result = run_ensemble(
+        EnsembleSpec(model_specs=[spec]), CONFIG, ask(PROMPT, echo=True, echo_tokens=0), pool
+    )
+    assert result.logprobs is not None and len(result.logprobs["tokens"]) == len(ids)
+    assert result.logprobs["token_logprobs"][1:] == pytest.approx(expected, abs=1e-3)
     assert result.text == PROMPT
