@@ -49,7 +49,7 @@ from ensemble_core.backends.sampling import (
     step_confidence,
     step_top,
 )
-from ensemble_core.errors import GenerationError
+from ensemble_core.errors import EnsembleError, GenerationError
 from ensemble_core.ports import Candidate, Sampling, SegmentLimits
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ class DecodeBatcher:
                     if not call.done:
                         call.error = (
                             exc
-                            if isinstance(exc, GenerationError)
+                            if isinstance(exc, EnsembleError)
                             else GenerationError(f"{self.generator.name}: batched decoding failed: {exc}")
                         )
                         self._finish(call)

@@ -13,13 +13,13 @@ fed to the row's matcher; once the grammar is complete only the stop tokens rema
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
 import xgrammar as xgr
 
-from ensemble_core.errors import GenerationError
+from ensemble_core.errors import ConfigError, GenerationError
 from ensemble_core.structured_output import StructuredOutput
 
 # text under tool_auto: nothing, or anything that does not open with "{" (a call's JSON)
@@ -47,7 +47,7 @@ class VocabularyGrammars:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Any, logits_size: int, stop_ids: Sequence[int]) -> VocabularyGrammars:
+    def for_tokenizer(cls, tokenizer: Any, logits_size: int, stop_ids: Collection[int]) -> VocabularyGrammars:
         info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=logits_size, stop_token_ids=sorted(stop_ids)
         )
@@ -68,8 +68,12 @@ class VocabularyGrammars:
             if found is None:
                 try:
                     found = self.compiler.compile_grammar(grammar_for(output))
-                except Exception as exc:  # an unsupported schema keyword, say
-                    raise GenerationError(f"cannot compile the structured output grammar: {exc}") from exc
+                except RuntimeError as exc:  # an unknown type, a bad $ref or pattern: the request's fault
+                    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                    raise ConfigError(
+                        f"the structured output's JSON schema cannot be used: {reason}",
+                        code="invalid_request",
+                    ) from exc
                 if len(self._compiled) >= _COMPILED_PER_VOCAB:
                     self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[key] = found

@@ -13,6 +13,7 @@ import pytest
 
 from ensemble_core.backends.hf import HFTextGenerator
 from ensemble_core.engine import run_ensemble
+from ensemble_core.errors import ConfigError
 from ensemble_core.pool import ModelPool
 from ensemble_core.ports import Sampling, SegmentLimits
 from ensemble_core.spec import ChatMessage, EnsembleConfig, EnsembleSpec, ModelSpec, PromptInput
@@ -194,3 +195,14 @@ def test_auto_grammar_forbids_a_broken_call(pool: ModelPool, tiny_dirs: dict[str
         assert candidate.finish == "eos"
         assert parse_tool_call(output, "{" + candidate.text, "c") is not None
     session.close()
+
+
+def test_a_schema_the_grammar_cannot_take_is_the_requests_fault(
+    pool: ModelPool, specs: list[ModelSpec]
+) -> None:
+    bad = StructuredOutput(kind="json_schema", schema_text='{"type": "foo"}')
+    with pytest.raises(ConfigError, match="Unsupported type") as caught:
+        run_ensemble(
+            EnsembleSpec(model_specs=specs), _config("sentence", "reward_based"), ask(structured=bad), pool
+        )
+    assert caught.value.code == "invalid_request"  # the API answers 400
