@@ -44,7 +44,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         422: "a value this service refuses to act on (e.g. a webhook_url to a private address)",
         429: "rate limit or queue full; see `Retry-After`",
         503: "Postgres or Redis unavailable; see `Retry-After`",
-        504: "the job did not finish in time; it goes on (`error.job_id`, `Location`)",
+        504: "the job did not finish in time: the request's `timeout` passed (`timeout`: the job goes "
+        "on, `error.job_id`, `Location`) or its `deadline_s` (`deadline_exceeded`: the job stopped, its "
+        "partial result is kept)",
     }.items()
 }
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.guards import Principal, require_admin, require_api_key
 from api.schemas.ensemble import ConfigUpdate, InferenceRequest
-from api.services import config_service, job_service, limits
+from api.services import config_service, job_cancel, job_service, limits
 from api.services.messages import build_generation, instruction_messages
 from api.state import AppState, get_state
 from ensemble_core.methods import list_methods
@@ -138,6 +138,7 @@ def _submit_inference(
         idempotency_key=idempotency_key,
         webhook_url=body.webhook_url,
         tenant=principal.tenant,
+        extra={"deadline_s": job_cancel.resolve_deadline(state.settings, body.deadline_s)},
     )
     return job
 

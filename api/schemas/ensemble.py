@@ -31,6 +31,9 @@ class InferenceRequest(BaseModel):
     seed: int | None = None
     stop: list[str] | str | None = None
     timeout: float | None = Field(default=None, description="seconds to wait before answering 504 (capped)")
+    deadline_s: float | None = Field(
+        default=None, description="seconds the job may run; past it: deadline_exceeded, partial answer kept"
+    )
     webhook_url: str | None = None
 
 

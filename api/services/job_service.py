@@ -335,12 +335,15 @@ def raise_unless_succeeded(job: Job) -> None:
             headers={"Location": f"/v1/jobs/{job.id}", "Retry-After": "2", "X-Should-Retry": "true"},
             extra={"job_id": job.id},
         )
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if job.error_code == "deadline_exceeded":
+        headers["X-Should-Retry"] = "false"  # OpenAI's SDKs would retry a 504: it would run out again
     raise ApiError(
         final_job_status(job),
         job.error_message or f"job {job.status}",
         code=job.error_code or job.status,
         extra={"job_id": job.id},
-        headers={"Location": f"/v1/jobs/{job.id}"},
+        headers=headers,
     )
 
 

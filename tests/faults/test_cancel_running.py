@@ -104,6 +104,10 @@ def test_a_deadline_ends_a_job_with_its_own_code(smollm2_stack: str) -> None:
         assert refused.status_code == 400
         assert refused.json()["error"]["param"] == "deadline_s"
         assert refused.json()["error"]["code"] == "deadline_too_large"
+        inference = client.post("/v1/ensemble/inference", json={"input": "Hi", "deadline_s": 121})
+        assert (inference.status_code, inference.json()["error"]["param"]) == (400, "deadline_s")
+        # the 504 tells OpenAI's SDKs not to retry: the retry would run out of time again
+        assert sync.headers["X-Should-Retry"] == "false"
     report(
         "deadline_s=1.5 on a 400-token SmolLM2 job",
         job_ran_s=round(run_s, 2),
