@@ -150,3 +150,30 @@ def _catch(action):  # type: ignore[no-untyped-def]
         return action()
     except GenerationError as exc:
         return exc
+
+
+def test_a_stopped_call_leaves_the_wave_and_the_others_go_on(generator: HFTextGenerator) -> None:
+    # session 0's job is cancelled after its third decode step; the wave keeps decoding the rest
+    checks = {"n": 0}
+
+    def stop_after_three() -> bool:
+        checks["n"] += 1
+        return checks["n"] >= 3
+
+    def work(i: int) -> Candidate:
+        session = generator.open_session(PromptInput.chat(_messages(i)), seed=i)
+        limits = SegmentLimits(
+            max_new_tokens=40,
+            boundary="none",
+            ignore_eos=True,
+            should_stop=stop_after_three if i == 0 else None,
+        )
+        try:
+            return session.generate("", [HOT], limits)[0]
+        finally:
+            session.close()
+
+    results = _concurrently(3, work)
+    assert generator.batcher is not None and generator.batcher.largest_wave >= 2
+    assert (results[0].num_tokens, results[0].finish) == (3, "length")
+    assert [c.num_tokens for c in results[1:]] == [40, 40]
