@@ -197,3 +197,22 @@ def test_a_chat_prompt_goes_to_the_remote_chat_endpoint_by_default() -> None:
     raw = _generator(server, prompt_format="chat").open_session(PromptInput.raw("Once"), seed=1)
     raw.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=2, boundary="none"))
     assert server.calls[-1][0] == "/v1/completions" and server.calls[-1][1]["prompt"] == "Once"
+
+
+def test_structured_output_is_passed_through_for_an_answer_in_one_piece() -> None:
+    from ensemble_core.structured_output import StructuredOutput
+
+    server = FakeServer()
+    session = _generator(server).open_session(PromptInput.chat(MESSAGES))
+    schema = StructuredOutput(kind="json_schema", schema_text='{"type": "object"}')
+    limits = SegmentLimits(max_new_tokens=4, boundary="none", grammar=schema)
+    session.generate("", [Sampling(0.0)], limits)
+    assert server.bodies[-1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
+    }
+    session.generate("", [Sampling(0.0)], SegmentLimits(4, grammar=StructuredOutput(kind="json_object")))
+    assert server.bodies[-1]["response_format"] == {"type": "json_object"}
+    # the server's grammar starts where its answer does: it cannot continue another's JSON
+    with pytest.raises(GenerationError, match="one piece"):
+        session.generate('{"a": ', [Sampling(0.0)], limits)
