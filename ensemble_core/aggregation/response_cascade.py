@@ -6,7 +6,10 @@ order), ``samples_per_model`` whole answers per stage. A stage's decision is the
 confidence-weighted vote of its own samples (see ``deepconf_vote``). The cascade stops at a
 stage when (a) its winner's trace confidence (lowest ``window``-token mean of the token
 confidence) reaches the stage's threshold, (b) its samples agree on one final answer
-(``escalate_on_disagreement``), and (c) its winner is not a copy of the prompt. Otherwise
+(``escalate_on_disagreement``), (c) its winner is not a copy of the prompt, and (d) its winner
+says something the question does not (``escalate_on_repeat``: an answer made only of the
+question's words, "Poland" for the capital of Poland, is the small models' typical wrong
+answer, and it is confidently likely). Otherwise
 the next member runs. The last stage always decides. ``signal: logprob`` compares the winner's
 own log-probability per byte instead of its trace confidence (on short answers of small models
 it separated right from wrong better: see the report in docs/evaluation.md). The answer is the decision of the stage
@@ -22,7 +25,7 @@ Reference: the spend-the-big-model-only-when-needed idea of Tandem transformers 
 Mixture of Thoughts Representations", Yue et al., 2024: consistency of samples as the
 deferral signal); confidence as in DeepConf (Fu et al., 2025).
 Parameters: ``order``, ``samples_per_model``, ``signal``, ``min_confidence``, ``reference_stats``,
-``min_confidence_z``, ``window``, ``escalate_on_disagreement``, ``final``, ``answer_format``,
+``min_confidence_z``, ``window``, ``escalate_on_disagreement``, ``escalate_on_repeat``, ``final``, ``answer_format``,
 ``copy_threshold``.
 Cost: the first member's decodes always; each further member's only for escalated prompts.
 The summary reports the stages run and why each went on.
@@ -47,6 +50,7 @@ from ensemble_core.answer_extraction import ExtractedAnswer, extract_answer
 from ensemble_core.errors import ConfigError
 from ensemble_core.members import Member
 from ensemble_core.scorers.copy_guard import CopyGuard, user_sources
+from ensemble_core.scorers.novelty import last_user_text, says_something_new
 from ensemble_core.selection.zscore import ModelReferenceStats
 
 
@@ -70,6 +74,11 @@ class CascadeParams(ResponseParams):
         "own log-probability per byte (calibrated: answer_logprob)",
     )
     escalate_on_disagreement: bool = Field(True, description="go on when a stage's samples disagree")
+    escalate_on_repeat: bool = Field(
+        True,
+        description="go on when a stage's answer only repeats words of the question (says nothing new: "
+        "'Poland' for the capital of Poland, a number of the word problem, an option letter)",
+    )
     final: Literal["last", "vote"] = Field(
         "last", description="last: the stopping stage decides; vote: weighted vote over every candidate"
     )
@@ -115,6 +124,7 @@ class CascadeResponseAggregator(ResponseAggregator):
         assert isinstance(params, CascadeParams)
         guard = CopyGuard(threshold=params.copy_threshold)
         sources = user_sources(job.request.prompt_input().as_messages())
+        question = last_user_text(job.request.prompt_input().as_messages())
         everything: list[CandidateRecord] = []
         ordered = self._ordered(members)
         for index, member in enumerate(ordered):
@@ -133,6 +143,8 @@ class CascadeResponseAggregator(ResponseAggregator):
             reasons = []
             if winner.vetoed:
                 reasons.append("copies_prompt")
+            elif params.escalate_on_repeat and not says_something_new(winner.candidate.text, question):
+                reasons.append("repeats_question")
             if threshold is None:
                 reasons.append("no_threshold")
             elif confidence < threshold:

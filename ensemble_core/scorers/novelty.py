@@ -18,9 +18,12 @@ Cost: word sets only (no model call).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ensemble_core.ports import ScoringRequest
 from ensemble_core.scorers.copy_guard import words
 from ensemble_core.scorers.specs import NoveltyScorerSpec
+from ensemble_core.spec import ChatMessage
 
 # words that carry no answer: an answer "the Poland" is still a copy
 _FUNCTION_WORDS = frozenset(
@@ -28,9 +31,9 @@ _FUNCTION_WORDS = frozenset(
 )
 
 
-def question_text(request: ScoringRequest) -> str:
+def last_user_text(messages: Sequence[ChatMessage]) -> str:
     """The last user message (the question after any few-shot turns), or the raw prompt."""
-    users = [m for m in request.messages if m.role == "user"]
+    users = [m for m in messages if m.role == "user"]
     return str(users[-1].content) if users else ""
 
 
@@ -46,5 +49,5 @@ class NoveltyScorer:
         self.spec = spec
 
     def score(self, request: ScoringRequest) -> list[float]:
-        question = question_text(request) + " " + request.accepted_text
+        question = last_user_text(request.messages) + " " + request.accepted_text
         return [1.0 if says_something_new(c, question) else 0.0 for c in request.candidates]

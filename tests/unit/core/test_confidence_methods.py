@@ -151,6 +151,18 @@ def test_cascade_runs_the_next_member_only_when_unsure() -> None:
         _run(pool, [big, cheap_sure], "cascade", order=["nobody"])
 
 
+def test_cascade_goes_on_when_the_answer_only_repeats_the_question() -> None:
+    pool = ModelPool()
+    # "3" is a number of "What is 2+3?": sure, but it says nothing the question did not
+    repeater, _ = _member(pool, "repeater", [("3", 9.0)])
+    big, big_gen = _member(pool, "big_r", [("5", 4.0)])
+    result = _run(pool, [repeater, big], "cascade", min_confidence=3.0)
+    assert result.text == "5"
+    assert result.trace["summary"]["stages"][0]["reasons"] == ["repeats_question"]
+    kept = _run(pool, [repeater, big], "cascade", min_confidence=3.0, escalate_on_repeat=False)
+    assert kept.text == "3" and kept.trace["summary"]["stages_run"] == 1
+
+
 def test_cascade_goes_on_when_samples_disagree_and_can_vote_over_everything() -> None:
     pool = ModelPool()
     cheap, _ = _member(pool, "split", [("It is 5.", 5.0), ("It is 6.", 5.0)])
