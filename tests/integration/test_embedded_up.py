@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import httpx
 
@@ -55,6 +56,26 @@ def test_up_falls_back_to_embedded_mode_and_answers(tiny_model_dirs, tmp_path):
         job = httpx.get(f"{base}/v1/jobs/{body['id']}").json()
         assert job["status"] == "succeeded"
         assert (tmp_path / "data" / "embedded.sqlite").exists()
+        # cancelling a running job works on the in-memory event bus too
+        long_job = {
+            "model": "ensemble",
+            "prompt": "Count.",
+            "max_tokens": 4000,
+            "max_rounds": 64,
+            "ignore_eos": True,
+            "ensemble_config": {"max_repeat": 100},
+            "background": True,
+        }
+        job_id = httpx.post(base + "/v1/chat/completions", json=long_job, timeout=30).json()["id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        cancelled = httpx.post(f"{base}/v1/jobs/{job_id}/cancel", timeout=30).json()
+        assert cancelled["status"] == "cancelled", cancelled
+        assert cancelled["result"] is not None and cancelled["usage"]["completion_tokens"] < 2048
+        assert cancelled["result"]["stop_reason"] == "cancelled"
     finally:
         proc.stop()
 
