@@ -36,7 +36,7 @@ def _schema_text(schema: Any, param: str) -> str:
             schema = json.loads(schema)
         except json.JSONDecodeError as exc:
             raise _bad(f"{param} is not valid JSON: {exc}", param) from exc
-    if not isinstance(schema, dict | bool):
+    if not isinstance(schema, dict):
         raise _bad(f"{param} must be a JSON schema (an object)", param)
     return json.dumps(schema, sort_keys=True)
 
@@ -129,7 +129,8 @@ def _from_tools(body: PromptFields, *, kind: str) -> StructuredOutput | None:
         return None
     if choice == "required":
         return StructuredOutput(kind="tool_call", tools=tuple(functions))
-    named = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    named = function.get("name") if isinstance(function, dict) else None
     if not named:
         raise _bad(
             "tool_choice must be none, auto, required or {'type': 'function', 'function': {'name': ...}}",
@@ -180,8 +181,13 @@ def tool_turn(message: Any, index: int) -> dict[str, str]:
     write, a tool's result as a user turn that says whose result it is."""
     if message.role == "assistant":
         calls = []
-        for call in message.tool_calls or []:
-            function = (call or {}).get("function") or {}
+        for call in message.tool_calls if isinstance(message.tool_calls, list) else []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict):
+                raise _bad(
+                    f"messages[{index}].tool_calls must be [{{id, type, function: {{name, arguments}}}}]",
+                    f"messages.{index}.tool_calls",
+                )
             try:
                 arguments = json.loads(function.get("arguments") or "{}")
             except (TypeError, json.JSONDecodeError) as exc:

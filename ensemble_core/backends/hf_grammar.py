@@ -68,7 +68,11 @@ class VocabularyGrammars:
             if found is None:
                 try:
                     found = self.compiler.compile_grammar(grammar_for(output))
-                except RuntimeError as exc:  # an unknown type, a bad $ref or pattern: the request's fault
+                except (
+                    RuntimeError,
+                    TypeError,
+                    ValueError,
+                ) as exc:  # an unknown type, a bad $ref or pattern: the request's fault
                     reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                     raise ConfigError(
                         f"the structured output's JSON schema cannot be used: {reason}",

@@ -148,6 +148,11 @@ def test_openai_sdk_response_format_and_bad_values(warm):
         ({"response_format": {"type": "xml"}}, "response_format.type"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tools": [{"type": "function"}]}, "tools.0"),
+        ({"guided_json": "true"}, "guided_json"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"function": "f"}},
+            "tool_choice",
+        ),
         (
             {
                 "tools": [{"type": "function", "function": {"name": "f"}}],
@@ -161,3 +166,41 @@ def test_openai_sdk_response_format_and_bad_values(warm):
                 model="ensemble", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, extra_body=body
             )
         assert caught.value.body["param"] == param
+
+
+def test_a_conversation_with_a_tool_result_goes_on(warm):
+    client = openai.OpenAI(base_url=warm.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    tools = [
+        {"type": "function", "function": {"name": "GetWeather", "parameters": GetWeather.model_json_schema()}}
+    ]
+    first = client.chat.completions.create(
+        model="ensemble",
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        tools=tools,
+        tool_choice="required",
+        max_tokens=90,
+        extra_body=ROOM,
+    )
+    message = first.choices[0].message
+    assert first.choices[0].finish_reason == "tool_calls" and message.content is None
+    (call,) = message.tool_calls
+    GetWeather.model_validate_json(call.function.arguments)
+    # the call and its result go back as OpenAI's turns; the answer is text (tool_choice none)
+    follow = client.chat.completions.create(
+        model="ensemble",
+        messages=[
+            {"role": "user", "content": "Weather in Rome?"},
+            message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 24 C"},
+        ],
+        tools=tools,
+        tool_choice="none",
+        max_tokens=6,
+        extra_body=ROOM,
+    )
+    assert follow.choices[0].message.tool_calls is None
+    assert isinstance(follow.choices[0].message.content, str)
+    bad = [{"role": "assistant", "tool_calls": ["nope"]}, {"role": "user", "content": "x"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="ensemble", messages=bad, max_tokens=4)
+    assert caught.value.body["param"] == "messages.0.tool_calls"
