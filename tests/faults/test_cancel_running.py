@@ -15,6 +15,8 @@ import pytest
 from tests import services
 from tests.faults.infra import report, wait_until
 
+pytestmark = pytest.mark.slow  # the real bundled SmolLM2
+
 SMOLLM2 = [{"path": "bundled:smollm2", "engine": "hf", "device": "cpu", "name": "smollm2"}]
 ENV = {"ENSEMBLEHUB_MAX_JOB_DEADLINE_S": "120", "ENSEMBLEHUB_JOB_DEADLINE_S": "60"}
 # 400 tokens that really run: EOS is never chosen
