@@ -115,10 +115,3 @@ class RowGrammars:
         matcher = self.matchers[row]
         if not matcher.is_terminated() and not matcher.accept_token(token):
             raise GenerationError(f"token {token} was chosen outside the structured output grammar")
-
-
-def fork_rows(rows: RowGrammars | None, sources: Sequence[int]) -> RowGrammars | None:
-    """Rows copied from ``rows`` (row i of the result continues row ``sources[i]``)."""
-    if rows is None:
-        return None
-    return RowGrammars([rows.matchers[i].fork() for i in sources], rows.vocab_size)
