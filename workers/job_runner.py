@@ -237,42 +237,46 @@ def _settle(runtime: WorkerRuntime, transition: Callable[[Any], Settled | None])
 def _store(
     runtime: WorkerRuntime, job_id: str, attempt: int, payload: dict[str, Any], stop: StopSignal
 ) -> tuple[str, list[int]]:
-    """The final write: the answer; a cancelled job's partial answer (the API set the state
-    already); or, past the deadline, a ``deadline_exceeded`` failure that keeps the partial one."""
+    """The final write: the answer; or, past the deadline, a ``deadline_exceeded`` failure that
+    keeps the partial one. A job cancelled meanwhile (the API set its final state already)
+    keeps what this attempt has, partial or, for a cancel that came as it finished, whole."""
     usage = payload.get("usage")
-    if stop.reason == CANCELLED:
+    if stop.reason != CANCELLED:
+        if stop.reason == DEADLINE_EXCEEDED:
+            seconds = payload.get("timings", {}).get("model_ms", 0) / 1000
+            message = (
+                f"the job ran past its deadline ({seconds:.1f} s); the partial answer is in result "
+                f"({(usage or {}).get('completion_tokens', 0)} tokens)"
+            )
 
-        def keep_partial() -> bool:
-            with runtime.db.transaction() as session:
-                return repository.store_partial_result(
-                    session, job_id, result=payload, usage=usage, attempt=attempt
+            def transition(s: Any) -> Settled | None:
+                return repository.fail_job(
+                    s,
+                    job_id,
+                    code=DEADLINE_EXCEEDED,
+                    message=message,
+                    from_statuses=("running",),
+                    attempt=attempt,
+                    result=payload,
+                    usage=usage,
                 )
+        else:
 
-        stored = with_database_retry(runtime, "store the partial answer", keep_partial)
-        return ("cancelled" if stored else "skipped"), []
-    if stop.reason == DEADLINE_EXCEEDED:
-        seconds = payload.get("timings", {}).get("model_ms", 0) / 1000
-        message = (
-            f"the job ran past its deadline ({seconds:.1f} s); the partial answer is in result "
-            f"({payload.get('usage', {}).get('completion_tokens', 0)} tokens)"
-        )
-        return _settle(
-            runtime,
-            lambda s: repository.fail_job(
-                s,
-                job_id,
-                code=DEADLINE_EXCEEDED,
-                message=message,
-                from_statuses=("running",),
-                attempt=attempt,
-                result=payload,
-                usage=usage,
-            ),
-        )
-    return _settle(
-        runtime,
-        lambda s: repository.finish_job(s, job_id, result=payload, usage=usage, attempt=attempt),
-    )
+            def transition(s: Any) -> Settled | None:
+                return repository.finish_job(s, job_id, result=payload, usage=usage, attempt=attempt)
+
+        status, deliveries = _settle(runtime, transition)
+        if status != "skipped":
+            return status, deliveries
+
+    def keep_partial() -> bool:
+        with runtime.db.transaction() as session:
+            return repository.store_partial_result(
+                session, job_id, result=payload, usage=usage, attempt=attempt
+            )
+
+    stored = with_database_retry(runtime, "store the partial answer", keep_partial)
+    return ("cancelled" if stored else "skipped"), []
 
 
 def _fail(
