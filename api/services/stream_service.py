@@ -64,9 +64,11 @@ async def open_stream(
 
 
 async def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> AsyncIterator[str]:
-    ended = False  # the stream ran to its end (the answer, an error frame, the 504 frame)
+    ended = False  # the stream reached its end (the answer, an error frame, the 504 frame)
     try:
         async for frame in _relay(state, prepared, job, subscription):
+            # set before the last frame goes out: a client may hang up as soon as it has it
+            ended = ended or frame == _DONE or frame.startswith(_ERROR_PREFIX)
             yield frame
         ended = True
     except Exception as exc:  # noqa: BLE001 - the 200 is sent already: the error goes in the stream
@@ -188,7 +190,7 @@ def _finish(chunks: _ChunkWriter, job: Job, prepared: PreparedJob, sent: dict[in
         )
     if prepared.include_usage:
         yield chunks.usage_frame(usage_view(result))
-    yield "data: [DONE]\n\n"
+    yield _DONE
 
 
 class _ChunkWriter:
@@ -232,6 +234,10 @@ class _ChunkWriter:
 
 def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+_DONE = "data: [DONE]\n\n"
+_ERROR_PREFIX = 'data: {"error":'
 
 
 def _error_frame(status: int, message: str, *, code: str, job_id: str) -> str:

@@ -175,3 +175,18 @@ def test_batch_cancel_stops_its_running_items(smollm2_stack: str) -> None:
         assert job["status"] == "cancelled" and stopped_s < 2.0
         assert job["result"]["text"] and 0 < job["usage"]["completion_tokens"] < 400
     report("batch cancel with a running 400-token item", item_stopped_s=round(stopped_s, 2))
+
+
+def test_a_stream_that_times_out_leaves_its_job_running(smollm2_stack: str) -> None:
+    # the 504 frame says "it goes on: poll": a client that hangs up after it cancels nothing
+    with httpx.Client(base_url=smollm2_stack, timeout=60) as client:
+        body = {**LONG, "stream": True, "timeout": 1.0}
+        with client.stream("POST", "/v1/chat/completions", json=body) as stream:
+            job_id = stream.headers["X-Job-Id"]
+            for line in stream.iter_lines():
+                if line.startswith('data: {"error"'):
+                    assert json.loads(line[6:])["error"]["code"] == "timeout"
+                    break
+        time.sleep(1.0)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+        assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
