@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import secrets
@@ -281,12 +282,30 @@ class RoundLoop:
         self.pieces: list[tuple[Member, Candidate]] = []
         self.trace: list[dict[str, Any]] = []
         self.limits = SegmentLimits(max_new_tokens=1)
+        # token-by-token streaming where one writer decides the text as it is decoded: a method
+        # whose round has one writer, or a lone member that no threshold can send back (no
+        # threshold; greedy, whose resample would repeat it; or the default scorer, the
+        # likelihood under the other members, which has no one to ask)
+        self.decided_as_decoded = aggregator.writes_alone or (
+            len(members) == 1
+            and (
+                getattr(self.params, "score_threshold", None) is None
+                or members[0].sampling.temperature <= 0
+                or not getattr(self.params, "scorers", None)
+            )
+        )
+        self.stream_tokens = job.on_segment is not None and self.decided_as_decoded
+        self.streamed = ""  # what the stream has of the current segment
 
     # -- RoundContext ---------------------------------------------------------------------
     def generate(
         self, members: list[Member], limits: SegmentLimits | None = None, attempt: int = 0
     ) -> list[CandidateRecord]:
         limits = limits or self.limits
+        if self.stream_tokens and len(members) == 1 and attempt == 0:
+            limits = dataclasses.replace(
+                limits, on_text=functools.partial(self._stream_text, members[0].name)
+            )
         groups: dict[str, list[Member]] = {}
         for member in members:
             key = (
@@ -329,7 +348,7 @@ class RoundLoop:
             self.limits = segment_limits(
                 request,
                 generated=self.generated_tokens,
-                max_new_tokens=min(params.segment_tokens, remaining),
+                max_new_tokens=min(self._segment_tokens(round_index), remaining),
                 boundary=params.segment_boundary,
                 min_tokens=params.min_segment_tokens,
                 ignore_eos=params.ignore_eos,
@@ -357,16 +376,36 @@ class RoundLoop:
                 return self.accepted_text, "max_tokens"
         return self.accepted_text, "max_rounds"
 
+    def _stream_text(self, model: str, text: str, stop_strings: tuple[str, ...]) -> None:
+        """Send what the candidate added since the last call, holding back an incomplete
+        character and a tail that may be the start of a stop string (it may yet be cut)."""
+        assert self.job.on_segment is not None
+        safe = streamable_prefix(self.accepted_text, text, stop_strings)
+        if len(safe) > len(self.streamed) and safe.startswith(self.streamed):
+            delta, self.streamed = safe[len(self.streamed) :], safe
+            self.job.on_segment(SegmentEvent(round=self.round, model=model, text=delta, partial=True))
+
     def _accept(self, winner: CandidateRecord) -> None:
         candidate = winner.candidate
+        streamed, self.streamed = self.streamed, ""
         if candidate.trim_accepted:
             self.accepted_text = self.accepted_text[: -candidate.trim_accepted]
         self.accepted_text += candidate.text
         self.generated_tokens += candidate.num_tokens
         self.history.append(winner.member.name)
         self.pieces.append((winner.member, candidate))
-        if self.job.on_segment is not None and candidate.text:
-            self.job.on_segment(SegmentEvent(round=self.round, model=winner.member.name, text=candidate.text))
+        # the part of the segment the stream does not have yet (all of it when not streamed)
+        rest = candidate.text[len(streamed) :] if candidate.text.startswith(streamed) else ""
+        if self.job.on_segment is not None and rest:
+            self.job.on_segment(SegmentEvent(round=self.round, model=winner.member.name, text=rest))
+
+    def _segment_tokens(self, round_index: int) -> int:
+        # reward_based: a short first segment, for a stream's first chunk; not where the text is
+        # streamed as decoded anyway (a lone member), whose answer it would only re-segment
+        first = getattr(self.params, "first_segment_tokens", None)
+        if round_index == 0 and first is not None and not self.decided_as_decoded:
+            return min(first, self.params.segment_tokens)
+        return self.params.segment_tokens
 
     def _record_round(
         self, candidates: list[CandidateRecord], winner: CandidateRecord, notes: dict[str, Any]
@@ -384,3 +423,17 @@ class RoundLoop:
         if notes:
             entry["notes"] = notes
         self.trace.append(entry)
+
+
+def streamable_prefix(accepted: str, text: str, stop_strings: tuple[str, ...]) -> str:
+    """``text`` less a trailing replacement character (half of a multi-byte character) and
+    less its longest tail that, after ``accepted``, is the beginning of a stop string."""
+    text = text.rstrip("\ufffd")
+    whole = accepted[-64:] + text
+    hold = 0
+    for stop in stop_strings:
+        for k in range(min(len(stop) - 1, len(whole)), hold, -1):
+            if whole.endswith(stop[:k]):
+                hold = k
+                break
+    return text[: max(0, len(text) - hold)]

@@ -89,6 +89,10 @@ class SegmentLimits:
     grammar: StructuredOutput | None = None
     # the request's ``logprobs``/``top_logprobs``: keep this many alternatives per token
     top_logprobs: int = 0
+    # called with the candidate's text so far and the stop strings in force after each decoded
+    # token that did not end it (set only for a call with one sampling whose candidate is sure
+    # to be accepted: streaming)
+    on_text: Callable[[str, tuple[str, ...]], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -10,13 +10,17 @@ FinishReason = Literal["stop", "length"]
 
 
 class SegmentEvent(BaseModel):
-    """One accepted segment, emitted as soon as it is accepted (for streaming)."""
+    """Text appended to the answer, for streaming: an accepted segment as soon as it is
+    accepted or, where one writer decides the text as it is decoded, each token's text as it is
+    decoded (``partial``; the segment's accept event then carries only what was not streamed).
+    Concatenated in order, the events' texts are the answer."""
 
     model_config = ConfigDict(frozen=True)
 
     round: int
     model: str
     text: str
+    partial: bool = False
 
 
 class ModelUsage(BaseModel):

@@ -70,6 +70,9 @@ def stack(tiny_model_dirs, database_url, broker_url, tmp_path_factory) -> Iterat
         # tests call the sweeper themselves and check what it did: the shared worker must not
         # sweep the shared database behind their back (tests/faults run the in-worker schedule)
         ENSEMBLEHUB_SWEEP_IN_WORKERS="false",
+        # tiny models decode 32 tokens in well under the default 30 ms coalescing window: publish
+        # every token so that streaming tests see token-by-token chunks
+        ENSEMBLEHUB_STREAM_COALESCE_S="0",
     )
     tiny_specs = [
         {"path": str(tiny_model_dirs["llama"]), "engine": "hf", "device": "cpu", "name": "tiny-llama"},

@@ -28,7 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from ensemble_core.engine import run_ensemble
 from ensemble_core.errors import EnsembleError
 from ensemble_core.references import resolve_references, restore_names
-from ensemble_core.result import EnsembleResult, SegmentEvent
+from ensemble_core.result import EnsembleResult
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 from ensemble_core.stopping import CANCELLED, DEADLINE_EXCEEDED, StopSignal
 from jobqueue.webhook_events import record_settlement_events
@@ -36,6 +36,7 @@ from persistence import repository
 from persistence.repository import Settled
 from workers.job_stop import CancelListener, job_deadline_s
 from workers.runtime import WorkerRuntime
+from workers.stream_events import SegmentCoalescer
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +170,15 @@ def _run_choices(
         if index and request.seed is not None:
             choice_request = request.model_copy(update={"seed": request.seed + index})
 
-        def on_segment(event: SegmentEvent, index: int = index) -> None:
-            segment = _without_nul(event.model_dump(mode="json"))
-            publish({"type": "segment", "index": index, **segment})
-
-        results.append(
-            run_ensemble(spec, config, choice_request, publish.runtime.pool, on_segment=on_segment, stop=stop)
-        )
+        on_segment = SegmentCoalescer(publish, index, publish.runtime.settings.stream_coalesce_s)
+        try:
+            results.append(
+                run_ensemble(
+                    spec, config, choice_request, publish.runtime.pool, on_segment=on_segment, stop=stop
+                )
+            )
+        finally:
+            on_segment.close()
         if stop is not None and stop.reason is not None:
             break  # the choices not begun are not run: the job is cancelled or out of time
     return results

@@ -16,6 +16,8 @@ class WorkerSettings(BaseSettings):
     # batcher's row limit; each running job holds its KV cache in memory
     concurrency: int = Field(8, ge=1, le=256)
     heartbeat_interval_s: float = 5.0
+    # streamed text goes to Redis at most this often per job (0: every decoded token)
+    stream_coalesce_s: float = Field(0.03, ge=0, le=1)
     # the sweeper: how often it runs and what it considers lost. Every worker runs its schedule
     # (one leader at a time, a Redis lease: workers/sweep_schedule.py), so no beat is needed
     sweep_in_workers: bool = True

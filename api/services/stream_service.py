@@ -1,4 +1,6 @@
-"""Server-sent events relayed from the worker: one chunk per accepted segment.
+"""Server-sent events relayed from the worker: one chunk per published piece of text (a few
+tokens where the text is streamed as decoded, else an accepted segment; see
+``workers.stream_events``).
 
 The API subscribes to the job's event channel *before* the task is sent, so no segment can be
 published unheard. Pub/sub keeps nothing, though, so when the job ends the stream is checked

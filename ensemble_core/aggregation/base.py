@@ -112,6 +112,9 @@ class SegmentAggregator(ABC):
 
     Params: ClassVar[type[SegmentParams]] = SegmentParams
     uses_scorers: ClassVar[bool] = False
+    # each round has one writer whose candidate wins whatever it writes (round_robin, random,
+    # progressive): its text is streamed token by token as it is decoded
+    writes_alone: ClassVar[bool] = False
 
     def __init__(self, params: SegmentParams, rng: random.Random) -> None:
         self.params = params

@@ -48,6 +48,8 @@ class ProgressiveSegmentAggregator(SegmentAggregator):
             return list(self.params.length_thresholds)
         return [max(1, ctx.max_tokens * (i + 1) // n) for i in range(n - 1)]
 
+    writes_alone = True
+
     def run_round(self, ctx: RoundContext) -> RoundOutcome:
         params = self.params
         assert isinstance(params, ProgressiveParams)

@@ -11,6 +11,8 @@ from ensemble_core.aggregation.base import RoundContext, RoundOutcome, SegmentAg
 
 
 class RandomSegmentAggregator(SegmentAggregator):
+    writes_alone = True
+
     def run_round(self, ctx: RoundContext) -> RoundOutcome:
         writer = self.rng.choice(ctx.members)
         records = ctx.generate([writer])

@@ -6,6 +6,9 @@ configured scorers score the candidates (each scorer centred within the round, t
 then the copy guard ranks echoes of the prompt or the accepted text last); the best is appended. When ``score_threshold`` is set and the best candidate's
 primary (first scorer's) raw score is below it, the round is resampled up to ``max_resamples``
 times; then the best of all attempts (by primary raw score) is kept and the round's notes say so.
+The first round's segment has at most ``first_segment_tokens`` (default 8) tokens: a segment
+is streamed only once it has won, so a short first one brings the first chunk soon (time to
+first token); a lone member, streamed as it decodes, keeps ``segment_tokens``.
 Reference: the upstream Ensemble-Hub "simple" reward-guided ensemble; reward-guided segment
 selection as in step-level best-of-n.
 Cost per round: one segment decode per member (batched per base model) plus the scorers'
@@ -48,6 +51,12 @@ class RewardBasedParams(SegmentParams):
         None, description="resample a round whose best primary raw score is below this"
     )
     max_resamples: int = Field(2, ge=0, description="most resamples of one round")
+    first_segment_tokens: int | None = Field(
+        8,
+        ge=1,
+        description="most tokens of the first round's segment (short, so a stream's first chunk "
+        "comes soon); null: segment_tokens",
+    )
 
     @field_validator("scorers")
     @classmethod

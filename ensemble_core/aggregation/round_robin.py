@@ -13,6 +13,8 @@ from ensemble_core.aggregation.base import RoundContext, RoundOutcome, SegmentAg
 
 
 class RoundRobinSegmentAggregator(SegmentAggregator):
+    writes_alone = True
+
     def run_round(self, ctx: RoundContext) -> RoundOutcome:
         writer = ctx.members[ctx.round % len(ctx.members)]
         records = ctx.generate([writer])

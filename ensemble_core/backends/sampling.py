@@ -190,6 +190,8 @@ def extend_candidate(
     text = decode(ids)
     finish, stop = check_candidate(text, len(ids), limits, accepted_tail)
     if finish is None:
+        if limits.on_text is not None:
+            limits.on_text(text, limits.stop_strings)
         return None
     candidate = trail.attach(Candidate(text, ids, logps, finish))
     if stop is not None:

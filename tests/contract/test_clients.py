@@ -107,6 +107,49 @@ def test_openai_stream_delivers_the_forced_text(client, forced):
     assert "".join(pieces) == text
 
 
+def test_openai_stream_of_a_member_comes_token_by_token(client):
+    """A lone member's 32 greedy tokens stream in many chunks that add up to the non-streamed
+    answer (the test stack's worker publishes every token; by default it coalesces to at
+    most one message every 30 ms, tested in tests/unit/core/test_token_streaming.py)."""
+    body = {
+        "model": MEMBER,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "max_tokens": 32,
+        "temperature": 0,
+        "extra_body": {"ignore_eos": True},
+    }
+    whole = client.chat.completions.create(**body).choices[0].message.content
+    chunks = [
+        c.choices[0].delta.content for c in client.chat.completions.create(**body, stream=True) if c.choices
+    ]
+    pieces = [p for p in chunks if p]
+    assert "".join(pieces) == whole and len(whole) > 0
+    assert len(pieces) >= 16, pieces
+
+
+def test_reward_based_streams_a_short_first_segment(client, stack):
+    config = {
+        "model_selection_method": "all",
+        "aggregation_method": "reward_based",
+        "aggregation_params": {"segment_tokens": 24, "segment_boundary": "none"},
+    }
+    stream = client.chat.completions.create(
+        model="ensemble",
+        messages=[{"role": "user", "content": "Tell me a story."}],
+        max_tokens=40,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True, "ensemble_config": config},
+    )
+    chunks = [c for c in stream if c.choices]
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    job = httpx.get(f"{stack.base_url}/v1/jobs/{chunks[0].id}", timeout=30).json()
+    rounds = job["result"]["trace"]["rounds"]
+    first = rounds[0]["candidates"][rounds[0]["winner_index"]]
+    assert first["tokens"] == 8 and pieces[0] == first["text"]  # the first chunk: 8 tokens
+    assert "".join(pieces) == job["result"]["text"]
+
+
 def test_openai_completion_logprobs_list_the_generated_tokens(client, forced):
     text, bias = forced
     legacy = client.completions.create(
