@@ -66,6 +66,8 @@ def stack(tiny_model_dirs, database_url, broker_url, tmp_path_factory) -> Iterat
         broker_url,
         ENSEMBLEHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
         ENSEMBLEHUB_WEBHOOK_ALLOWLIST="127.0.0.1",
+        # remote scorers and openai members of tests call servers on this host
+        ENSEMBLEHUB_OUTBOUND_ALLOWLIST="127.0.0.1",
         ENSEMBLEHUB_WEBHOOK_RETRY_SCHEDULE_S="0.3,0.6,1.2",
         # tests call the sweeper themselves and check what it did: the shared worker must not
         # sweep the shared database behind their back (tests/faults run the in-worker schedule)

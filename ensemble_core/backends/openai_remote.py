@@ -28,7 +28,9 @@ token count of a cut candidate is estimated from the server's ``usage``.
 Scoring (``score_continuations``, ``prompt_statistics``) needs ``echo`` with logprobs (vLLM has
 it); without it continuation scores are NaN (neutral for the likelihood scorer) and prompt
 statistics raise ``GenerationError`` (use another selector than ``zscore``).
-This module is the only one of ``ensemble_core`` that imports ``httpx``.
+``base_url`` is under the outbound policy (``ensemble_core.url_policy``): http(s) only, each
+request resolved once and sent to the vetted address, no redirects followed, no internal
+address (a vLLM server on 127.0.0.1 included) unless ``ENSEMBLEHUB_OUTBOUND_ALLOWLIST`` names it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from ensemble_core.prompting import RenderedPrompt, with_stops
 from ensemble_core.prompting import render_prompt as render_member_prompt
 from ensemble_core.segment_text import check_candidate
 from ensemble_core.spec import ChatMessage, ModelSpec, PromptInput, PromptStyle
+from ensemble_core.url_policy import URLRefused, check_url, guarded_client, outbound_allowlist
 
 KNOWN_ENGINE_OPTIONS = frozenset(
     {
@@ -121,6 +124,11 @@ class OpenAITextGenerator:
             raise ModelLoadError(
                 f"{spec.display_name!r}: engine 'openai' needs engine_options.base_url (http(s)://host/v1)"
             )
+        try:  # scheme and credentials now; the address is vetted at each request
+            check_url(base_url, outbound_allowlist(), resolve=False, what="engine_options.base_url")
+        except URLRefused as exc:
+            if "does not resolve" not in str(exc):  # a name is resolved when it is called
+                raise ModelLoadError(f"{spec.display_name!r}: {exc}") from exc
         headers = {str(k): str(v) for k, v in dict(options.get("headers") or {}).items()}
         api_key = options.get("api_key")
         if options.get("api_key_env"):
@@ -140,8 +148,11 @@ class OpenAITextGenerator:
         self.max_retries = int(options.get("max_retries", 2))
         self.logprobs: bool = bool(options.get("logprobs", True))
         self.echo: bool | None = None  # unknown until tried
-        self.client = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=float(options.get("timeout_s", 60.0))
+        self.client = guarded_client(
+            what="engine_options.base_url",
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=float(options.get("timeout_s", 60.0)),
         )
         self.device = f"remote:{httpx.URL(base_url).host}"
         self.lock = threading.Lock()
@@ -203,12 +214,18 @@ class OpenAITextGenerator:
                 time.sleep(0.2 * 2 ** (attempt - 1))
             try:
                 response = self.client.post(path, json=body)
+            except URLRefused as exc:
+                raise RemoteRejected(f"{self.name}: refused by the outbound URL policy: {exc}") from exc
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
             if response.status_code in _RETRY_STATUS:
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
+            if 300 <= response.status_code < 400:
+                raise RemoteRejected(
+                    f"{self.name}: the server redirected (HTTP {response.status_code}); redirects are not followed"
+                )
             if response.status_code >= 400:
                 raise RemoteRejected(
                     f"{self.name}: the server refused the request (HTTP {response.status_code}): {_error_message(response)}"

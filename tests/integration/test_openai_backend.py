@@ -14,6 +14,13 @@ from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.pool import ModelPool
 from ensemble_core.spec import ChatMessage, EnsembleConfig, EnsembleSpec, GenerationRequest, ModelSpec
 
+
+@pytest.fixture(autouse=True)
+def _allow_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test servers listen on 127.0.0.1: allowlisted as an admin would (url_policy)."""
+    monkeypatch.setenv("ENSEMBLEHUB_OUTBOUND_ALLOWLIST", "127.0.0.1")
+
+
 pytestmark = pytest.mark.usefixtures("show_logs_on_failure")
 
 QUESTION = "What is 2+2?"

@@ -61,7 +61,9 @@ def hub(tiny_model_dirs, tmp_path_factory) -> Iterator[Hub]:
             ),
             scorers={"judge": {"type": "remote", "url": judge.url, "retries": 0}},
         )
-        worker = services.start_worker(services.service_env(db_url, broker), log_dir, name="sec")
+        # the admin's judge listens on 127.0.0.1: allowlisted as an admin would (url_policy)
+        env = services.service_env(db_url, broker, ENSEMBLEHUB_OUTBOUND_ALLOWLIST="127.0.0.1")
+        worker = services.start_worker(env, log_dir, name="sec")
         app = create_app(
             ApiSettings(),
             queue_settings=QueueSettings(broker_url=broker),

@@ -34,6 +34,13 @@ from ensemble_core.spec import (
 )
 from tests.tiny_sentencepiece import build_tiny_sentencepiece_model
 
+
+@pytest.fixture(autouse=True)
+def _allow_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test servers listen on 127.0.0.1: allowlisted as an admin would (url_policy)."""
+    monkeypatch.setenv("ENSEMBLEHUB_OUTBOUND_ALLOWLIST", "127.0.0.1")
+
+
 QUESTION = 'What is the opposite of "top"? Answer briefly and end your reply with the answer.'
 ECHO = 'What is the opposite of "top"? Answer briefly and end your reply with'
 ANSWER = "Bottom."

@@ -66,6 +66,12 @@ def test_prm_reads_the_good_class_at_each_new_step(pool: ModelPool, tiny_dirs: d
     )
 
 
+@pytest.fixture(autouse=True)
+def _allow_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test servers listen on 127.0.0.1: allowlisted as an admin would (url_policy)."""
+    monkeypatch.setenv("ENSEMBLEHUB_OUTBOUND_ALLOWLIST", "127.0.0.1")
+
+
 class _ScoreHandler(BaseHTTPRequestHandler):
     failures_left = 0
     status = 200
