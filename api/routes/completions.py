@@ -127,7 +127,8 @@ async def completions(
     """OpenAI's legacy completions: the prompt is continued as raw text, with no chat template
     (as OpenAI and vLLM do; ``max_tokens`` defaults to 16, as there). A list of prompts gets
     ``n`` choices each, numbered as OpenAI does (prompt ``i``: ``i*n`` to ``i*n+n-1``)."""
-    if len(token_prompts.split(body.prompt)) > 1:
+    prompts = token_prompts.split(body.prompt)
+    if len(prompts) > 1:
         answer = await prompt_list.answer_each(
             state,
             body,
@@ -139,6 +140,8 @@ async def completions(
             default_max_tokens=16,
         )
         return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
+    if prompts[0] is not body.prompt:  # a list of one prompt (lm-eval's batch of one: [[ids]])
+        body = body.model_copy(update={"prompt": prompts[0]})
     return await _respond(
         state, body, idempotency_key, principal, kind="completion", form="legacy", default_max_tokens=16
     )

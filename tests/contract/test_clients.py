@@ -80,8 +80,11 @@ def test_openai_n_and_seeds(client):
     texts = [c.message.content for c in fresh.choices]
     assert [c.index for c in fresh.choices] == [0, 1, 2]
     assert len(set(texts)) > 1, "no seed: each choice gets its own randomness"
-    again = client.chat.completions.create(**body, temperature=1.2)
-    assert again.choices[0].message.content not in texts or len(set(texts)) == 3
+    # two separate unseeded calls draw their own randomness too
+    apart = [
+        client.chat.completions.create(**body, temperature=1.2).choices[0].message.content for _ in range(2)
+    ]
+    assert apart[0] != apart[1], "no seed: each request gets fresh randomness"
     seeded = [
         client.chat.completions.create(**body, temperature=1.2, seed=11).choices[0].message.content
         for _ in range(2)
@@ -227,6 +230,48 @@ def test_openai_invalid_values_are_bad_requests(client):
             )
         param = next(iter(kwargs)) if "extra_body" not in kwargs else "top_k"
         assert caught.value.body["param"] == param
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model=MEMBER, prompt="Hi", **kwargs)
+        assert caught.value.body["param"] == param
+
+
+def test_openai_vllm_stop_fields_and_ignored_openai_fields(client, forced, tiny_model_dirs):
+    """vLLM's stop fields through ``extra_body``, each changing the forced text; OpenAI's fields
+    with no meaning here are accepted and change nothing."""
+    from transformers import AutoTokenizer
+
+    text, bias = forced
+    (a_id,) = (int(k) for k in bias)
+    body = {"model": MEMBER, "prompt": "Hi", "max_tokens": TOKENS, "temperature": 0, "logit_bias": bias}
+
+    def answer(**extra):  # type: ignore[no-untyped-def]
+        return client.completions.create(**body, extra_body=extra).choices[0]
+
+    assert answer(stop=["aa"]).text == ""
+    assert answer(stop=["aa"], include_stop_str_in_output=True).text == "aa"
+    ended = answer(stop_token_ids=[a_id])
+    assert ended.text == "" and ended.finish_reason == "stop"
+    # EOS forced: the answer is empty, unless ignore_eos; skip_special_tokens=False shows it
+    # (3 tokens: 4 repeats of one token would end the answer by the loop rule, "repeated_ngram")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"])
+    body.update(logit_bias={str(tokenizer.eos_token_id): 100}, max_tokens=3)
+    assert answer().text == "" and answer().finish_reason == "stop"
+    kept = answer(ignore_eos=True, skip_special_tokens=False)
+    assert kept.text == tokenizer.eos_token * 3 and kept.finish_reason == "length"
+    assert answer(ignore_eos=True).text == ""
+    ignored = client.chat.completions.create(
+        model=MEMBER,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=TOKENS,
+        temperature=0,
+        logit_bias=bias,
+        user="u-1",
+        metadata={"k": "v"},
+        store=False,
+        service_tier="auto",
+        extra_body={"prompt_cache_key": "c-1", "parallel_tool_calls": False},
+    )
+    assert ignored.choices[0].message.content == text
 
 
 # ---------------------------------------------------------------- langchain-openai
@@ -405,6 +450,48 @@ def _lm_eval_choice_task(directory: Path) -> str:
 
 def _loglikelihoods(results: dict, task: str) -> list[list[float]]:  # type: ignore[type-arg]
     return [[float(r[0][0]) for r in s["resps"]] for s in results["samples"][task]]
+
+
+def test_lm_eval_with_token_id_prompts(stack, forced, tiny_model_dirs, tmp_path):
+    """lm-eval's ``tokenized_requests`` (its default with a tokenizer): prompts go as token ids,
+    two per request; a member's log-likelihoods equal lm-eval's ``hf`` model (1e-3) and a
+    generate_until task gets the forced answer."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    text, bias = forced
+    weights = str(tiny_model_dirs["llama"])
+    choice_task = _lm_eval_choice_task(tmp_path)
+    gen_task = _lm_eval_task(tmp_path, bias, text)
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    served = simple_evaluate(
+        model="local-completions",
+        model_args={
+            "model": MEMBER,
+            "base_url": stack.base_url + "/v1/completions",
+            "tokenizer_backend": "huggingface",
+            "tokenizer": weights,
+            "tokenized_requests": True,
+            "batch_size": 2,
+            "max_retries": 1,
+        },
+        tasks=[choice_task, gen_task],
+        task_manager=manager,
+        log_samples=True,
+    )
+    local = simple_evaluate(
+        model=HFLM(pretrained=weights, device="cpu", batch_size=1),
+        tasks=[choice_task],
+        task_manager=manager,
+        log_samples=True,
+    )
+    assert served is not None and local is not None
+    ours, theirs = _loglikelihoods(served, choice_task), _loglikelihoods(local, choice_task)
+    assert len(ours) == 3
+    for row_ours, row_theirs in zip(ours, theirs, strict=True):
+        assert row_ours == pytest.approx(row_theirs, abs=1e-3)
+    assert [s["resps"][0][0] for s in served["samples"][gen_task]] == [text] * 3
 
 
 def test_lm_eval_multiple_choice_matches_lm_evals_own_hf_model(stack, tiny_model_dirs, tmp_path):

@@ -130,6 +130,9 @@ def test_token_id_prompts_for_one_member_and_a_400_for_members_of_two_tokenizers
     assert one.choices[0].text == by_text[0] and one.usage.prompt_tokens == len(ids[0])
     both = client.completions.create(prompt=ids, **fields)
     assert [c.text for c in both.choices] == by_text
+    # a list of one id list (lm-eval's last batch of one) is that one prompt
+    alone = client.completions.create(prompt=ids[:1], **fields)
+    assert [c.text for c in alone.choices] == by_text[:1]
     with pytest.raises(openai.BadRequestError, match="one tokenizer"):
         client.completions.create(model="ensemble", prompt=ids[0], max_tokens=3)
 

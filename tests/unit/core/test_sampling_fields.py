@@ -171,6 +171,46 @@ def test_include_stop_str_keeps_the_stop_string() -> None:
     assert match is not None and match.keep_chars == 0 and match.trim_accepted == 1
 
 
+def test_the_requests_stop_fields_reach_the_decoder(pool: ModelPool, tiny_dirs: dict[str, Path]) -> None:
+    """stop_token_ids, include_stop_str_in_output, skip_special_tokens and ignore_eos as a
+    request carries them (``segment_limits``), through the engine to the decoder."""
+    path = str(tiny_dirs["llama"])
+    generator = pool.generator(ModelSpec(path=path))
+    assert isinstance(generator, HFTextGenerator)
+    spec = EnsembleSpec(model_specs=[ModelSpec(path=path, name="llama")])
+    config = EnsembleConfig(use_model_selection=False, use_output_aggregation=False)
+
+    def run(**kw):  # type: ignore[no-untyped-def]
+        return run_ensemble(spec, config, ask(max_tokens=8, temperature=0.0, **kw), pool)
+
+    greedy = run(ignore_eos=True)
+    ids = generator.encode(greedy.text)
+    assert greedy.usage.completion_tokens == 8 and len(set(ids)) > 1
+    # a stop token in the middle of the greedy answer ends it there, without the token
+    cut = next(i for i, token in enumerate(ids) if i > 0 and token not in ids[:i])
+    stopped = run(ignore_eos=True, stop_token_ids=[ids[cut]])
+    assert stopped.stop_reason == "eos" and generator.encode(stopped.text) == ids[:cut]
+    # a stop string: cut before it, or kept with include_stop_str_in_output
+    forced = _plain_token(generator, "a")
+    bias = {forced: 100.0}
+    assert run(logit_bias=bias, stop=["aa"]).text == ""
+    assert run(logit_bias=bias, stop=["aa"], include_stop_str_in_output=True).text == "aa"
+    # EOS forced: ignore_eos writes max_tokens of it; skip_special_tokens=False shows them
+    eos = {_eos(generator): 100.0}
+    assert run(logit_bias=eos).usage.completion_tokens == 0
+    shown = run_ensemble(
+        spec,
+        config,
+        ask(max_tokens=3, temperature=0.0, logit_bias=eos, ignore_eos=True, skip_special_tokens=False),
+        pool,
+    )
+    assert shown.usage.completion_tokens == 3 and shown.text == "<|im_end|>" * 3
+    hidden = run_ensemble(
+        spec, config, ask(max_tokens=3, temperature=0.0, logit_bias=eos, ignore_eos=True), pool
+    )
+    assert hidden.usage.completion_tokens == 3 and hidden.text == ""
+
+
 def _texts(
     spec: EnsembleSpec, config: EnsembleConfig, pool: ModelPool, seeds: list[int | None], **kw
 ) -> list[str]:  # type: ignore[no-untyped-def]
