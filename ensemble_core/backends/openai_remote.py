@@ -212,6 +212,7 @@ class OpenAITextGenerator:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(0.2 * 2 ** (attempt - 1))
+            started = time.perf_counter()
             try:
                 response = self.client.post(path, json=body)
             except URLRefused as exc:
@@ -220,7 +221,8 @@ class OpenAITextGenerator:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
             if response.status_code in _RETRY_STATUS:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
+                # the answer's body is not echoed: a job's error reaches its tenant
+                last = f"HTTP {response.status_code} after {(time.perf_counter() - started) * 1000:.0f} ms"
                 continue
             if 300 <= response.status_code < 400:
                 raise RemoteRejected(
@@ -247,9 +249,11 @@ def _error_message(response: httpx.Response) -> str:
         error = response.json().get("error")
         if isinstance(error, dict):
             return f"{error.get('message', '')} (param {error.get('param')!r})"
-        return str(error or response.text)[:300]
-    except ValueError:
-        return response.text[:300]
+        if error:
+            return str(error)[:300]
+    except (ValueError, AttributeError):
+        pass
+    return "no OpenAI error envelope in the answer"  # the body itself is not echoed
 
 
 class OpenAIGenerationSession:
