@@ -368,12 +368,13 @@ class RoundLoop:
                 return self.accepted_text, "eos"
             if candidate.finish == "stop_string":
                 return self.accepted_text, "stop_string"
+            # an answer that used up max_tokens ended there ("length"), whatever its tail repeats
+            if self.generated_tokens >= request.max_tokens:
+                return self.accepted_text, "max_tokens"
             loop = repeated_ngram_tail(self.accepted_text, params.loop_max_ngram, params.loop_min_repeats)
             if loop is not None:
                 self.trace[-1]["loop"] = {"ngram": loop[0], "repeats": loop[1]}
                 return self.accepted_text, "repeated_ngram"
-            if self.generated_tokens >= request.max_tokens:
-                return self.accepted_text, "max_tokens"
         return self.accepted_text, "max_rounds"
 
     def _stream_text(self, model: str, text: str, stop_strings: tuple[str, ...]) -> None:

@@ -252,12 +252,12 @@ def test_openai_vllm_stop_fields_and_ignored_openai_fields(client, forced, tiny_
     ended = answer(stop_token_ids=[a_id])
     assert ended.text == "" and ended.finish_reason == "stop"
     # EOS forced: the answer is empty, unless ignore_eos; skip_special_tokens=False shows it
-    # (3 tokens: 4 repeats of one token would end the answer by the loop rule, "repeated_ngram")
+    # (max_tokens cuts the answer: "length", though its 4 equal tokens are also a loop)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"])
-    body.update(logit_bias={str(tokenizer.eos_token_id): 100}, max_tokens=3)
+    body.update(logit_bias={str(tokenizer.eos_token_id): 100})
     assert answer().text == "" and answer().finish_reason == "stop"
     kept = answer(ignore_eos=True, skip_special_tokens=False)
-    assert kept.text == tokenizer.eos_token * 3 and kept.finish_reason == "length"
+    assert kept.text == tokenizer.eos_token * TOKENS and kept.finish_reason == "length"
     assert answer(ignore_eos=True).text == ""
     ignored = client.chat.completions.create(
         model=MEMBER,

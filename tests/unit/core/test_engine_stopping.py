@@ -71,6 +71,19 @@ def test_repeated_ngram_loop_stops(pool: ModelPool) -> None:
     assert result.trace["rounds"][-1]["loop"] == {"ngram": 1, "repeats": 4}
 
 
+def test_a_loop_that_ends_at_max_tokens_is_a_length_finish(pool: ModelPool) -> None:
+    """OpenAI's finish_reason: an answer cut by max_tokens is "length", even when its tail
+    also repeats (guidellm and lm-eval read it)."""
+    script = [("Alright, alright, alright, alright,", "length")]
+    config = LOOP.model_copy(update={"max_repeat": 10, "max_rounds": 10})
+    free = _run(pool, [script], config, max_tokens=200)
+    assert free.stop_reason == "repeated_ngram"
+    used = free.usage.completion_tokens
+    cut = _run(pool, [script], config, max_tokens=used)
+    assert cut.text == free.text and cut.usage.completion_tokens == used
+    assert (cut.stop_reason, cut.finish_reason) == ("max_tokens", "length")
+
+
 def test_events_stream_the_accepted_segments_in_order(pool: ModelPool) -> None:
     events: list[SegmentEvent] = []
     specs = [
