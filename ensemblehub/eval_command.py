@@ -40,7 +40,8 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         action="append",
         default=[],
         metavar="LABEL=JSON",
-        help="an extra row with a full ensemble config (JSON fields of EnsembleConfig); repeatable",
+        help="an extra row with a full ensemble config (JSON fields of EnsembleConfig; model selection "
+        "'all' unless given); repeatable",
     )
     p.add_argument("--no-singles", action="store_true", help="skip the single-member and oracle rows")
     p.add_argument("--max-tokens", type=int, default=16, help="per answer (default 16; answers are one line)")
@@ -89,7 +90,13 @@ def _named_methods(entries: list[str]) -> dict[str, Any]:
         label, sep, body = entry.partition("=")
         if not sep or not label.strip():
             raise ValueError(f"--method needs LABEL=JSON, got {entry!r}")
-        named[label.strip()] = EnsembleConfig.model_validate(json.loads(body))
+        # every member takes part unless the row says otherwise, as in the --methods rows (the
+        # config's own default, zscore selection, keeps only some members: not the ensemble the
+        # row claims to measure)
+        fields = json.loads(body)
+        if not isinstance(fields, dict):
+            raise ValueError(f"--method {label.strip()}: the JSON must be an object")
+        named[label.strip()] = EnsembleConfig.model_validate({"model_selection_method": "all", **fields})
     return named
 
 
