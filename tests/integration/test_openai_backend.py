@@ -56,7 +56,11 @@ def test_a_remote_member_answers_like_the_remote_itself(stack) -> None:  # type:
     result = run_ensemble(EnsembleSpec(model_specs=[spec]), config, _request(), pool)
     assert result.text == expected
     generator = pool.generator(spec)
-    assert generator.logprobs is False  # Ensemble-Hub refuses logprobs: asked once, then dropped
+    # Ensemble-Hub answers completion logprobs (issue 14), so the remote keeps asking for them
+    # and its candidates carry real per-token log-probabilities
+    assert generator.logprobs is True
+    candidate = result.trace["rounds"][0]["candidates"][0]
+    assert candidate["mean_logprob"] < 0
     usage = result.usage.per_model["remote-llama"]
     assert usage.generated > 0 and usage.prefilled > 0
     assert pool.loaded()[0]["engine"] == "openai"
