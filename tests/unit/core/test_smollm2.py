@@ -80,5 +80,7 @@ def test_bundled_default_configuration_answers(pool: ModelPool, smollm2) -> None
         spec, spec.default_ensemble_config, ask("What is the capital of France?", max_tokens=10, seed=0), pool
     )
     assert "Paris" in result.text
-    rounds = result.trace["rounds"]
-    assert set(rounds[0]["candidates"][0]["raw_scores"]) == {"likelihood", "embedding_relevance"}
+    candidates = result.trace["rounds"][0]["candidates"]
+    # three whole answers, one per member, each with the vote's three numbers
+    assert [c["model"] for c in candidates] == ["smollm2", "smollm2-raw", "gemma3-270m"]
+    assert all(set(c["raw_scores"]) == {"agreement", "novelty", "likelihood"} for c in candidates)

@@ -83,8 +83,10 @@ def test_config_fields_are_method_defaults_and_params_override() -> None:
 
 
 def test_a_sibling_methods_param_is_ignored_and_reported() -> None:
-    # the default config carries reward_based's scorers; switching the method by name works
-    base = default_ensemble_spec().default_ensemble_config
+    # a config with reward_based's scorers; switching the method by name works
+    base = EnsembleConfig(
+        ensemble_method="reward_based", aggregation_params={"scorers": [{"type": "novelty"}]}
+    )
     plan = plan_for(base.model_copy(update={"ensemble_method": "progressive"}))
     assert plan.ignored_params == ("scorers",)
 
@@ -116,6 +118,13 @@ def test_list_methods_is_json_with_schemas() -> None:
 def test_default_bundled_spec_is_valid() -> None:
     spec = default_ensemble_spec()
     validate_config(spec.default_ensemble_config)
-    assert {m.path for m in spec.model_specs} == {"bundled:smollm2"}
-    assert len({m.load_key() for m in spec.model_specs}) == 1  # one load, two temperatures
-    assert len({m.temperature for m in spec.model_specs}) == 2
+    assert {m.path for m in spec.model_specs} == {"bundled:smollm2", "bundled:gemma3-270m"}
+    # SmolLM2 chat and raw share one load; the base model Gemma is prompted raw; all greedy
+    assert len({m.load_key() for m in spec.model_specs}) == 2
+    assert {m.name: m.prompt_format for m in spec.model_specs} == {
+        "smollm2": "chat",
+        "smollm2-raw": "raw",
+        "gemma3-270m": "raw",
+    }
+    assert {m.temperature for m in spec.model_specs} == {0.0}
+    assert plan_for(spec.default_ensemble_config).level == "response"
