@@ -14,3 +14,22 @@ def test_a_named_row_selects_every_member_by_default() -> None:
     assert kept["z"].model_selection_method == "zscore"
     with pytest.raises(ValueError, match="object"):
         _named_methods(["bad=[1]"])
+
+
+def test_the_bundled_default_is_the_evaluated_trio_vote() -> None:
+    """docs/evaluation.md reports the `trio-vote` row as the bundled default: keep them one."""
+    from ensemble_core.bundled import DEFAULT_VOTE_SCORERS, default_ensemble_spec
+
+    evaluated = [
+        {"type": "agreement", "weight": 2},
+        {"type": "novelty", "weight": 1.5},
+        {"type": "likelihood", "include_own": True, "include_others": False, "weight": 0.3},
+    ]
+    config = default_ensemble_spec().default_ensemble_config
+    assert DEFAULT_VOTE_SCORERS == evaluated
+    assert config.aggregation_params["scorers"] == evaluated
+    assert (config.model_selection_method, config.aggregation_level, config.ensemble_method) == (
+        "all",
+        "response",
+        "best_of_n",
+    )
