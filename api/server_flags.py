@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ensemble_core.bundled import default_ensemble_spec
-from ensemble_core.methods import validate_config
+from ensemble_core.methods import overlay_config, validate_config
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, ModelSpec
 
 ENSEMBLE_FLAGS = (
@@ -184,7 +184,7 @@ def _spec_from_args(args: argparse.Namespace) -> EnsembleSpec | None:
     models = parse_model_specs(args.model_specs) if args.model_specs else list(base.model_specs)
     models = [_apply_model_flags(m, args) for m in models]
 
-    config: dict[str, Any] = base.default_ensemble_config.model_dump()
+    flags: dict[str, Any] = {}
     for name in (
         "model_selection_method",
         "ensemble_method",
@@ -195,10 +195,9 @@ def _spec_from_args(args: argparse.Namespace) -> EnsembleSpec | None:
     ):
         value = getattr(args, name)
         if value is not None:
-            config[name] = value
-    if args.ensemble_method is not None:
-        # the flag names the method; a stale aggregation_method of the base must not override it
-        config["aggregation_method"] = None
+            flags[name] = value
+    # a method flag brings its own level and clears the base's aggregation_method (overlay_config)
+    config = overlay_config(base.default_ensemble_config.model_dump(), flags)
     if args.length_thresholds:
         config["length_thresholds"] = _int_list("length_thresholds", args.length_thresholds)
     if args.special_tokens:

@@ -51,6 +51,39 @@ def aggregation_name(config: EnsembleConfig) -> str:
     return ENSEMBLE_METHOD_ALIASES.get(name, name)
 
 
+def level_of_method(name: str | None) -> str | None:
+    """The aggregation level whose table knows ``name`` (names are unique across levels)."""
+    if not name:
+        return None
+    name = ENSEMBLE_METHOD_ALIASES.get(name, name)
+    return next((level for level, table in AGGREGATORS_BY_LEVEL.items() if name in table.names()), None)
+
+
+def overlay_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a version's default config) with ``overrides`` (a request's or a flag's fields).
+
+    A method named without a level brings its own level: the base's level belongs to the
+    base's method, so ``{"ensemble_method": "round_robin"}`` over a response-level default runs
+    round_robin at the segment level instead of the response level's default method. A level
+    named without a method gets that level's default method when the base's method is not one
+    of its own. A named ``ensemble_method`` also clears the base's ``aggregation_method``
+    (which would otherwise win over it)."""
+    data = {**base, **overrides}
+    named = overrides.get("aggregation_method") or overrides.get("ensemble_method")
+    if named and "aggregation_method" not in overrides:
+        data["aggregation_method"] = None
+    if named and "aggregation_level" not in overrides:
+        # an unknown name is checked at the segment level (the guide's ensemble_method names
+        # that level), so it fails with the valid names instead of falling back silently
+        data["aggregation_level"] = level_of_method(named) or "sentence"
+    elif not named and "aggregation_level" in overrides:
+        level = overrides["aggregation_level"]
+        current = base.get("aggregation_method") or base.get("ensemble_method")
+        if level in LEVEL_DEFAULT_METHODS and level_of_method(current) != level:
+            data["ensemble_method"], data["aggregation_method"] = LEVEL_DEFAULT_METHODS[level], None
+    return data
+
+
 def _config_defaults(params_cls: Any, config: EnsembleConfig) -> dict[str, Any]:
     return {f: getattr(config, f) for f in _CONFIG_LEVEL_PARAMS if f in params_cls.model_fields}
 

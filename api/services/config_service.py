@@ -13,7 +13,7 @@ from api.errors import ApiError
 from api.services import request_policy
 from ensemble_core.bundled import default_ensemble_spec
 from ensemble_core.errors import ConfigError
-from ensemble_core.methods import validate_config
+from ensemble_core.methods import overlay_config, validate_config
 from ensemble_core.references import resolve_references
 from ensemble_core.scorers.specs import parse_scorer_specs
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec
@@ -81,10 +81,9 @@ def append_version(db: Database, update: dict[str, Any], note: str | None) -> Co
         if update.get(part) is not None:
             merged[part] = update[part]
     if update.get("default_ensemble_config") is not None:
-        merged["default_ensemble_config"] = {
-            **merged["default_ensemble_config"],
-            **update["default_ensemble_config"],
-        }
+        merged["default_ensemble_config"] = overlay_config(
+            merged["default_ensemble_config"], update["default_ensemble_config"]
+        )
     spec = parse_spec(merged)
     with db.transaction() as session:
         row = repository.append_config_version(
@@ -143,12 +142,9 @@ def merge_config(
     against ``spec`` but stay names in the returned config; the worker resolves them."""
     if restricted:
         request_policy.check_tenant_config(overrides, spec, prefix=param_prefix)
-    data = spec.default_ensemble_config.model_dump()
-    for key, value in (overrides or {}).items():
-        data[key] = value
-    for key, value in top_level.items():
-        if value is not None:
-            data[key] = value
+    given = dict(overrides or {})
+    given.update({key: value for key, value in top_level.items() if value is not None})
+    data = overlay_config(spec.default_ensemble_config.model_dump(), given)
     try:
         config = EnsembleConfig.model_validate(data)
         validate_config(resolve_references(config, spec))

@@ -128,3 +128,23 @@ def test_default_bundled_spec_is_valid() -> None:
     }
     assert {m.temperature for m in spec.model_specs} == {0.0}
     assert plan_for(spec.default_ensemble_config).level == "response"
+
+
+def test_a_method_named_without_a_level_brings_its_own_level() -> None:
+    """Over the response-level bundled default, naming a segment method runs that method."""
+    from ensemble_core.methods import overlay_config
+
+    base = default_ensemble_spec().default_ensemble_config.model_dump()
+    loop = EnsembleConfig.model_validate(overlay_config(base, {"ensemble_method": "loop"}))
+    assert loop.aggregation_level == "sentence" and plan_for(loop).aggregator_name == "round_robin"
+    gac = EnsembleConfig.model_validate(overlay_config(base, {"aggregation_method": "gac"}))
+    assert gac.aggregation_level == "token"
+    # a level alone gets that level's default method when the base's is not one of its own
+    sentence = EnsembleConfig.model_validate(overlay_config(base, {"aggregation_level": "sentence"}))
+    assert plan_for(sentence).aggregator_name == "reward_based"
+    # both given: the request's choice stands
+    vote = overlay_config(base, {"aggregation_level": "response", "ensemble_method": "majority_vote"})
+    assert plan_for(EnsembleConfig.model_validate(vote)).aggregator_name == "majority_vote"
+    # the default's own method keeps its level when only numbers change
+    same = EnsembleConfig.model_validate(overlay_config(base, {"max_rounds": 3}))
+    assert same.aggregation_level == "response" and same.ensemble_method == "best_of_n"
