@@ -23,6 +23,10 @@ class WebhookReceiver:
     # status codes for the next requests, in order; 200 once they run out
     script: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
+    # the first this many requests are recorded, then held without an answer until the
+    # receiver is closed (a receiver that hangs: the sender waits in the middle of its POST)
+    hang_first: int = 0
+    release: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_status(self) -> int:
@@ -39,13 +43,22 @@ class WebhookReceiver:
 
 
 @contextmanager
-def webhook_receiver(script: list[int] | None = None, port: int = 0) -> Iterator[WebhookReceiver]:
+def webhook_receiver(
+    script: list[int] | None = None, port: int = 0, hang_first: int = 0
+) -> Iterator[WebhookReceiver]:
     holder: dict[str, WebhookReceiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - the http.server API
             receiver = holder["receiver"]
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            with receiver._lock:
+                hang = len(receiver.received) < receiver.hang_first
+            if hang:
+                receiver.received.append(Received({k.lower(): v for k, v in self.headers.items()}, body, 0))
+                receiver.release.wait()
+                self.close_connection = True
+                return
             status = receiver.next_status()
             receiver.received.append(Received({k.lower(): v for k, v in self.headers.items()}, body, status))
             self.send_response(status)
@@ -58,12 +71,15 @@ def webhook_receiver(script: list[int] | None = None, port: int = 0) -> Iterator
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     holder["receiver"] = WebhookReceiver(
-        url=f"http://127.0.0.1:{server.server_address[1]}/hooks/ensemble", script=list(script or [])
+        url=f"http://127.0.0.1:{server.server_address[1]}/hooks/ensemble",
+        script=list(script or []),
+        hang_first=hang_first,
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         yield holder["receiver"]
     finally:
+        holder["receiver"].release.set()
         server.shutdown()
         server.server_close()

@@ -40,6 +40,10 @@ FAULT_ENV = {
     "ENSEMBLEHUB_WEBHOOK_ALLOWLIST": "127.0.0.1",
     "ENSEMBLEHUB_OUTBOUND_ALLOWLIST": "127.0.0.1",
     "ENSEMBLEHUB_WEBHOOK_RETRY_SCHEDULE_S": "0.5,1,2,3,5,8",
+    # a POST gives up after 5 s; an attempt `sending` for 6 s lost its worker (kept longer
+    # than the timeout, as in production, so a live slow send is not doubled)
+    "ENSEMBLEHUB_WEBHOOK_TIMEOUT_S": "5",
+    "ENSEMBLEHUB_WEBHOOK_STUCK_AFTER_S": "6",
     "ENSEMBLEHUB_DATABASE_RETRY_S": "8",
     # the load tests send a few hundred requests a minute from one tenant
     "ENSEMBLEHUB_RATE_LIMIT_REQUESTS": "100000",
@@ -180,6 +184,13 @@ class FaultStack:
         self._worker_count += 1
         self.models_worker = start_worker(self.env, self.log_dir, f"models{self._worker_count}", "models")
         return self.models_worker
+
+    def restart_io_worker(self) -> services.Process:
+        self._worker_count += 1
+        self.io_worker = start_worker(
+            self.env, self.log_dir, f"io{self._worker_count}", "webhooks,maintenance"
+        )
+        return self.io_worker
 
     def processes(self) -> list[services.Process]:
         return [self.api, self.models_worker, self.io_worker, self.beat, *self.extra]
