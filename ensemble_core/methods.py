@@ -53,8 +53,8 @@ def aggregation_name(config: EnsembleConfig) -> str:
 
 def level_of_method(name: str | None) -> str | None:
     """The aggregation level whose table knows ``name`` (names are unique across levels)."""
-    if not name:
-        return None
+    if not isinstance(name, str) or not name:
+        return None  # not a name at all: validation reports it
     name = ENSEMBLE_METHOD_ALIASES.get(name, name)
     return next((level for level, table in AGGREGATORS_BY_LEVEL.items() if name in table.names()), None)
 
@@ -70,6 +70,7 @@ def overlay_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     (which would otherwise win over it)."""
     data = {**base, **overrides}
     named = overrides.get("aggregation_method") or overrides.get("ensemble_method")
+    named = named if isinstance(named, str) else None  # a non-string fails validation later
     if named and "aggregation_method" not in overrides:
         data["aggregation_method"] = None
     if named and "aggregation_level" not in overrides:
@@ -79,7 +80,7 @@ def overlay_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     elif not named and "aggregation_level" in overrides:
         level = overrides["aggregation_level"]
         current = base.get("aggregation_method") or base.get("ensemble_method")
-        if level in LEVEL_DEFAULT_METHODS and level_of_method(current) != level:
+        if isinstance(level, str) and level in LEVEL_DEFAULT_METHODS and level_of_method(current) != level:
             data["ensemble_method"], data["aggregation_method"] = LEVEL_DEFAULT_METHODS[level], None
     return data
 

@@ -140,7 +140,9 @@ async def completions(
             default_max_tokens=16,
         )
         return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
-    if prompts[0] is not body.prompt:  # a list of one prompt (lm-eval's batch of one: [[ids]])
+    if (
+        len(prompts) == 1 and prompts[0] is not body.prompt
+    ):  # a list of one prompt (lm-eval's batch of one: [[ids]])
         body = body.model_copy(update={"prompt": prompts[0]})
     return await _respond(
         state, body, idempotency_key, principal, kind="completion", form="legacy", default_max_tokens=16

@@ -111,7 +111,7 @@ def test_a_completed_batch_cannot_be_cancelled_and_unknown_ones_are_404(stack):
             json={
                 "examples": [
                     {"input": "a"},
-                    {"input": "b", "ensemble_config": {"aggregation_method": "vote"}},
+                    {"input": "b", "ensemble_config": {"aggregation_method": "no_such_method"}},
                 ]
             },
         )

@@ -185,3 +185,11 @@ def test_a_failing_job_is_an_error_frame_in_a_stream_and_an_envelope_otherwise(s
             assert error["code"] == "model_load_failed" and error["job_id"]
         finally:
             client.post("/v1/ensemble/config", json={"model_specs": stack.tiny_specs})
+
+
+def test_an_empty_prompt_list_is_a_400_not_a_500(stack):
+    """schemathesis found it: `prompt: []` reached an index of the empty list."""
+    with stack.client() as client:
+        resp = client.post("/v1/completions", json={"model": "ensemble", "prompt": [], "max_tokens": 2})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"].startswith("prompt")

@@ -146,5 +146,8 @@ def test_a_method_named_without_a_level_brings_its_own_level() -> None:
     vote = overlay_config(base, {"aggregation_level": "response", "ensemble_method": "majority_vote"})
     assert plan_for(EnsembleConfig.model_validate(vote)).aggregator_name == "majority_vote"
     # the default's own method keeps its level when only numbers change
+    # values that are not names pass through to validation (a 400 there, never a TypeError here)
+    for junk in ({"ensemble_method": ["x"]}, {"aggregation_level": ["x"]}, {"aggregation_method": 5}):
+        assert overlay_config(base, junk)["aggregation_level"] in ("response", "sentence", ["x"])
     same = EnsembleConfig.model_validate(overlay_config(base, {"max_rounds": 3}))
     assert same.aggregation_level == "response" and same.ensemble_method == "best_of_n"
