@@ -179,7 +179,10 @@ def test_unavailable_engine_is_a_load_error(tiny_dirs: dict[str, Path]) -> None:
         ModelPool().generator(ModelSpec(path=str(tiny_dirs["llama"]), engine="vllm"))
 
 
-def test_pool_loads_once_per_weights(pool: ModelPool, tiny_dirs: dict[str, Path]) -> None:
+def test_pool_loads_once_per_weights(tiny_dirs: dict[str, Path]) -> None:
+    # a pool of its own: the session's shared pool also holds loads of these weights with other
+    # load options (other tests), which are separate loads by design
+    pool = ModelPool()
     a = pool.generator(ModelSpec(path=str(tiny_dirs["llama"]), name="x", temperature=0.1))
     b = pool.generator(ModelSpec(path=str(tiny_dirs["llama"]), name="y", temperature=0.9))
     assert a is b
