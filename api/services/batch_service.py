@@ -15,6 +15,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
@@ -187,6 +188,15 @@ def load_batch(state: AppState, batch_id: str, *, tenant: str | None = None) -> 
     return batch
 
 
+_CANCEL_ATTEMPTS = 3
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+
+def _sqlstate(exc: OperationalError) -> str | None:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
 def cancel_batch(state: AppState, batch_id: str) -> Batch:
     """Queued items are cancelled, running ones are cancelled and stop within a decode step
     (their partial answers kept), finished ones are kept; the batch is ``cancelled`` at once."""
@@ -200,12 +210,20 @@ def cancel_batch(state: AppState, batch_id: str) -> Batch:
             code="batch_not_cancellable",
             param="batch_id",
         )
-    deliveries: list[int] = []
-    with state.db.transaction() as session:
-        final, _count, running = batch_repository.cancel_batch(session, batch_id)
-        if final is not None:
-            delivery = record_finished_batch(session, batch_id)
-            deliveries = [delivery] if delivery is not None else []
+    for attempt in range(_CANCEL_ATTEMPTS):
+        deliveries: list[int] = []
+        try:
+            with state.db.transaction() as session:
+                final, _count, running = batch_repository.cancel_batch(session, batch_id)
+                if final is not None:
+                    delivery = record_finished_batch(session, batch_id)
+                    deliveries = [delivery] if delivery is not None else []
+            break
+        except OperationalError as exc:
+            # the cancel's row locks can meet a worker settling an item of the same batch in the
+            # other order; Postgres aborts one side (deadlock / serialization): run it again
+            if _sqlstate(exc) not in _RETRYABLE_SQLSTATES or attempt == _CANCEL_ATTEMPTS - 1:
+                raise
     webhook_service.send(state, deliveries)
     job_cancel.tell_workers(state, running)
     return load_batch(state, batch_id)
