@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -142,7 +143,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InterfaceError)
     @app.exception_handler(PoolTimeoutError)
     async def _database_down(_req: Request, exc: Exception) -> JSONResponse:
-        # PoolTimeoutError: every connection is busy (or hangs on a database going away)
+        # PoolTimeoutError: every connection is busy (or hangs on a database going away); the
+        # log says which it was (an outage, a pool timeout, a deadlock's SQLSTATE 40P01)
+        orig = getattr(exc, "orig", None)
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        logging.getLogger(__name__).warning(
+            "503 database_unavailable: %s (sqlstate %s): %s", type(exc).__name__, sqlstate, str(exc)[:300]
+        )
         return JSONResponse(
             envelope(503, "the database is unavailable; retry shortly", code="database_unavailable"),
             status_code=503,
