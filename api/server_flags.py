@@ -47,6 +47,12 @@ def add_server_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     server = parser.add_argument_group("server")
     server.add_argument("--host", default=None, help="address to bind (default: 127.0.0.1)")
     server.add_argument("--port", type=int, default=None, help="port (default: 8000)")
+    server.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes sharing the port, e.g. one per core (default: 1; needs Postgres and Redis)",
+    )
 
     ens = parser.add_argument_group("ensemble (sets the default config version)")
     ens.add_argument(

@@ -77,8 +77,15 @@ def run_up(args: argparse.Namespace) -> int:
     settings = ApiSettings()
     host, port = args.host or settings.host, args.port or settings.port
     if embedded:
+        if args.workers != 1:
+            print(
+                f"error: --workers {args.workers}: the embedded mode runs its worker and queue inside "
+                "the one API process; start PostgreSQL and Redis to serve from several processes",
+                file=sys.stderr,
+            )
+            return 2
         return _run_embedded(args, spec, host, port)
-    return _run_distributed(spec, db_url, host, port)
+    return _run_distributed(spec, db_url, host, port, workers=args.workers)
 
 
 def _banner(host: str, port: int, flower: str | None) -> None:
@@ -112,11 +119,9 @@ def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl, no locks
 
 
-def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: ignore[no-untyped-def]
-    import uvicorn
-
-    from api.app import create_app
+def _run_distributed(spec, db_url: str, host: str, port: int, *, workers: int = 1) -> int:  # type: ignore[no-untyped-def]
     from api.settings import ApiSettings
+    from ensemblehub.api import serve
     from ensemblehub.cli import flower_basic_auth
 
     services.migrate(db_url)
@@ -138,7 +143,7 @@ def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: i
     try:
         # the app knows where it listens: the start-up notice of the open (keyless) mode says it
         settings = ApiSettings().model_copy(update={"host": host, "port": port})
-        uvicorn.run(create_app(settings, startup_spec=spec), host=host, port=port, log_level="info")
+        return serve(settings, spec, workers=workers)
     finally:
         for child in children:
             child.send_signal(signal.SIGTERM)
@@ -148,7 +153,6 @@ def _run_distributed(spec, db_url: str, host: str, port: int) -> int:  # type: i
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
-    return 0
 
 
 def _run_embedded(args: argparse.Namespace, spec, host: str, port: int) -> int:  # type: ignore[no-untyped-def]

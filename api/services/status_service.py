@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from api.state import AppState
@@ -54,6 +55,8 @@ def service_status(state: AppState, *, detailed: bool = True) -> dict[str, Any]:
         "status": status,
         "mode": "embedded" if state.settings.embedded else "distributed",
         "checks": checks,
+        # which API process answered (with `--workers N` there are several on one port)
+        "api": {"pid": os.getpid()},
         "workers": workers,
         "loaded_models": [m for w in workers for m in w["loaded_models"]],
         "available_methods": list_methods(),
