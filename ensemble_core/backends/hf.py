@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ensemble_core.backends.hf_batching import DecodeBatcher, batchable
+from ensemble_core.backends.hf_batching import DecodeLoop, batchable
 from ensemble_core.backends.hf_loading import from_pretrained, input_device, load_tokenizer
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
 from ensemble_core.backends.sampling import (
@@ -91,17 +91,15 @@ class HFTextGenerator:
         self._grammar_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
 
-    def _make_batcher(self, spec: ModelSpec) -> DecodeBatcher | None:
-        """Concurrent jobs on this model share decode steps (see ``hf_batching``) unless the
-        spec says ``engine_options.batch_across_jobs: false`` or the model cannot be batched."""
+    def _make_batcher(self, spec: ModelSpec) -> DecodeLoop | None:
+        """Concurrent jobs on this model share one decode loop (see ``hf_batching``) unless the
+        spec says ``engine_options.batch_across_jobs: false`` or the model cannot be batched.
+        (``batch_window_ms`` is still accepted but no longer used: the loop admits calls at
+        every step, so nothing waits for a window.)"""
         options = spec.engine_options
         if not options.get("batch_across_jobs", True) or not batchable(self.model.config):
             return None
-        return DecodeBatcher(
-            self,
-            window_s=float(options.get("batch_window_ms", 20)) / 1000,
-            max_rows=int(options.get("batch_max_rows", 64)),
-        )
+        return DecodeLoop(self, max_rows=int(options.get("batch_max_rows", 64)))
 
     def open_session(
         self,
@@ -186,12 +184,12 @@ class HFGenerationSession:
         self.rng = torch.Generator().manual_seed(seed if seed is not None else 0)
         self.device = input_device(self.model)
         self.cache: PrefixCache | None = None
-        # single-row caches of this session's candidates decoded in a batch wave, each with
+        # single-row caches of this session's candidates decoded in the decode loop, each with
         # the ids it holds: the next round starts from whichever shares most with its text
         self.batch_rows: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
         self.lock = threading.Lock()  # one job may share a session between members
-        # the batcher waits for every open session before a wave; a session dropped without
-        # close() (a notebook) is counted out when it is garbage-collected
+        # a model with one open session decodes directly; a session dropped without close()
+        # (a notebook) is counted out when it is garbage-collected
         self._release = None
         if generator.batcher is not None:
             generator.batcher.session_opened()
@@ -248,22 +246,19 @@ class HFGenerationSession:
         if common_prefix_length(best[0], target) > current:
             self.cache.adopt_row(best[0], best[1])
 
-    def prepare_for_batch(self, accepted_text: str, shared_max: int) -> tuple[list[int], torch.Tensor | None]:
-        """Bring the cache (one row) toward prompt + ``accepted_text`` for a batch wave.
+    def batch_target(self, accepted_text: str) -> list[int]:
+        """The ids a decode-loop row starts from: prompt + ``accepted_text``."""
+        return self.generator.encode_prompt(self.rendered, accepted_text)
 
-        Returns the ids still to feed and no logits when they are few (at most ``shared_max``:
-        the wave feeds them for every call in one pass), or no ids and the next-token logits
-        [1, vocab] after prefilling them here (first round, or a long new text)."""
-        with torch.inference_mode():
-            rest = self._sync(self.generator.encode_prompt(self.rendered, accepted_text), feed_last=True)
-            self.counters.prefilled += len(rest)
-            assert self.cache is not None
-            if self.cache.rows[0] and len(rest) <= shared_max:
-                return rest, None
-            return [], self._forward([rest])[:, -1, :]
+    def start_batch_row(self, target: list[int]) -> list[int]:
+        """Bring the cache (one row) to the longest reusable prefix of ``target`` for the
+        decode loop, as ``_prefill`` does; return the ids still to feed (at least one)."""
+        rest = self._sync(target, feed_last=True)
+        self.counters.prefilled += len(rest)
+        return rest
 
     def keep_batch_row(self, fed: list[int], cache: Any, row: int, columns: torch.Tensor) -> None:
-        """Keep row ``row`` of a wave's batch cache for reuse: its real ``columns`` (the others
+        """Keep row ``row`` of the decode loop's batch cache for reuse: its real ``columns`` (the others
         are padding), which hold the keys/values of the ``fed`` ids."""
         if not self.reuse_cache:
             return

@@ -1,41 +1,61 @@
-"""Decoding the segments of several jobs in one batch (one ``DecodeBatcher`` per loaded model).
+"""Continuous batching: one decode loop per loaded model shares decode steps across jobs.
 
-Why: on this kind of hardware one decode step of a small model costs about the same for one row
-as for sixteen (measured for SmolLM2 on one CPU thread: 86 ms for 1 row, 170 ms for 16, 494 ms
-for 64), so a worker that runs several jobs at once (a batch, or concurrent chat requests) gets
-several times the tokens per second if their decode steps share forward passes.
+Why: on a CPU (and more so a GPU) one decode step of a small model costs about the same for one
+row as for sixteen (SmolLM2 on one CPU thread: 86 ms for 1 row, 170 ms for 16, 494 ms for 64),
+so a worker running several jobs at once gets several times the tokens per second when their
+decode steps share forward passes.
 
-How: every ``HFGenerationSession.generate`` call of a model with more than one open session
-goes through the model's batcher. Calls that arrive together form a *wave*: the first caller
-waits until every open session has a call queued (or ``window_s`` passes, or ``max_rows`` rows
-are waiting), then leads the wave while the others wait for their own results:
+Who does what: a job's thread only *enqueues* its ``generate`` call (``DecodeLoop.generate``)
+and waits on the call's own ``threading.Event``. The model's loop thread (a daemon, started at
+the first call, gone after ``idle_s`` without work, restarted by the next call) does all the
+work, in one loop (``_run``), one step at a time:
 
-1. each call's session brings its own prefix cache up to date (the longest cached prefix of
-   prompt + accepted text, as on the direct path); a first round or a long new text is
-   prefilled there, alone (prompt prefill is compute-bound: a batch would not make it cheaper);
-2. the single-row caches are copied into one batch, left-padded with zero keys that the
-   attention mask hides, with explicit position ids; the short rests (typically the segment
-   accepted last round, up to ``SHARED_PREFILL_MAX`` tokens) are fed for all calls in one
-   forward pass (a forward pass of one row costs almost as much as one of sixty-four);
-3. each row is copied once per candidate sampling, and one decode loop runs every row; a row that reaches its segment end leaves the batch at once
-   (its KV row is handed back to its session as a reusable prefix for the next round), and a
-   call whose rows are all done is released immediately, so its job can score and queue its
-   next round while the others finish.
+1. **admit**: take the waiting calls that fit (at most ``max_rows`` rows in all, and at most
+   ``max_slots`` padded key/value slots: rows x width). For each call its session brings its
+   own single-row prefix cache up to date, exactly as the direct path does
+   (``HFGenerationSession.start_batch_row``: the longest cached prefix of prompt + accepted
+   text, including a row this loop handed back last round); what is not cached is the call's
+   *rest* (the whole prompt in a first round, the last accepted segment later).
+2. **prefill**: the newcomers' rests are fed together, in chunks of at most
+   ``prefill_slots`` padded tokens, over one cache merged from their prefix rows. The
+   newcomers then join the running batch; each call's row is copied once per sampling.
+3. **step**: every row picks its next token from its logits (its own sampling, its session's
+   seeded generator, grammar, penalties: ``sampling.choose_token``) and adds it to its
+   candidate (``sampling.extend_candidate``: EOS, stop strings, boundary, streaming text).
+4. **retire**: a row that ended (or hit ``max_new_tokens``, or whose ``should_stop`` says so)
+   leaves the batch in that same step: its real key/value columns are handed back to its
+   session (``keep_batch_row``) as a reusable prefix for the next round, and a call whose rows
+   have all ended is released at once. The rows left are fed their new token in one forward
+   pass, and the loop goes back to 1, so a newcomer waits at most one step for its prefill.
 
-A wave of one call takes the direct path, token for token the same as without a batcher. In a
-wave, padding changes the shapes of the matrix products, so greedy rows agree with the direct
-path up to float rounding (a near-tie may pick the other token); sampled rows use each job's own
-seeded generator, so a job replays the same way under the same batching.
+Padding scheme (the simplest correct one): every row of a batch cache is *left*-padded to the
+batch's width with zero keys/values that the attention mask hides, and every forward pass gets
+explicit position ids, so a row's positions are those of decoding it alone. A group of
+newcomers is built the same way: prefix rows left-padded to the longest prefix, rests
+right-aligned after them (pad columns before a shorter rest are masked too). Joining two
+batches left-pads the narrower one to the wider width; when rows retire, columns that no
+remaining row uses are cut from the left. Masked columns get exactly zero weight, so a row's
+tokens are those of decoding it alone up to float rounding of the different matrix shapes
+(a greedy near-tie could pick the other token); sampled rows draw from their own session's
+generator, so a job replays the same way.
 
-Only models whose cache layers are all plain ``DynamicLayer`` (full attention) are batched;
-sliding-window models such as Gemma 3 keep the direct path.
+Errors: an error in one call (its prefix sync, its grammar, its sampling, its ``on_text`` or
+``should_stop`` callback) ends that call's rows and reaches its caller; the others go on. A
+failed shared forward pass fails the calls whose rows were in it (a newcomer group is retried
+call by call first, so one bad prompt fails alone). The loop thread itself never dies of
+either.
+
+A call made while its model has only one open session takes the direct path
+(``HFGenerationSession._generate``), token for token the same as without a loop. Only models
+whose cache layers are all plain ``DynamicLayer`` (full attention) are batched; sliding-window
+models such as Gemma 3 keep the direct path.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
-import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,38 +69,37 @@ from ensemble_core.backends.sampling import (
     step_confidence,
     step_top,
 )
-from ensemble_core.errors import EnsembleError, GenerationError
+from ensemble_core.errors import GenerationError
 from ensemble_core.ports import Candidate, Sampling, SegmentLimits
 
 if TYPE_CHECKING:
     from ensemble_core.backends.hf import HFGenerationSession
     from ensemble_core.backends.prefix_cache import PrefixCache
 
-# a rest longer than this is prefilled alone: padding every row of the wave to it would cost more
-SHARED_PREFILL_MAX = 8
 
-
-@dataclass
+@dataclass(eq=False)
 class _Call:
-    """One ``generate`` call waiting for (or taking part in) a wave."""
+    """One ``generate`` call: queued, then its rows in the batch, then done."""
 
     session: HFGenerationSession
     accepted_text: str
     samplings: list[Sampling]
     limits: SegmentLimits
-    arrived: float = field(default_factory=time.monotonic)
-    results: list[Candidate | None] = field(default_factory=list)
-    rows_left: int = 0
-    taken: bool = False  # in a wave
-    done: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
+    results: list[Candidate | None] = field(default_factory=list)
     error: BaseException | None = None
+    rows_left: int = 0
+    target: list[int] | None = None  # prompt + accepted text ids, once admitted
     grammars: Any = None  # hf_grammar.RowGrammars (structured output): one matcher per sampling
 
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
 
-@dataclass
+
+@dataclass(eq=False)
 class _Row:
-    """One candidate being decoded in the wave's batch."""
+    """One candidate being decoded in the batch."""
 
     call: _Call
     index: int  # which of the call's samplings
@@ -89,6 +108,22 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
     trail: ConfidenceTrail = field(default_factory=ConfidenceTrail)
+    ended: bool = False
+
+
+@dataclass
+class _Batch:
+    """The rows being decoded: their cache [rows, heads, width, dim] per layer, the mask
+    [rows, width] (1 = a real column), and each row's next-token logits [rows, vocab]."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: torch.Tensor
+    logits: torch.Tensor
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
 
 
 def batchable(model_config: Any) -> bool:
@@ -101,21 +136,33 @@ def batchable(model_config: Any) -> bool:
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
-class DecodeBatcher:
-    """Groups concurrent ``generate`` calls on one model into shared decode steps."""
+class DecodeLoop:
+    """One model's decode loop: jobs enqueue ``generate`` calls, one thread decodes them all."""
 
-    def __init__(self, generator: Any, *, window_s: float = 0.02, max_rows: int = 64) -> None:
+    def __init__(
+        self,
+        generator: Any,
+        *,
+        max_rows: int = 64,
+        max_slots: int = 64 * 512,
+        prefill_slots: int = 2048,
+        idle_s: float = 5.0,
+    ) -> None:
         self.generator = generator
-        self.window_s = window_s
         self.max_rows = max_rows
+        self.max_slots = max_slots  # rows x padded width, bounds the batch cache's memory
+        self.prefill_slots = prefill_slots  # rows x padded rest of one prefill forward pass
+        self.idle_s = idle_s
         self._cond = threading.Condition()
-        self._queue: list[_Call] = []
-        self._leading = False
+        self._waiting: deque[_Call] = deque()
+        self._thread: threading.Thread | None = None
         self._open_sessions = 0
-        self.waves = 0  # statistics, for tests and benchmarks
-        self.largest_wave = 0
+        # statistics, for tests and benchmarks
+        self.steps = 0
+        self.admitted = 0
+        self.largest_batch = 0  # rows
 
-    # -- session bookkeeping ----------------------------------------------------------------
+    # -- session bookkeeping (a model with one open session decodes directly) ----------------
     def session_opened(self) -> None:
         with self._cond:
             self._open_sessions += 1
@@ -123,13 +170,16 @@ class DecodeBatcher:
     def session_closed(self) -> None:
         with self._cond:
             self._open_sessions = max(0, self._open_sessions - 1)
-            self._cond.notify_all()  # one fewer session to wait for
 
     @property
     def open_sessions(self) -> int:
         return self._open_sessions
 
-    # -- the rendezvous ---------------------------------------------------------------------
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    # -- the job's side: enqueue, wait for its own rows --------------------------------------
     def generate(
         self,
         session: HFGenerationSession,
@@ -139,226 +189,268 @@ class DecodeBatcher:
     ) -> list[Candidate]:
         call = _Call(session, accepted_text, samplings, limits)
         with self._cond:
-            self._queue.append(call)
-            self._cond.notify_all()
-        while not call.taken:
-            wave = self._await_wave(call)
-            if wave is None:
-                break  # our call is in another thread's wave
-            try:
-                self._run_wave(wave)
-            finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()  # the queued calls may form the next wave
-                for member in wave:  # a failed wave must not leave anyone waiting
-                    if not member.done:
-                        member.error = member.error or GenerationError("batched decoding stopped")
-                        self._finish(member)
+            self._waiting.append(call)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"decode-loop:{self.generator.name}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
         call.finished.wait()
         if call.error is not None:
             raise call.error
         return [c for c in call.results if c is not None]
 
-    def _await_wave(self, call: _Call) -> list[_Call] | None:
-        """Wait until ``call`` is taken into a wave; return the wave if this thread leads it.
+    # -- the loop ------------------------------------------------------------------------
+    def _run(self) -> None:
+        """admit -> prefill -> step -> retire, until there has been nothing to do for ``idle_s``."""
+        batch: _Batch | None = None
+        with torch.inference_mode():
+            while True:
+                newcomers = self._take_waiting(batch)
+                if newcomers is None:
+                    return  # idle: the next call starts a new thread
+                try:
+                    if newcomers:
+                        batch = self._admit(batch, newcomers)
+                    if batch is not None:
+                        batch = self._step(batch)
+                except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers
+                    for call in {row.call for row in batch.rows} if batch is not None else ():
+                        self._fail(call, exc)
+                    for call in newcomers:
+                        self._fail(call, exc)
+                    batch = None
 
-        Only queued callers wait here, on the shared condition: without a timeout while a wave
-        runs (its end notifies), with the remaining window otherwise. Callers in a running wave
-        wait on their own event, so finishing one call wakes one thread."""
+    def _take_waiting(self, batch: _Batch | None) -> list[_Call] | None:
+        """The waiting calls to admit now (rows permitting); None when the loop should end.
+
+        With rows in the batch this never blocks: the next step runs at once. With none it
+        waits for a call, up to ``idle_s``."""
         with self._cond:
-            while not call.taken:
-                if self._leading:
-                    self._cond.wait()
+            if batch is None:
+                while not self._waiting:
+                    if not self._cond.wait(timeout=self.idle_s) and not self._waiting:
+                        self._thread = None
+                        return None
+            rows = len(batch.rows) if batch is not None else 0
+            taken: list[_Call] = []
+            while self._waiting and (rows == 0 or rows + len(self._waiting[0].samplings) <= self.max_rows):
+                call = self._waiting.popleft()
+                taken.append(call)
+                rows += len(call.samplings)
+            return taken
+
+    def _defer(self, calls: list[_Call]) -> None:
+        """Put calls back at the head of the queue (they did not fit this step)."""
+        with self._cond:
+            self._waiting.extendleft(reversed(calls))
+
+    # -- 1 + 2: admit and prefill ----------------------------------------------------------
+    def _admit(self, batch: _Batch | None, newcomers: list[_Call]) -> _Batch | None:
+        """Sync each newcomer's prefix cache, prefill the rests together, join the batch."""
+        ready: list[tuple[_Call, list[int]]] = []
+        deferred: list[_Call] = []
+        rows = len(batch.rows) if batch is not None else 0
+        width = batch.width if batch is not None else 0
+        for call in newcomers:
+            try:
+                if call.target is None:
+                    call.target = call.session.batch_target(call.accepted_text)
+                wider = max(width, len(call.target))
+                added = len(call.samplings)
+                if rows and (rows + added) * wider > self.max_slots:
+                    deferred.append(call)  # waits for rows to retire
                     continue
-                wave = self._take_wave()
-                if wave is not None:
-                    self._leading = True
-                    return wave
-                self._cond.wait(timeout=self._wait_time())
-        return None
+                rest = call.session.start_batch_row(call.target)
+                call.grammars = self.generator.row_grammars(call.limits, call.accepted_text, added)
+            except BaseException as exc:  # noqa: BLE001 - this call's own failure
+                self._fail(call, exc)
+                continue
+            ready.append((call, rest))
+            rows += added
+            width = wider
+        if deferred:
+            self._defer(deferred)
+        ready.sort(key=lambda item: len(item[1]))  # similar rests in one chunk: less padding
+        for chunk in self._chunks(ready):
+            group = self._prefill_isolating_errors(chunk)
+            if group is not None:
+                batch = _join(batch, group)
+        return batch
 
-    def _wait_time(self) -> float:
-        if not self._queue:
-            return self.window_s
-        return max(0.001, self.window_s - (time.monotonic() - self._queue[0].arrived))
+    def _chunks(self, ready: list[tuple[_Call, list[int]]]) -> list[list[tuple[_Call, list[int]]]]:
+        """Consecutive groups whose padded rests stay within ``prefill_slots`` tokens."""
+        chunks: list[list[tuple[_Call, list[int]]]] = []
+        for item in ready:  # sorted by rest length: a chunk's span is its last rest's
+            if chunks and (len(chunks[-1]) + 1) * len(item[1]) <= self.prefill_slots:
+                chunks[-1].append(item)
+            else:
+                chunks.append([item])
+        return chunks
 
-    def _take_wave(self) -> list[_Call] | None:
-        """The calls of the next wave, once it is worth starting (called under the lock)."""
-        if not self._queue:
-            return None
-        rows = sum(len(c.samplings) for c in self._queue)
-        everyone_here = len(self._queue) >= self._open_sessions
-        waited = time.monotonic() - self._queue[0].arrived >= self.window_s
-        if not (everyone_here or waited or rows >= self.max_rows):
-            return None
-        wave: list[_Call] = []
-        taken = 0
-        while self._queue and (not wave or taken + len(self._queue[0].samplings) <= self.max_rows):
-            call = self._queue.pop(0)
-            call.taken = True
-            wave.append(call)
-            taken += len(call.samplings)
-        return wave
+    def _prefill_isolating_errors(self, chunk: list[tuple[_Call, list[int]]]) -> _Batch | None:
+        try:
+            return self._prefill(chunk)
+        except BaseException as exc:  # noqa: BLE001
+            if len(chunk) == 1:
+                self._fail(chunk[0][0], exc)
+                return None
+        groups = [self._prefill_isolating_errors([item]) for item in chunk]  # find the culprit
+        batch: _Batch | None = None
+        for group in groups:
+            if group is not None:
+                batch = _join(batch, group)
+        return batch
 
-    def _finish(self, call: _Call) -> None:
-        call.done = True
-        call.finished.set()
-
-    # -- the wave ---------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _run_wave(self, wave: list[_Call]) -> None:
-        self.waves += 1
-        self.largest_wave = max(self.largest_wave, len(wave))
-        if len(wave) == 1:  # nothing to share: the direct path, exactly
-            call = wave[0]
-            try:
-                call.results = list(call.session._generate(call.accepted_text, call.samplings, call.limits))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-                call.error = exc
-            self._finish(call)
-            return
-        prepared: list[tuple[_Call, list[int], torch.Tensor | None]] = []
-        for call in wave:
-            try:
-                rest, logits = call.session.prepare_for_batch(call.accepted_text, SHARED_PREFILL_MAX)
-                prepared.append((call, rest, logits))
-            except BaseException as exc:  # noqa: BLE001
-                call.error = exc
-                self._finish(call)
-        if prepared:
-            try:
-                self._decode(prepared)
-            except BaseException as exc:  # noqa: BLE001 - every call still waiting gets the error
-                for call, _, _ in prepared:
-                    if not call.done:
-                        call.error = (
-                            exc
-                            if isinstance(exc, EnsembleError)
-                            else GenerationError(f"{self.generator.name}: batched decoding failed: {exc}")
-                        )
-                        self._finish(call)
-
-    def _decode(self, prepared: list[tuple[_Call, list[int], torch.Tensor | None]]) -> None:
+    def _prefill(self, chunk: list[tuple[_Call, list[int]]]) -> _Batch:
+        """Feed the chunk's rests (right-aligned) over its merged prefix rows in one forward
+        pass; return the chunk as a batch, each call's row copied once per sampling."""
         gen = self.generator
-        model = gen.model
-        calls = [call for call, _, _ in prepared]
+        calls = [call for call, _ in chunk]
         prefixes = [_prefix_cache(call) for call in calls]
         lengths = [len(prefix.rows[0]) for prefix in prefixes]
         width = max(lengths)
-        cache = _merged_cache(model.config, [prefix.cache for prefix in prefixes], lengths, width)
-        mask = torch.zeros((len(calls), width), dtype=torch.long)
-        for i, length in enumerate(lengths):
-            mask[i, width - length :] = 1
-        mask, logits = self._shared_prefill(cache, mask, prepared, lengths)
+        cache = _merged_cache(gen.model.config, [prefix.cache for prefix in prefixes], lengths, width)
+        span = max(len(rest) for _, rest in chunk)
+        inputs = torch.full((len(chunk), span), gen.pad_id, dtype=torch.long)
+        positions = torch.zeros((len(chunk), span), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width + span), dtype=torch.long)
+        for i, ((_, rest), length) in enumerate(zip(chunk, lengths, strict=True)):
+            pad = span - len(rest)
+            inputs[i, pad:] = torch.tensor(rest)
+            positions[i] = torch.clamp(torch.arange(span) - pad, min=0) + length
+            mask[i, width - length : width] = 1
+            mask[i, width + pad :] = 1
+        logits = self._forward(inputs, mask, positions, cache)
         rows: list[_Row] = []
-        source: list[int] = []  # which call each row copies
-        for i, ((call, rest, _), length, prefix) in enumerate(zip(prepared, lengths, prefixes, strict=True)):
+        source: list[int] = []
+        for i, ((call, rest), length) in enumerate(zip(chunk, lengths, strict=True)):
+            call.session.counters.forward_passes += 1
             call.results = [None] * len(call.samplings)
             call.rows_left = len(call.samplings)
-            call.grammars = gen.row_grammars(call.limits, call.accepted_text, len(call.samplings))
-            fed = list(prefix.rows[0]) + rest
+            assert call.target is not None
             for j in range(len(call.samplings)):
-                rows.append(_Row(call, j, list(fed), length + len(rest)))
+                rows.append(_Row(call, j, list(call.target), length + len(rest)))
                 source.append(i)
-        index = torch.tensor(source)
-        cache.batch_select_indices(index)
-        mask = mask.index_select(0, index)
-        logits = logits.index_select(0, index)
-        tails = {id(call): call.accepted_text[-64:] for call in calls}
-        while rows:
-            chosen = _sample_rows(logits, rows)
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            confidence, certainty = step_confidence(logprobs)
-            tops = step_top(logprobs, max(row.call.limits.top_logprobs for row in rows))
-            keep: list[int] = []
-            sessions_seen: set[int] = set()
-            for r, (row, token) in enumerate(zip(rows, chosen, strict=True)):
-                session = row.call.session
-                session.counters.generated += 1
-                finished = self._advance(
+        self.admitted += len(calls)
+        if len(source) > len(chunk):
+            index = torch.tensor(source)
+            cache.batch_select_indices(index)
+            mask = mask.index_select(0, index)
+            logits = logits.index_select(0, index)
+        return _Batch(rows, cache, mask, logits)
+
+    # -- 3 + 4: step and retire -------------------------------------------------------------
+    def _step(self, batch: _Batch) -> _Batch | None:
+        """Every row takes its next token; rows that ended retire; the rest are fed one token."""
+        self.steps += 1
+        self.largest_batch = max(self.largest_batch, len(batch.rows))
+        chosen = self._choose_tokens(batch)
+        logprobs = torch.log_softmax(batch.logits.float(), dim=-1)
+        confidence, certainty = step_confidence(logprobs)
+        tops = step_top(logprobs, max(row.call.limits.top_logprobs for row in batch.rows))
+        for r, row in enumerate(batch.rows):
+            if row.call.done:
+                continue  # its call failed this step
+            try:
+                row.ended = self._advance(
                     row,
-                    token,
-                    float(logprobs[r, token]),
+                    chosen[r],
+                    float(logprobs[r, chosen[r]]),
                     (confidence[r], certainty[r]),
-                    tails[id(row.call)],
                     tops[r] if tops is not None else None,
                 )
-                limits = row.call.limits
-                if not finished and (
-                    len(row.ids) >= limits.max_new_tokens
-                    or (limits.should_stop is not None and limits.should_stop())
-                ):
-                    decode = gen.decoder_for(row.call.limits)
-                    row.call.results[row.index] = row.trail.attach(
-                        Candidate(decode(row.ids), row.ids, row.logps, "length")
-                    )
-                    finished = True
-                if finished:
-                    session.keep_batch_row(row.fed, cache, r, mask[r].nonzero().squeeze(1))
-                    row.call.rows_left -= 1
-                    if row.call.rows_left == 0:
-                        self._finish(row.call)
-                else:
-                    keep.append(r)
-                    if id(session) not in sessions_seen:
-                        sessions_seen.add(id(session))
-                        session.counters.forward_passes += 1
-            if not keep:
-                return
-            if len(keep) < len(rows):
-                kept = torch.tensor(keep)
-                cache.batch_select_indices(kept)
-                mask = mask.index_select(0, kept)
-                rows = [rows[r] for r in keep]
-                chosen = [chosen[r] for r in keep]
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-            positions = torch.tensor([[row.position] for row in rows], dtype=torch.long)
-            inputs = torch.tensor([[t] for t in chosen], dtype=torch.long)
-            logits = self._forward(inputs, mask, positions, cache).logits[:, -1, :]
-            for row, token in zip(rows, chosen, strict=True):
-                row.fed.append(token)
-                row.position += 1
+            except BaseException as exc:  # noqa: BLE001 - e.g. the caller's on_text callback
+                self._fail(row.call, exc)
+                continue
+            if row.ended:
+                self._retire(batch, r)
+        keep = [r for r, row in enumerate(batch.rows) if not row.ended and not row.call.done]
+        if not keep:
+            return None
+        return self._feed(_select(batch, keep), [chosen[r] for r in keep])
 
-    def _shared_prefill(
+    def _choose_tokens(self, batch: _Batch) -> list[int]:
+        chosen = []
+        for r, row in enumerate(batch.rows):
+            try:
+                chosen.append(_choose(batch.logits[r], row))
+            except BaseException as exc:  # noqa: BLE001 - this call's sampling or grammar failed
+                self._fail(row.call, exc)
+                chosen.append(self.generator.pad_id)
+        return chosen
+
+    def _advance(
         self,
-        cache: Any,
-        mask: torch.Tensor,
-        prepared: list[tuple[_Call, list[int], torch.Tensor | None]],
-        lengths: list[int],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed every call's short rest (the last accepted segment) in one forward pass over the
-        merged cache; return the extended mask and each call's next-token logits.
+        row: _Row,
+        token: int,
+        logprob: float,
+        confidence: tuple[float, float],
+        top: list[tuple[int, float]] | None,
+    ) -> bool:
+        """Add ``token`` to ``row``'s candidate; return whether the row ended (result recorded)."""
+        call, gen = row.call, self.generator
+        call.session.counters.generated += 1
+        if call.grammars is not None:
+            call.grammars.accept(row.index, token)
+        decode = gen.decoder_for(call.limits)
+        candidate = extend_candidate(
+            row.ids,
+            row.logps,
+            token,
+            logprob,
+            limits=call.limits,
+            accepted_tail=call.accepted_text[-64:],
+            eos_ids=gen.eos_ids,
+            decode=decode,
+            trail=row.trail,
+            confidence=confidence,
+            top=top,
+        )
+        if candidate is None and (
+            len(row.ids) >= call.limits.max_new_tokens
+            or (call.limits.should_stop is not None and call.limits.should_stop())
+        ):
+            candidate = row.trail.attach(Candidate(decode(row.ids), row.ids, row.logps, "length"))
+        if candidate is None:
+            return False
+        call.results[row.index] = candidate
+        return True
 
-        Rests are right-aligned: a shorter rest is preceded by pad columns that the mask hides
-        (every row already holds real keys, so no query attends to nothing). A call prefilled
-        on its own (first round, or a long rest) feeds only pads here and keeps its logits."""
-        gen = self.generator
-        rests = [rest for _, rest, _ in prepared]
-        span = max(len(rest) for rest in rests)
-        if span == 0:
-            return mask, torch.cat([lg for _, _, lg in prepared if lg is not None], dim=0)
-        inputs = torch.full((len(rests), span), gen.pad_id, dtype=torch.long)
-        positions = torch.zeros((len(rests), span), dtype=torch.long)
-        new_mask = torch.zeros((len(rests), span), dtype=torch.long)
-        for i, (rest, length) in enumerate(zip(rests, lengths, strict=True)):
-            pad = span - len(rest)
-            if rest:
-                inputs[i, pad:] = torch.tensor(rest)
-                new_mask[i, pad:] = 1
-            positions[i] = torch.clamp(torch.arange(span) - pad, min=0) + length
-        mask = torch.cat([mask, new_mask], dim=1)
-        out = self._forward(inputs, mask, positions, cache)
-        fed_logits = out.logits[:, -1, :]
-        for call, _, _ in prepared:
-            call.session.counters.forward_passes += 1
-        logits = [own if own is not None else fed_logits[i : i + 1] for i, (_, _, own) in enumerate(prepared)]
-        return mask, torch.cat(logits, dim=0)
+    def _retire(self, batch: _Batch, r: int) -> None:
+        """Hand row ``r``'s key/values back to its session; release its call if it was the last."""
+        row = batch.rows[r]
+        row.call.session.keep_batch_row(row.fed, batch.cache, r, batch.mask[r].nonzero().squeeze(1))
+        row.call.rows_left -= 1
+        if row.call.rows_left == 0:
+            row.call.finished.set()
 
-    def _forward(self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
+    def _feed(self, batch: _Batch, tokens: list[int]) -> _Batch | None:
+        """One forward pass of every row's new token; None (calls failed) if it fails."""
+        mask = torch.cat([batch.mask, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
+        positions = torch.tensor([[row.position] for row in batch.rows], dtype=torch.long)
+        inputs = torch.tensor([[t] for t in tokens], dtype=torch.long)
+        try:
+            logits = self._forward(inputs, mask, positions, batch.cache)
+        except BaseException as exc:  # noqa: BLE001 - every call in the pass gets the error
+            for call in {row.call for row in batch.rows}:
+                self._fail(call, exc)
+            return None
+        for session in {id(row.call.session): row.call.session for row in batch.rows}.values():
+            session.counters.forward_passes += 1
+        for row, token in zip(batch.rows, tokens, strict=True):
+            row.fed.append(token)
+            row.position += 1
+        return _Batch(batch.rows, batch.cache, mask, logits)
+
+    def _forward(
+        self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """Next-token logits [rows, vocab] after feeding ``inputs`` over ``cache``."""
         gen = self.generator
         try:
-            return gen.model(
+            out = gen.model(
                 input_ids=inputs.to(gen.device),
                 attention_mask=mask.to(gen.device),
                 position_ids=positions.to(gen.device),
@@ -368,87 +460,107 @@ class DecodeBatcher:
             )
         except RuntimeError as exc:
             raise GenerationError(f"{gen.name}: batched forward pass failed: {exc}") from exc
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
 
-    def _advance(
-        self,
-        row: _Row,
-        token: int,
-        logprob: float,
-        confidence: tuple[float, float],
-        tail: str,
-        top: list[tuple[int, float]] | None = None,
-    ) -> bool:
-        """Add ``token`` to ``row``; return whether its candidate ended (result recorded)."""
-        gen = self.generator
-        if row.call.grammars is not None:
-            row.call.grammars.accept(row.index, token)
-        candidate = extend_candidate(
-            row.ids,
-            row.logps,
-            token,
-            logprob,
-            limits=row.call.limits,
-            accepted_tail=tail,
-            eos_ids=gen.eos_ids,
-            decode=gen.decoder_for(row.call.limits),
-            trail=row.trail,
-            confidence=confidence,
-            top=top,
-        )
-        if candidate is None:
-            return False
-        row.call.results[row.index] = candidate
-        return True
+    def _fail(self, call: _Call, exc: BaseException) -> None:
+        if call.done:
+            return
+        if not isinstance(exc, Exception):
+            exc = GenerationError(f"{self.generator.name}: batched decoding stopped: {exc!r}")
+        call.error = exc
+        call.finished.set()
 
 
+# -- helpers: sampling one row, and the batch cache's layout --------------------------------
 def _prefix_cache(call: _Call) -> PrefixCache:
-    """The call's session cache, which ``prepare_for_batch`` has just brought up to date."""
+    """The call's session cache (one row), which ``start_batch_row`` has just synced."""
     if call.session.cache is None:
-        raise GenerationError("a session joined a batch wave without a prefix cache")
+        raise GenerationError("a session joined the decode loop without a prefix cache")
     return call.session.cache
 
 
+def _choose(logits: torch.Tensor, row: _Row) -> int:
+    """Row's next token with its call's sampling and its session's generator (``row.fed`` is
+    the prompt, the accepted text and the row's tokens so far)."""
+    call = row.call
+    prompt_len = len(call.session.prompt_ids)
+    return choose_token(
+        logits,
+        call.samplings[row.index],
+        call.session.rng,
+        call.limits,
+        ends=end_ids(call.session.generator.eos_ids, call.limits),
+        context=lambda: row.fed,
+        output=lambda: row.fed[prompt_len:],
+        generated=len(row.ids),
+        grammar=None if call.grammars is None else functools.partial(call.grammars.mask, row.index),
+    )
+
+
+def _left_pad(tensor: torch.Tensor, pad: int, dim_from_end: int) -> torch.Tensor:
+    """``tensor`` with ``pad`` zeros prepended along the dimension ``dim_from_end`` from the end
+    (1: the last dimension, 2: the one before)."""
+    if pad <= 0:
+        return tensor
+    spec = [0, 0] * (dim_from_end - 1) + [pad, 0]
+    return torch.nn.functional.pad(tensor, spec)
+
+
 def _merged_cache(model_config: Any, caches: list[Any], lengths: list[int], width: int) -> Any:
-    """One batch cache from single-row caches, each left-padded with zeros to ``width``."""
+    """One batch cache from single-row caches, each left-padded with zeros to ``width``
+    (a row with nothing cached is all padding)."""
     from transformers import DynamicCache
 
     merged = DynamicCache(config=model_config)
-    merged_layers: list[Any] = list(merged.layers)
-    for layer_index, layer in enumerate(merged_layers):
+    if width == 0:
+        return merged  # nothing cached anywhere: the forward pass initializes the layers
+    reference = caches[lengths.index(width)]
+    for layer_index, layer in enumerate(merged.layers):
+        ref = reference.layers[layer_index]
         keys, values = [], []
         for cache, length in zip(caches, lengths, strict=True):
+            if length == 0:  # nothing cached: all padding
+                keys.append(ref.keys.new_zeros((1, ref.keys.shape[1], width, ref.keys.shape[3])))
+                values.append(ref.values.new_zeros((1, ref.values.shape[1], width, ref.values.shape[3])))
+                continue
             source = cache.layers[layer_index]
-            pad = width - length
-            k, v = source.keys, source.values
-            if pad:
-                k = torch.nn.functional.pad(k, (0, 0, pad, 0))
-                v = torch.nn.functional.pad(v, (0, 0, pad, 0))
-            keys.append(k)
-            values.append(v)
-        first = keys[0]
-        layer.lazy_initialization(first, values[0])
+            keys.append(_left_pad(source.keys, width - length, 2))
+            values.append(_left_pad(source.values, width - length, 2))
+        layer.lazy_initialization(keys[0], values[0])
         layer.keys = torch.cat(keys, dim=0)
         layer.values = torch.cat(values, dim=0)
     return merged
 
 
-def _sample_rows(logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-    """One token per row, each with its own call's sampling and its session's generator
-    (``row.fed`` is the prompt, the accepted text and the row's tokens so far)."""
-    chosen = []
-    for r, row in enumerate(rows):
-        call = row.call
-        prompt_len = len(call.session.prompt_ids)
-        token = choose_token(
-            logits[r],
-            call.samplings[row.index],
-            call.session.rng,
-            call.limits,
-            ends=end_ids(call.session.generator.eos_ids, call.limits),
-            context=lambda row=row: row.fed,  # type: ignore[misc]
-            output=lambda row=row, start=prompt_len: row.fed[start:],  # type: ignore[misc]
-            generated=len(row.ids),
-            grammar=None if call.grammars is None else functools.partial(call.grammars.mask, row.index),
-        )
-        chosen.append(token)
-    return chosen
+def _join(batch: _Batch | None, group: _Batch) -> _Batch:
+    """Two batches as one: the narrower left-padded to the wider's width, rows stacked."""
+    if batch is None:
+        return group
+    width = max(batch.width, group.width)
+    pads = (width - batch.width, width - group.width)
+    for own, new in zip(batch.cache.layers, group.cache.layers, strict=True):
+        own.keys = torch.cat([_left_pad(own.keys, pads[0], 2), _left_pad(new.keys, pads[1], 2)], dim=0)
+        own.values = torch.cat([_left_pad(own.values, pads[0], 2), _left_pad(new.values, pads[1], 2)], dim=0)
+    mask = torch.cat([_left_pad(batch.mask, pads[0], 1), _left_pad(group.mask, pads[1], 1)], dim=0)
+    logits = torch.cat([batch.logits, group.logits], dim=0)
+    return _Batch(batch.rows + group.rows, batch.cache, mask, logits)
+
+
+def _select(batch: _Batch, keep: list[int]) -> _Batch:
+    """The ``keep`` rows only, without the leading columns none of them uses."""
+    rows, cache, mask, logits = batch.rows, batch.cache, batch.mask, batch.logits
+    if len(keep) < len(rows):
+        index = torch.tensor(keep)
+        cache.batch_select_indices(index)
+        mask = mask.index_select(0, index)
+        logits = logits.index_select(0, index)
+        rows = [rows[r] for r in keep]
+    used = torch.nonzero(mask.any(dim=0))
+    start = int(used[0]) if used.numel() else 0
+    if start > 0:
+        for layer in cache.layers:
+            layer.keys = layer.keys[:, :, start:, :]
+            layer.values = layer.values[:, :, start:, :]
+        mask = mask[:, start:]
+    return _Batch(rows, cache, mask, logits)
