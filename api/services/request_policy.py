@@ -46,6 +46,8 @@ FORBIDDEN_KEYS = frozenset(
         "api_key_env",
         "model_specs",
         "quantization",
+        "torch_dtype",
+        "dtype",
     }
 )
 

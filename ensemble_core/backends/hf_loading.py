@@ -4,7 +4,7 @@ Shared by the generator and the scorer backends so that every model honours the 
 ``device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``), ``quantization`` (``8bit``/``4bit`` through
 bitsandbytes, GPU only) and ``engine_options`` keys ``attn_implementation`` (e.g. ``"eager"``),
 ``use_device_map`` (bool, load with ``device_map`` instead of ``.to(device)``), ``torch_dtype``
-(``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``), ``trust_remote_code`` (bool) and
+(see below), ``trust_remote_code`` (bool) and
 ``cpu_threads`` (int, torch intra-op threads for CPU models), and the cross-job batching knobs
 ``batch_across_jobs`` (bool, default true), ``batch_max_rows`` (int, default 64) and
 ``batch_window_ms`` (float, default 20) described in ``hf_batching``.
@@ -15,6 +15,18 @@ threads that get descheduled make it several times slower (measured on the 2-cor
 SmolLM2 64 tokens in 4.9 s with one thread, 22 s with two under load). So CPU models default to
 half the cores (one on a 2-core machine), which also leaves a core for a second model running
 concurrently. ``torch.set_num_threads`` is process-wide: the smallest value asked for wins.
+
+Weight dtype (``torch_dtype``, an admin's engine option: a tenant's request never sets engine
+options): ``"float32"``, ``"bfloat16"``, ``"float16"``; ``"checkpoint"``, the dtype the weights
+are stored in (what transformers calls ``"auto"``); ``"auto"``, the faster dtype for the device,
+as vLLM's ``dtype="auto"`` picks one: bfloat16 on a GPU that supports it (float16 on one that
+does not) and on a CPU with AMX (``amx_bf16`` in /proc/cpuinfo), float32 on other CPUs (where
+bfloat16 matrix products are emulated and slower), the checkpoint's dtype on other devices.
+Unset, the checkpoint's dtype (float32 for the bundled models, which the evaluation used).
+Measured for SmolLM2 on this project's AMX CPU (``python bench/dtype.py``, docs/benchmarks.md):
+bfloat16 costs what float32 costs for one row and half for 8 to 64 rows per step, and changes
+some greedy continuations; torchao's int8 weight-only and int8 dynamic quantization were slower
+than bfloat16 at every row count, so they are not offered.
 """
 
 from __future__ import annotations
@@ -82,13 +94,50 @@ def check_device(device: str) -> str:
     raise ModelLoadError(f"unknown or unavailable device {device!r}; use cpu, cuda, cuda:N or auto")
 
 
-def _dtype(spec: ModelSpec) -> Any:
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "checkpoint", "auto")
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The CPU feature flags of the first processor in ``cpuinfo`` (empty where unreadable)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def auto_dtype(device: str, flags: frozenset[str] | None = None) -> torch.dtype | None:
+    """``torch_dtype: auto`` on ``device``: the faster dtype there (None: the checkpoint's).
+
+    ``flags`` are the CPU's feature flags (read from /proc/cpuinfo when None).
+    """
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device in ("cpu", "auto"):
+        flags = cpu_flags() if flags is None else flags
+        return torch.bfloat16 if "amx_bf16" in flags else torch.float32
+    return None
+
+
+def weight_dtype(spec: ModelSpec, flags: frozenset[str] | None = None) -> torch.dtype | str | None:
+    """The ``dtype`` to load ``spec`` with: a torch dtype, ``"auto"`` (transformers' name for the
+    checkpoint's dtype) or None (transformers' default, which is also the checkpoint's)."""
     name = spec.engine_options.get("torch_dtype")
-    if name is None or name == "auto":
-        return "auto" if name == "auto" else None
-    dtype = getattr(torch, str(name), None)
+    if name is None:
+        return None
+    if name == "checkpoint":
+        return "auto"
+    if name == "auto":
+        return auto_dtype(spec.device, flags) or "auto"
+    dtype = getattr(torch, str(name), None) if name in DTYPE_NAMES else None
     if not isinstance(dtype, torch.dtype):
-        raise ModelLoadError(f"unknown torch_dtype {name!r} for {spec.display_name!r}")
+        raise ModelLoadError(
+            f"unknown torch_dtype {name!r} for {spec.display_name!r}; valid: {', '.join(DTYPE_NAMES)}"
+        )
     return dtype
 
 
@@ -97,7 +146,7 @@ def load_kwargs(spec: ModelSpec) -> tuple[dict[str, Any], bool]:
     check_engine_options(spec)
     device = check_device(spec.device)
     kwargs: dict[str, Any] = {}
-    dtype = _dtype(spec)
+    dtype = weight_dtype(spec)
     if dtype is not None:
         kwargs["dtype"] = dtype
     if spec.engine_options.get("attn_implementation"):
