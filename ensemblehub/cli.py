@@ -30,6 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="jobs run at once, batched on shared models (default: ENSEMBLEHUB_CONCURRENCY or 8)",
     )
+    held = w.add_mutually_exclusive_group()
+    held.add_argument(
+        "--members",
+        default=None,
+        help="the member models this worker holds (names, comma-separated): it reads the queues "
+        "of their member sets instead of `models` and refuses jobs naming other members "
+        "(routing: ENSEMBLEHUB_ROUTE_BY_MEMBERS=true on the API)",
+    )
+    held.add_argument(
+        "--config-version",
+        type=int,
+        default=None,
+        help="hold the members of this stored config version (as --members with their names)",
+    )
 
     f = sub.add_parser(
         "flower", help="run the Flower dashboard (basic auth from ENSEMBLEHUB_FLOWER_BASIC_AUTH)"
@@ -84,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         return api_main([a for a in (argv if argv is not None else sys.argv[1:]) if a != "api"])
     if args.command == "worker":
         return services.run_worker(
-            queues=args.queues, name=args.name, loglevel=args.loglevel, concurrency=args.concurrency
+            queues=args.queues,
+            name=args.name,
+            loglevel=args.loglevel,
+            concurrency=args.concurrency,
+            members=args.members,
+            config_version=args.config_version,
         )
     if args.command == "flower":
         return services.run_flower(port=args.port, address=args.address, basic_auth=flower_basic_auth())

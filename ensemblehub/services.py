@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from jobqueue.contract import MODELS_QUEUE
+from jobqueue.routing import parse_members, queues_held
 from persistence.db import create_database_if_missing, upgrade_to_head
 from persistence.settings import DatabaseSettings
 
@@ -74,8 +76,52 @@ def beat_argv(schedule_dir: str) -> list[str]:
     ]
 
 
-def run_worker(*, queues: str, name: str | None, loglevel: str, concurrency: int | None = None) -> int:
+def run_worker(
+    *,
+    queues: str,
+    name: str | None,
+    loglevel: str,
+    concurrency: int | None = None,
+    members: str | None = None,
+    config_version: int | None = None,
+) -> int:
+    if members is not None or config_version is not None:
+        try:
+            held = parse_members(members) if members is not None else version_members(config_version or 0)
+            queues = member_worker_queues(queues, held)
+        except ValueError as exc:
+            print(f"ensemblehub worker: {exc}", file=sys.stderr, flush=True)
+            return 2
+        # the Celery worker process (this one, after exec) reads them in WorkerSettings
+        os.environ["ENSEMBLEHUB_WORKER_MEMBERS"] = ",".join(held)
+        if config_version is not None:
+            os.environ["ENSEMBLEHUB_WORKER_CONFIG_VERSION"] = str(config_version)
     return _become(worker_argv(queues=queues, name=name, loglevel=loglevel, concurrency=concurrency))
+
+
+def member_worker_queues(queues: str, members: list[str]) -> str:
+    """The -Q list of a worker holding ``members``: the queues of their member sets in place of
+    the default ``models`` queue (webhooks, maintenance and any other queue named stay)."""
+    others = [q for q in parse_members(queues) if q != MODELS_QUEUE]
+    return ",".join(queues_held(members) + others)
+
+
+def version_members(version_id: int) -> list[str]:
+    """The member names of stored config version ``version_id`` (``--config-version N``)."""
+    from ensemble_core.spec import EnsembleSpec
+    from persistence import repository
+    from persistence.db import Database
+
+    db = Database.from_settings(DatabaseSettings())
+    try:
+        with db.transaction() as session:
+            row = repository.get_config_version(session, version_id)
+            spec = None if row is None else EnsembleSpec.model_validate(row.spec)
+    finally:
+        db.dispose()
+    if spec is None:
+        raise ValueError(f"config version {version_id} does not exist")
+    return [m.display_name for m in spec.model_specs]
 
 
 def flower_argv(*, port: int | None, address: str, basic_auth: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from celery import Celery
 from kombu import Queue
 
@@ -62,23 +64,27 @@ def make_celery(settings: QueueSettings, *, name: str = "ensemblehub") -> Celery
     return app
 
 
-def enqueue_job(app: Celery, job_id: str) -> None:
+def enqueue_job(app: Celery, job_id: str, *, queue: str = MODELS_QUEUE) -> None:
     """Send the run_job task by name, so the API never imports the worker code.
 
-    The Celery task id is the job id: Flower's task page ``/task/<job id>`` shows the job."""
-    app.send_task(RUN_JOB_TASK, args=[job_id], queue=MODELS_QUEUE, task_id=job_id)
+    The Celery task id is the job id: Flower's task page ``/task/<job id>`` shows the job.
+    ``queue``: the job's queue (``jobqueue.routing.queue_for``)."""
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, task_id=job_id)
 
 
-def enqueue_jobs(app: Celery, job_ids: list[str]) -> None:
+def enqueue_jobs(app: Celery, job_ids: list[str], *, queues: Mapping[str, str] | None = None) -> None:
     """Bulk enqueue over one producer connection (a 10,000-item batch must be quick).
 
-    No ``task-sent`` event per message: that event is a second publish and doubles the cost,
-    and Flower still sees each task when a worker receives it."""
+    ``queues`` maps a job id to its queue (``jobqueue.routing.queue_for``); a job not in it
+    goes to the default ``models`` queue. No ``task-sent`` event per message: that event is a
+    second publish and doubles the cost, and Flower still sees each task when a worker
+    receives it."""
     amqp = app.amqp
     with app.producer_or_acquire() as producer:
         for job_id in job_ids:
+            queue = queues.get(job_id, MODELS_QUEUE) if queues else MODELS_QUEUE
             message = amqp.create_task_message(job_id, RUN_JOB_TASK, [job_id], {}, create_sent_event=False)
-            amqp.send_task_message(producer, RUN_JOB_TASK, message, queue=MODELS_QUEUE)
+            amqp.send_task_message(producer, RUN_JOB_TASK, message, queue=queue)
 
 
 def enqueue_webhook(app: Celery, delivery_id: int, *, countdown: float | None = None) -> None:

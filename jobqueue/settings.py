@@ -12,3 +12,6 @@ class QueueSettings(BaseSettings):
     # seconds: a job running longer than this is killed and failed
     task_hard_time_limit_s: int = 1800
     task_soft_time_limit_s: int = 1700
+    # scale-out by member set (jobqueue.routing): each job goes to the queue of its members and
+    # only workers started with --members (or --config-version) that hold them take it
+    route_by_members: bool = False

@@ -153,6 +153,10 @@ class WorkerHeartbeat(Base):
     hostname: Mapped[str] = mapped_column(String(255), primary_key=True)
     pid: Mapped[int] = mapped_column(Integer, nullable=False)
     loaded_models: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False, default=list)
+    # what it was started to hold (``--members``; None: any member a job names) and the queues
+    # it reads (jobqueue.routing): /status lists queues with workers, and the API routes by them
+    members: Mapped[list[str] | None] = mapped_column(JSONType)
+    queues: Mapped[list[str] | None] = mapped_column(JSONType)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
 

@@ -38,6 +38,17 @@ def jobs_to_send(
     ).all()
 
 
+def job_queues(session: Session, job_ids: Sequence[str]) -> dict[str, str]:
+    """The queue each job was routed to at submission (``request.queue``; jobqueue.routing),
+    for the jobs that have one: a job sent again goes where it went the first time."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(Job.id, Job.request["queue"].as_string()).where(Job.id.in_(list(job_ids)))
+    ).all()
+    return {job_id: queue for job_id, queue in rows if queue}
+
+
 def orphaned_running_jobs(session: Session, *, dead_after_s: float, limit: int = 1000) -> Sequence[Job]:
     cutoff = utcnow() - timedelta(seconds=dead_after_s)
     return session.scalars(

@@ -300,19 +300,32 @@ def is_final(status: str) -> bool:
 
 
 def upsert_worker_heartbeat(
-    session: Session, *, hostname: str, pid: int, loaded_models: list[dict[str, Any]]
+    session: Session,
+    *,
+    hostname: str,
+    pid: int,
+    loaded_models: list[dict[str, Any]],
+    members: list[str] | None = None,
+    queues: list[str] | None = None,
 ) -> None:
     row = session.get(WorkerHeartbeat, hostname)
     now = utcnow()
     if row is None:
         session.add(
             WorkerHeartbeat(
-                hostname=hostname, pid=pid, loaded_models=loaded_models, started_at=now, last_seen=now
+                hostname=hostname,
+                pid=pid,
+                loaded_models=loaded_models,
+                members=members,
+                queues=queues,
+                started_at=now,
+                last_seen=now,
             )
         )
     else:
         row.pid = pid
         row.loaded_models = loaded_models
+        row.members, row.queues = members, queues
         row.last_seen = now
     session.flush()
 

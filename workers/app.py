@@ -7,7 +7,7 @@ import logging
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
-from jobqueue.celery_config import enqueue_webhook, enqueue_webhooks, make_celery
+from jobqueue.celery_config import enqueue_job, enqueue_webhook, enqueue_webhooks, make_celery
 from jobqueue.contract import DELIVER_WEBHOOK_TASK, MAINTENANCE_QUEUE, RUN_JOB_TASK, SWEEP_TASK
 from jobqueue.settings import QueueSettings
 from jobqueue.webhook_policy import WebhookSettings
@@ -27,7 +27,10 @@ def create_worker_app(settings: QueueSettings | None = None) -> Celery:
         """Run ensemble job ``job_id`` (the id is the only argument, so Flower finds it)."""
         try:
             return job_runner.run_job(
-                get_runtime(), job_id, send_webhooks=lambda ids: enqueue_webhooks(app, ids)
+                get_runtime(),
+                job_id,
+                send_webhooks=lambda ids: enqueue_webhooks(app, ids),
+                reroute=lambda queue: enqueue_job(app, job_id, queue=queue),
             )
         except job_runner.DatabaseUnavailable as exc:
             # Postgres is still down after the runner's own retries: try the job again later
@@ -68,8 +71,14 @@ _schedule: list[SweepSchedule] = []
 
 @worker_ready.connect
 def _announce(**_kwargs: object) -> None:
-    # heartbeat only (no model loads): /status can list this worker before its first job
+    # heartbeat only (no model loads): /status can list this worker before its first job,
+    # with the queues it reads (the API routes jobs by member set to them: jobqueue.routing)
     runtime = get_runtime()
+    runtime.queues = sorted(app.amqp.queues.consume_from or ())
+    try:
+        runtime.beat_once()
+    except Exception as exc:  # noqa: BLE001 - the heartbeat thread writes it again shortly
+        log.warning("worker heartbeat failed: %s", exc)
     if not runtime.settings.sweep_in_workers:
         return
     # the sweeper's schedule runs here, one leader across the workers (no beat needed)

@@ -31,6 +31,7 @@ from ensemble_core.references import resolve_references, restore_names
 from ensemble_core.result import EnsembleResult
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 from ensemble_core.stopping import CANCELLED, DEADLINE_EXCEEDED, StopSignal
+from jobqueue.routing import job_members, queue_for
 from jobqueue.webhook_events import record_settlement_events
 from persistence import repository
 from persistence.repository import Settled
@@ -66,9 +67,20 @@ def with_database_retry(runtime: WorkerRuntime, what: str, action: Callable[[], 
             delay = min(delay * 2, 5.0)
 
 
-def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks | None = None) -> str:
-    """Returns the final status, or "skipped" when another delivery already owns the job."""
-    claimed = with_database_retry(runtime, f"claim {job_id}", lambda: _claim(runtime, job_id))
+def run_job(
+    runtime: WorkerRuntime,
+    job_id: str,
+    *,
+    send_webhooks: SendWebhooks | None = None,
+    reroute: Callable[[str], None] | None = None,
+) -> str:
+    """Returns the final status, "skipped" when another delivery already owns the job, or
+    "rerouted" when this worker does not hold the job's members (``reroute(queue)`` sends the
+    still queued job to the queue of its member set)."""
+    try:
+        claimed = with_database_retry(runtime, f"claim {job_id}", lambda: _claim(runtime, job_id))
+    except _NotHeld as exc:
+        return _pass_on(runtime, job_id, exc.members, reroute, send_webhooks)
     if claimed is None:
         return "skipped"
     request_json, spec_json, attempt = claimed
@@ -127,8 +139,20 @@ def run_job(runtime: WorkerRuntime, job_id: str, *, send_webhooks: SendWebhooks 
     return status
 
 
+class _NotHeld(Exception):
+    """The job names members this worker was not started with (``--members``)."""
+
+    def __init__(self, members: list[str]) -> None:
+        super().__init__(members)
+        self.members = members
+
+
 def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None, int] | None:
-    """The job's request, its config version and this claim's attempt (the fencing token)."""
+    """The job's request, its config version and this claim's attempt (the fencing token).
+
+    A worker started with ``--members`` checks, in the claim's transaction, that it holds every
+    member the job may run; if not, :class:`_NotHeld` rolls the claim back (the job stays
+    queued and no model is loaded). Other workers pay nothing for the check."""
     with runtime.db.transaction() as session:
         job = repository.claim_job(session, job_id, worker=runtime.hostname)
         if job is None:
@@ -136,7 +160,70 @@ def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[dict[str, Any], dict[st
         version = (
             repository.get_config_version(session, job.config_version_id) if job.config_version_id else None
         )
-        return dict(job.request), (dict(version.spec) if version else None), int(job.attempts)
+        request, spec = dict(job.request), (dict(version.spec) if version else None)
+        held = runtime.settings.held_members()
+        if held is not None and spec is not None:
+            missing = _members_not_held(runtime, session, spec, request.get("models"), held)
+            if missing is not None:
+                raise _NotHeld(missing)
+        return request, spec, int(job.attempts)
+
+
+def _members_not_held(
+    runtime: WorkerRuntime, session: Any, spec_json: dict[str, Any], models: Any, held: list[str]
+) -> list[str] | None:
+    """The job's member names if this worker does not hold all of them, else None. With
+    ``--config-version N`` a member must also be the same weights (load key) as in version N,
+    not only the same name."""
+    spec = EnsembleSpec.model_validate(spec_json)
+    names = job_members(spec, models if isinstance(models, list) else None)
+    if not set(names) <= set(held):
+        return names
+    version_id = runtime.settings.worker_config_version
+    if version_id is not None:
+        own = repository.get_config_version(session, version_id)
+        keys = (
+            {m.display_name: m.load_key() for m in EnsembleSpec.model_validate(own.spec).model_specs}
+            if own
+            else {}
+        )
+        if any(keys.get(m.display_name) != m.load_key() for m in spec.model_specs if m.display_name in names):
+            return names
+    return None
+
+
+def _pass_on(
+    runtime: WorkerRuntime,
+    job_id: str,
+    members: list[str],
+    reroute: Callable[[str], None] | None,
+    send_webhooks: SendWebhooks | None,
+) -> str:
+    """A job this worker must not run: send it on to the queue of its member set, where a worker
+    that holds them takes it; if that is a queue this worker reads itself (same names, other
+    weights under ``--config-version``), nobody can run it here: it fails, clearly."""
+    queue = queue_for(members, route_by_members=True)
+    if reroute is not None and queue not in (runtime.queues or ()):
+        log.warning("job %s names members %s this worker does not hold; sent to %s", job_id, members, queue)
+        reroute(queue)
+        return "rerouted"
+    message = (
+        f"this job's members {members} are not the ones this worker holds "
+        f"({runtime.settings.held_members()}); no worker of queue {queue} can run it"
+    )
+    log.warning("job %s: %s", job_id, message)
+    status, deliveries = _settle(
+        runtime,
+        lambda s: repository.fail_job(
+            s, job_id, code="no_worker_for_members", message=message, from_statuses=("queued",)
+        ),
+    )
+    if status != "skipped":
+        publish = _Publisher(runtime, job_id, 0)
+        publish({"type": "done", "status": status})
+    if deliveries and send_webhooks is not None:
+        send_webhooks(deliveries)
+    return status
 
 
 class _Publisher:

@@ -31,8 +31,11 @@ class WorkerRuntime:
     pool: ModelPool
     settings: WorkerSettings
     hostname: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # the Celery queues this worker reads, set once it is ready (workers.app), for /status
+    queues: list[str] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _heartbeat: threading.Thread | None = None
+    _beat_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start_heartbeat(self) -> None:
         if self._heartbeat is not None:
@@ -41,9 +44,15 @@ class WorkerRuntime:
         self._heartbeat.start()
 
     def beat_once(self) -> None:
-        with self.db.transaction() as session:
+        # one beat at a time: the first row is an INSERT, and the worker's ready signal beats too
+        with self._beat_lock, self.db.transaction() as session:
             repository.upsert_worker_heartbeat(
-                session, hostname=self.hostname, pid=os.getpid(), loaded_models=self.pool.loaded()
+                session,
+                hostname=self.hostname,
+                pid=os.getpid(),
+                loaded_models=self.pool.loaded(),
+                members=self.settings.held_members(),
+                queues=self.queues,
             )
 
     def _beat(self) -> None:

@@ -5,6 +5,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobqueue.routing import parse_members
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ENSEMBLEHUB_", extra="ignore")
@@ -16,6 +18,11 @@ class WorkerSettings(BaseSettings):
     # batcher's row limit; each running job holds its KV cache in memory
     concurrency: int = Field(8, ge=1, le=256)
     heartbeat_interval_s: float = 5.0
+    # the members this worker holds (``ensemblehub worker --members a,b`` or ``--config-version
+    # N`` set these; jobqueue.routing): it refuses a job that names any other member, so it never
+    # loads a model it was not given. Empty: any member a job names (no routing)
+    worker_members: str = ""
+    worker_config_version: int | None = None
     # streamed text goes to Redis at most this often per job (0: every decoded token)
     stream_coalesce_s: float = Field(0.03, ge=0, le=1)
     # the sweeper: how often it runs and what it considers lost. Every worker runs its schedule
@@ -40,6 +47,9 @@ class WorkerSettings(BaseSettings):
     # never declared dead by the sweeper; one that waited longer has given up its write
     # (fenced writes make the late one harmless either way)
     database_retry_s: float = 20.0
+
+    def held_members(self) -> list[str] | None:
+        return parse_members(self.worker_members) or None
 
     @model_validator(mode="after")
     def _dead_after_exceeds_retry(self) -> WorkerSettings:

@@ -97,7 +97,9 @@ def sweep(db: Database, celery: Celery, settings: WorkerSettings) -> SweepReport
         )
     for start in range(0, len(to_send), SEND_CHUNK):
         chunk = to_send[start : start + SEND_CHUNK]
-        enqueue_jobs(celery, chunk)  # raises while the broker is down: the next sweep retries
+        with db.transaction() as session:
+            queues = recovery.job_queues(session, chunk)
+        enqueue_jobs(celery, chunk, queues=queues)  # raises while the broker is down: the next sweep retries
         with db.transaction() as session:
             recovery.mark_sent(session, chunk)
         report.sent += chunk

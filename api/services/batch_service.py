@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from api.guards import charge
 from api.schemas.batch import BatchRequest
-from api.services import config_service, job_cancel, job_service, limits, webhook_service
+from api.services import config_service, job_cancel, job_service, limits, routing_service, webhook_service
 from api.services.messages import build_generation, instruction_messages
 from api.state import AppState
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec
 from jobqueue.celery_config import enqueue_jobs
+from jobqueue.contract import MODELS_QUEUE
 from jobqueue.webhook_events import record_finished_batch
 from persistence import batch_repository
 from persistence.models import Batch, Job, new_id
@@ -112,9 +113,13 @@ def store_and_enqueue(
     broker down the batch is accepted all the same: its items wait in Postgres, unsent, and
     the sweeper sends them once the broker is back (the job table is the outbox)."""
     default_deadline = min(state.settings.job_deadline_s, state.settings.max_job_deadline_s)
+    queues: dict[str, str] = {}
     for row in rows:
         row["tenant"], row["tenant_key"] = tenant, tenant or ""
         row["request"].setdefault("deadline_s", default_deadline)
+        queue = routing_service.route_job(state, row.get("config_version_id"), row["request"].get("models"))
+        if queue != MODELS_QUEUE:
+            row["request"]["queue"] = queues[row["id"]] = queue
     with state.db.transaction() as session:
         batch_repository.create_batch(
             session,
@@ -132,18 +137,18 @@ def store_and_enqueue(
     # in the background
     first, rest = ids[:FIRST_CHUNK], ids[FIRST_CHUNK:]
     try:
-        enqueue_jobs(state.celery, first)
+        enqueue_jobs(state.celery, first, queues=queues)
     except (KombuOperationalError, RedisError, OSError) as exc:
         log.warning("batch %s: broker unavailable, the sweeper sends its items later: %s", batch_id, exc)
         return load_batch(state, batch_id)
     with state.db.transaction() as session:
         batch_repository.mark_batch_enqueued(session, batch_id, first)
     if rest:
-        state.background.submit(_enqueue_rest, state, batch_id, rest)
+        state.background.submit(_enqueue_rest, state, batch_id, rest, queues)
     return load_batch(state, batch_id)
 
 
-def _enqueue_rest(state: AppState, batch_id: str, job_ids: list[str]) -> None:
+def _enqueue_rest(state: AppState, batch_id: str, job_ids: list[str], queues: dict[str, str]) -> None:
     """Send the remaining items chunk by chunk, marking each chunk as sent. Should this stop
     (broker outage, process exit), the items stay queued and unsent, and the sweeper sends them."""
     for start in range(0, len(job_ids), CHUNK):
@@ -151,7 +156,7 @@ def _enqueue_rest(state: AppState, batch_id: str, job_ids: list[str]) -> None:
         try:
             if load_batch(state, batch_id).status in ("cancelling", "cancelled", "failed"):
                 return  # its queued items are cancelled already: nothing left to run
-            enqueue_jobs(state.celery, chunk)
+            enqueue_jobs(state.celery, chunk, queues=queues)
             with state.db.transaction() as session:
                 batch_repository.mark_batch_enqueued(session, batch_id, chunk)
         except Exception as exc:  # noqa: BLE001 - the sweeper sends what is left

@@ -26,9 +26,11 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError, ServiceUnavailable
+from api.services import routing_service
 from api.state import AppState
 from ensemble_core.spec import EnsembleConfig, GenerationRequest
 from jobqueue.celery_config import enqueue_job
+from jobqueue.contract import MODELS_QUEUE
 from jobqueue.webhook_policy import CallbackURLRefused, check_callback_url
 from persistence import recovery, repository
 from persistence.db import Database
@@ -68,11 +70,14 @@ def submit_job(
     if webhook_url:
         check_webhook_url(state, webhook_url)
     refuse_when_queue_full(state, tenant=tenant)
+    queue = routing_service.route_job(state, config_version_id, (extra or {}).get("models"))
     request_json = {
         "generation": generation.model_dump(mode="json"),
         "ensemble_config": config.model_dump(mode="json"),
         **(extra or {}),
     }
+    if queue != MODELS_QUEUE:
+        request_json["queue"] = queue  # where the sweeper sends it again, should it need to
     # every job carries the deadline it runs under (api/services/job_cancel.py)
     request_json.setdefault(
         "deadline_s", min(state.settings.job_deadline_s, state.settings.max_job_deadline_s)
@@ -98,7 +103,7 @@ def submit_job(
         if existing is None:
             raise
         return _same_request(existing, fingerprint), False
-    send(state, job.id, accept_unsent=accept_unsent)
+    send(state, job.id, accept_unsent=accept_unsent, queue=queue)
     return job, True
 
 
@@ -194,13 +199,13 @@ def _count_accepted(state: AppState, jobs: int = 1) -> None:
 BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
 
 
-def send(state: AppState, job_id: str, *, accept_unsent: bool = False) -> None:
+def send(state: AppState, job_id: str, *, accept_unsent: bool = False, queue: str = MODELS_QUEUE) -> None:
     """Hand the committed job to the broker. If the broker is down, withdraw the job and
     answer 503; should a worker have got it after all (the send failed after the message
     was stored), the job stays and the request goes on as accepted. With ``accept_unsent``
     the job stays unsent for the sweeper instead."""
     try:
-        enqueue_job(state.celery, job_id)
+        enqueue_job(state.celery, job_id, queue=queue)
     except BROKER_ERRORS as exc:
         log.warning("enqueue of %s failed: %s", job_id, exc)
         if accept_unsent:

@@ -38,6 +38,9 @@ def service_status(state: AppState, *, detailed: bool = True) -> dict[str, Any]:
                         "pid": w.pid,
                         "last_seen": w.last_seen.isoformat(),
                         "loaded_models": w.loaded_models,
+                        # None: any member a job names (no --members)
+                        "members": w.members,
+                        "queues": w.queues or [],
                     }
                 )
     checks["workers"] = {"ok": bool(workers), "count": len(workers)}
@@ -59,8 +62,19 @@ def service_status(state: AppState, *, detailed: bool = True) -> dict[str, Any]:
         "api": {"pid": os.getpid()},
         "workers": workers,
         "loaded_models": [m for w in workers for m in w["loaded_models"]],
+        # which queues have workers (jobqueue.routing): queue -> the workers reading it
+        "routing": {"by_members": state.queue_settings.route_by_members},
+        "queues": _queues(workers),
         "available_methods": list_methods(),
     }
+
+
+def _queues(workers: list[dict[str, Any]]) -> dict[str, list[str]]:
+    by_queue: dict[str, list[str]] = {}
+    for w in workers:
+        for queue in w["queues"]:
+            by_queue.setdefault(queue, []).append(w["hostname"])
+    return dict(sorted(by_queue.items()))
 
 
 def _redact(url: str) -> str:

@@ -40,6 +40,19 @@ def test_compose_has_every_role_with_health_checks():
     assert "ENSEMBLEHUB_FLOWER_BASIC_AUTH" in services["flower"]["environment"]
 
 
+def test_the_member_set_workers_hold_members_of_the_bundled_ensemble():
+    from ensemble_core.bundled import default_ensemble_spec
+
+    services = load()["services"]
+    bundled = {m.display_name for m in default_ensemble_spec().model_specs}
+    for name in ("worker-ensemble", "worker-smollm2"):
+        command = services[name]["command"]
+        assert services[name]["profiles"] == ["members"]
+        members = command[command.index("--members") + 1].split(",")
+        assert set(members) <= bundled, (name, members)
+    assert "ENSEMBLEHUB_ROUTE_BY_MEMBERS" in services["api"]["environment"]
+
+
 def _compose() -> list[str] | None:
     if (
         shutil.which("docker")
