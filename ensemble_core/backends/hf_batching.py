@@ -513,6 +513,8 @@ def _merged_cache(model_config: Any, caches: list[Any], lengths: list[int], widt
     from transformers import DynamicCache
 
     merged = DynamicCache(config=model_config)
+    growing = _growing_layer_class()
+    merged.layers = [growing() for _ in merged.layers]
     if width == 0:
         return merged  # nothing cached anywhere: the forward pass initializes the layers
     reference = caches[lengths.index(width)]
@@ -531,6 +533,59 @@ def _merged_cache(model_config: Any, caches: list[Any], lengths: list[int], widt
         layer.keys = torch.cat(keys, dim=0)
         layer.values = torch.cat(values, dim=0)
     return merged
+
+
+@functools.cache
+def _growing_layer_class() -> type:
+    """A ``DynamicLayer`` whose keys/values are views of buffers with room for ``HEADROOM``
+    more tokens. ``DynamicLayer.update`` concatenates, copying the whole batch cache every
+    decode step (81 ms of a 616 ms step for 64 SmolLM2 rows 90 wide); this writes the new
+    token in place. Whoever replaces ``keys``/``values`` (a join, a retire, a trim) just gives
+    it new tensors: the next update copies them into a fresh buffer once."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self._views: tuple[torch.Tensor, torch.Tensor] | None = None
+            self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
+                self.lazy_initialization(key_states, value_states)
+                self.keys, self.values = key_states, value_states
+                self._views = self._buffers = None
+                return self.keys, self.values
+            length, added = self.keys.shape[-2], key_states.shape[-2]
+            fresh = (
+                self._views is None or self._views[0] is not self.keys or self._views[1] is not self.values
+            )
+            if fresh or self._buffers is None or length + added > self._buffers[0].shape[-2]:
+                self._buffers = tuple(  # type: ignore[assignment]
+                    _with_room(t, length + added + HEADROOM) for t in (self.keys, self.values)
+                )
+            assert self._buffers is not None
+            keys, values = self._buffers
+            keys[:, :, length : length + added] = key_states
+            values[:, :, length : length + added] = value_states
+            self.keys, self.values = keys[:, :, : length + added], values[:, :, : length + added]
+            self._views = (self.keys, self.values)
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+HEADROOM = 32  # tokens of room a batch cache's buffers keep for the next decode steps
+
+
+def _with_room(tensor: torch.Tensor, capacity: int) -> torch.Tensor:
+    """A [rows, heads, capacity, dim] buffer whose first columns hold ``tensor``."""
+    rows, heads, length, dim = tensor.shape
+    buffer = tensor.new_empty((rows, heads, capacity, dim))
+    buffer[:, :, :length] = tensor
+    return buffer
 
 
 def _join(batch: _Batch | None, group: _Batch) -> _Batch:

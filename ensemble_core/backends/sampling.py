@@ -79,7 +79,20 @@ def sample_token(row_logits: torch.Tensor, sampling: Sampling, rng: torch.Genera
     if sampling.temperature <= 0:
         return int(torch.argmax(row_logits))
     probs = cut_distribution(torch.softmax(row_logits.float() / sampling.temperature, dim=-1), sampling)
-    return int(torch.multinomial(probs.cpu(), 1, generator=rng))
+    return draw(probs.cpu(), rng)
+
+
+def draw(probs: torch.Tensor, rng: torch.Generator) -> int:
+    """One index drawn from the (unnormalized) distribution ``probs`` by inverting its CDF with
+    one uniform from ``rng``. ``torch.multinomial`` draws one exponential per vocabulary entry
+    (1.7 ms for 49k entries on one CPU thread, 30x this): it was the decode loop's largest cost
+    after the forward pass."""
+    cdf = torch.cumsum(probs.double(), dim=0)
+    point = torch.rand(1, generator=rng, dtype=torch.float64) * cdf[-1]
+    index = int(torch.searchsorted(cdf, point, right=True))  # first entry whose CDF passes it
+    if index >= probs.numel():  # the uniform rounded onto the total: the last possible entry
+        index = int(torch.nonzero(probs).max())
+    return index
 
 
 def choose_token(
