@@ -295,7 +295,8 @@ def _without_nul(value: Any) -> Any:
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, dict):
-        return {k: _without_nul(v) for k, v in value.items()}
+        # keys too: the top_logprobs of a position map token texts (a NUL among them) to values
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_nul(v) for v in value]
     return value
