@@ -52,6 +52,7 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - requests check for keys themselves
             log.warning("could not check for API keys (database down?): %s", exc)
         yield
+        state.submissions.close()  # store and send what was accepted
         state.background.shutdown(wait=True)  # finish sending accepted batches to the broker
         state.db.dispose()
 

@@ -32,6 +32,12 @@ class RequestMetrics:
             buckets=REQUEST_BUCKETS_S,
             registry=self.registry,
         )
+        self.submission_groups = Histogram(
+            "ensemblehub_submission_group_rows",
+            "submissions stored together in one INSERT and COMMIT and sent in one broker pipeline",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
     def exposition(self) -> bytes:

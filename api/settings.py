@@ -47,6 +47,10 @@ class ApiSettings(BaseSettings):
     max_queued_jobs: int = 200_000
     # one tenant's share of it (0: no per-tenant limit)
     max_queued_jobs_per_tenant: int = 50_000
+    # group commit (api/services/group_commit.py): at most this many concurrent submissions share
+    # one INSERT, COMMIT and broker pipeline; a lone one waits this long for company (seconds)
+    submit_group_max_rows: int = Field(100, ge=1)
+    submit_group_linger_s: float = Field(0.001, ge=0, le=0.05)
     # a stream sends an SSE comment this often while no segment arrives (keeps proxies open)
     stream_keepalive_s: float = 10.0
     # embedded mode: SQLite + in-process worker (set by `ensemblehub up` when services are missing)

@@ -10,8 +10,10 @@ from celery import Celery
 from fastapi import Request
 
 from api.rate_limit import NoRateLimit, RateLimiter
+from api.services.group_commit import GroupCommit
 from api.settings import ApiSettings
 from ensemble_core.spec import EnsembleSpec
+from jobqueue.celery_config import enqueue_jobs
 from jobqueue.settings import QueueSettings
 from jobqueue.webhook_policy import WebhookSettings
 from persistence.db import Database
@@ -32,6 +34,17 @@ class AppState:
     background: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-background")
     )
+    # concurrent submissions share one INSERT, one COMMIT and one broker pipeline
+    submissions: GroupCommit = field(init=False)
+
+    def __post_init__(self) -> None:
+        celery = self.celery
+        self.submissions = GroupCommit(
+            self.db,
+            lambda job_ids, queues: enqueue_jobs(celery, job_ids, queues=queues),
+            max_rows=self.settings.submit_group_max_rows,
+            linger_s=self.settings.submit_group_linger_s,
+        )
 
 
 def get_state(request: Request) -> AppState:

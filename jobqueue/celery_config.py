@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
+import kombu.exceptions
 from celery import Celery
 from kombu import Queue
+from redis.exceptions import RedisError
 
 from jobqueue.contract import (
     ALL_QUEUES,
@@ -17,6 +21,15 @@ from jobqueue.contract import (
     WEBHOOKS_QUEUE,
 )
 from jobqueue.settings import QueueSettings
+
+# what a publish raises when the broker is unreachable, or when a pipeline of publishes failed
+# and left each message's delivery uncertain (kombu >= 5.7's BatchPublishError)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    kombu.exceptions.OperationalError,
+    RedisError,
+    OSError,
+    *((kombu.exceptions.BatchPublishError,) if hasattr(kombu.exceptions, "BatchPublishError") else ()),
+)
 
 
 def make_celery(settings: QueueSettings, *, name: str = "ensemblehub") -> Celery:
@@ -73,18 +86,26 @@ def enqueue_job(app: Celery, job_id: str, *, queue: str = MODELS_QUEUE) -> None:
 
 
 def enqueue_jobs(app: Celery, job_ids: list[str], *, queues: Mapping[str, str] | None = None) -> None:
-    """Bulk enqueue over one producer connection (a 10,000-item batch must be quick).
+    """Bulk enqueue over one producer connection, in one Redis pipeline per thousand messages
+    (a 10,000-item batch, or a group of submissions, must be quick).
 
-    ``queues`` maps a job id to its queue (``jobqueue.routing.queue_for``); a job not in it
-    goes to the default ``models`` queue. No ``task-sent`` event per message: that event is a
-    second publish and doubles the cost, and Flower still sees each task when a worker
-    receives it."""
+    ``queues`` maps a job id to its queue; a job not in it goes to the default ``models``
+    queue. No ``task-sent`` event per message: that event is a second publish and doubles the
+    cost, and Flower still sees each task when a worker receives it. Should the pipeline fail,
+    each message of it may or may not be on the broker: callers treat them all as unsent (the
+    sweeper sends them again; a duplicate is harmless)."""
     amqp = app.amqp
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire() as producer, _publish_batch(producer):
         for job_id in job_ids:
             queue = queues.get(job_id, MODELS_QUEUE) if queues else MODELS_QUEUE
             message = amqp.create_task_message(job_id, RUN_JOB_TASK, [job_id], {}, create_sent_event=False)
             amqp.send_task_message(producer, RUN_JOB_TASK, message, queue=queue)
+
+
+def _publish_batch(producer: Any) -> AbstractContextManager[Any]:
+    # kombu >= 5.7 buffers a batch's publishes in one Redis pipeline; older ones send each at once
+    batch = getattr(producer, "batch", None)
+    return batch(max_size=1000) if batch is not None else nullcontext()
 
 
 def enqueue_webhook(app: Celery, delivery_id: int, *, countdown: float | None = None) -> None:

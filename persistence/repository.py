@@ -120,6 +120,33 @@ def create_job(
     return job
 
 
+def new_job_row(
+    *,
+    kind: str,
+    request: dict[str, Any],
+    config_version_id: int | None,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+    tenant: str | None = None,
+    job_id: str | None = None,
+) -> dict[str, Any]:
+    """Every column of a new queued job, for an INSERT of many (``api.services.group_commit``);
+    ``Job(**row)`` is the job as stored."""
+    return {
+        "id": job_id or new_id("job"),
+        "kind": kind,
+        "status": "queued",
+        "request": request,
+        "config_version_id": config_version_id,
+        "webhook_url": webhook_url,
+        "idempotency_key": idempotency_key,
+        "tenant": tenant,
+        "tenant_key": tenant or "",
+        "attempts": 0,
+        "created_at": utcnow(),
+    }
+
+
 def get_job(session: Session, job_id: str, *, tenant: str | None = None) -> Job | None:
     job = session.get(Job, job_id)
     if job is None or (tenant is not None and job.tenant != tenant):

@@ -30,6 +30,7 @@ def install(app: FastAPI, queue_settings: QueueSettings) -> None:
     requests = RequestMetrics()
     app.state.metrics = MetricsState(requests, metrics_service.broker_client(queue_settings.broker_url))
     app.add_middleware(RequestTiming, metrics=requests)
+    app.state.hub.submissions.on_group = requests.submission_groups.observe
     app.include_router(router)
 
 

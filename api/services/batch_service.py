@@ -13,8 +13,6 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -25,7 +23,7 @@ from api.services import config_service, job_cancel, job_service, limits, routin
 from api.services.messages import build_generation, instruction_messages
 from api.state import AppState
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec
-from jobqueue.celery_config import enqueue_jobs
+from jobqueue.celery_config import BROKER_ERRORS, enqueue_jobs
 from jobqueue.contract import MODELS_QUEUE
 from jobqueue.webhook_events import record_finished_batch
 from persistence import batch_repository
@@ -138,7 +136,7 @@ def store_and_enqueue(
     first, rest = ids[:FIRST_CHUNK], ids[FIRST_CHUNK:]
     try:
         enqueue_jobs(state.celery, first, queues=queues)
-    except (KombuOperationalError, RedisError, OSError) as exc:
+    except BROKER_ERRORS as exc:
         log.warning("batch %s: broker unavailable, the sweeper sends its items later: %s", batch_id, exc)
         return load_batch(state, batch_id)
     with state.db.transaction() as session:

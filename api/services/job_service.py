@@ -20,8 +20,6 @@ import weakref
 from typing import Any
 
 import anyio
-from kombu.exceptions import OperationalError as KombuOperationalError
-from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -29,7 +27,7 @@ from api.errors import ApiError, ServiceUnavailable
 from api.services import routing_service
 from api.state import AppState
 from ensemble_core.spec import EnsembleConfig, GenerationRequest
-from jobqueue.celery_config import enqueue_job
+from jobqueue.celery_config import BROKER_ERRORS
 from jobqueue.contract import MODELS_QUEUE
 from jobqueue.webhook_policy import CallbackURLRefused, check_callback_url
 from persistence import recovery, repository
@@ -84,18 +82,18 @@ def submit_job(
     )
     if fingerprint:
         request_json["fingerprint"] = fingerprint
+    row = repository.new_job_row(
+        kind=kind,
+        request=request_json,
+        config_version_id=config_version_id,
+        webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
+        tenant=tenant,
+        job_id=job_id,
+    )
     try:
-        with state.db.transaction() as session:
-            job = repository.create_job(
-                session,
-                kind=kind,
-                request=request_json,
-                config_version_id=config_version_id,
-                webhook_url=webhook_url,
-                idempotency_key=idempotency_key,
-                tenant=tenant,
-                job_id=job_id,
-            )
+        # stored together with the other submissions of this moment, then sent (group_commit)
+        outcome = state.submissions.submit(row, queue=queue)
     except IntegrityError:
         # a concurrent retry with the same key won the insert: attach to its job
         with state.db.transaction() as session:
@@ -103,8 +101,11 @@ def submit_job(
         if existing is None:
             raise
         return _same_request(existing, fingerprint), False
-    send(state, job.id, accept_unsent=accept_unsent, queue=queue)
-    return job, True
+    if outcome.sent:
+        accepted(state, outcome.job.id)
+    else:
+        unsent(state, outcome.job.id, outcome.publish_error, accept_unsent=accept_unsent)
+    return outcome.job, True
 
 
 def request_fingerprint(kind: str, body: dict[str, Any]) -> str:
@@ -196,28 +197,25 @@ def _count_accepted(state: AppState, jobs: int = 1) -> None:
             cached[1] += jobs
 
 
-BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
-
-
-def send(state: AppState, job_id: str, *, accept_unsent: bool = False, queue: str = MODELS_QUEUE) -> None:
-    """Hand the committed job to the broker. If the broker is down, withdraw the job and
-    answer 503; should a worker have got it after all (the send failed after the message
-    was stored), the job stays and the request goes on as accepted. With ``accept_unsent``
-    the job stays unsent for the sweeper instead."""
-    try:
-        enqueue_job(state.celery, job_id, queue=queue)
-    except BROKER_ERRORS as exc:
-        log.warning("enqueue of %s failed: %s", job_id, exc)
-        if accept_unsent:
-            return
-        with state.db.transaction() as session:
-            withdrawn = recovery.withdraw_unsent_job(session, job_id)
-        if withdrawn:
-            raise ServiceUnavailable(
-                "the job queue (broker) is unavailable; nothing was stored, retry shortly",
-                code="broker_unavailable",
-            ) from exc
+def unsent(state: AppState, job_id: str, error: BaseException | None, *, accept_unsent: bool) -> None:
+    """A committed job the broker did not take. Withdraw it and answer 503; should a worker
+    have got it after all (the send failed after the message was stored), the job stays and
+    the request goes on as accepted. With ``accept_unsent`` the job stays unsent for the
+    sweeper instead."""
+    log.warning("enqueue of %s failed: %s", job_id, error)
+    if accept_unsent:
         return
+    with state.db.transaction() as session:
+        withdrawn = recovery.withdraw_unsent_job(session, job_id)
+    if withdrawn:
+        raise ServiceUnavailable(
+            "the job queue (broker) is unavailable; nothing was stored, retry shortly",
+            code="broker_unavailable",
+        ) from error
+
+
+def accepted(state: AppState, job_id: str) -> None:
+    """The broker has the job: count it in the queue depth and mark it sent."""
     _count_accepted(state)
     enqueue_marker(state).mark(job_id)
 
