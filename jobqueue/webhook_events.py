@@ -113,13 +113,16 @@ def record_batch_event(session: Session, batch: Batch) -> int | None:
 
 
 def record_settlement_events(session: Session, settled: Iterable[Settled | None]) -> list[int]:
-    """Events for jobs that just reached a final state (and batches they finished)."""
+    """Events for jobs that just reached a final state (and batches they finished). A job
+    whose transition carries its final row (``Settled.snapshot``) is not read again."""
     ids: list[int] = []
     for item in settled:
         if item is None:
             continue
-        session.expire_all()
-        job = repository.get_job(session, item.job_id)
+        job = item.snapshot
+        if job is None:
+            session.expire_all()
+            job = repository.get_job(session, item.job_id)
         if job is not None:
             delivery = record_job_event(session, job)
             if delivery is not None:

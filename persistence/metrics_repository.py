@@ -27,10 +27,10 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, func, select
+from sqlalchemy import Float, Select, String, column, event, exists, func, select, values
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -134,16 +134,65 @@ def record_final_job(session: Session, job_id: str, status: str) -> None:
     row = session.execute(
         select(Job.created_at, Job.started_at, Job.finished_at, Job.result).where(Job.id == job_id)
     ).first()
+    if row is None:
+        deltas = Deltas()
+        deltas.count("jobs_finished", {"state": status})
+    else:
+        deltas = final_job_deltas(status, *row)
+    add_deltas(session, deltas)
+
+
+def final_job_deltas(
+    status: str,
+    created_at: datetime,
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    result: Mapping[str, Any] | None,
+) -> Deltas:
+    """What one job that reached ``status`` adds to the counters."""
     deltas = Deltas()
     deltas.count("jobs_finished", {"state": status})
-    if row is not None:
-        created_at, started_at, finished_at, result = row
-        if started_at is not None and finished_at is not None:
-            deltas.observe("job_latency_seconds", {"state": status}, _seconds(created_at, finished_at))
-            deltas.observe("job_run_seconds", {"state": status}, _seconds(started_at, finished_at))
-        if status == "succeeded" and result:
-            add_result(deltas, result)
-    _add_pending(session, deltas)
+    if started_at is not None and finished_at is not None:
+        deltas.observe("job_latency_seconds", {"state": status}, _seconds(created_at, finished_at))
+        deltas.observe("job_run_seconds", {"state": status}, _seconds(started_at, finished_at))
+    if status == "succeeded" and result:
+        add_result(deltas, result)
+    return deltas
+
+
+def counted_in_one_statement(session: Session) -> bool:
+    """Whether :func:`returning_with_counters` can be used (it needs Postgres's data-modifying
+    CTEs; SQLite adds the counters at commit, one writer at a time anyway)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def returning_with_counters(transition: Any, deltas: Deltas) -> Select[Any]:
+    """One statement for a conditional state change and its counters (Postgres).
+
+    ``transition`` is an ``UPDATE ... RETURNING`` that matches one row or none; the counters
+    move only when it matched (``WHERE EXISTS``), so exactly once per final state, as with the
+    deferred path. The statement returns what ``transition`` returns. Lock order: the job row,
+    then the counter rows in sorted order, as the deferred path takes them; only for a change
+    that locks nothing after it (the deferred path is for batch items, whose batch row is
+    locked after the job's)."""
+    settled = transition.cte("settled")
+    items = sorted(deltas.values.items())
+    if not items:
+        return select(*settled.c)
+    rows = values(
+        column("name", String), column("labels", String), column("value", Float), name="deltas"
+    ).data([(name, labels, value) for (name, labels), value in items])
+    source = (
+        select(rows.c.name, rows.c.labels, rows.c.value)
+        .where(exists(select(settled.c[0])))
+        .order_by(rows.c.name, rows.c.labels)
+    )
+    upsert = pg_insert(MetricCounter).from_select(["name", "labels", "value"], source)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[MetricCounter.name, MetricCounter.labels],
+        set_={"value": MetricCounter.value + upsert.excluded.value},
+    )
+    return select(*settled.c).add_cte(upsert.cte("counted"))
 
 
 def record_final_jobs(session: Session, status: str, count: int) -> None:
@@ -151,7 +200,7 @@ def record_final_jobs(session: Session, status: str, count: int) -> None:
     if count > 0:
         deltas = Deltas()
         deltas.count("jobs_finished", {"state": status}, count)
-        _add_pending(session, deltas)
+        add_deltas(session, deltas)
 
 
 def add_result(deltas: Deltas, result: Mapping[str, Any]) -> None:
@@ -173,6 +222,8 @@ def add_result(deltas: Deltas, result: Mapping[str, Any]) -> None:
 
 
 def _seconds(start: datetime, end: datetime) -> float:
+    # SQLite (embedded mode) returns naive datetimes; every stored time is UTC
+    start, end = (t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (start, end))
     return max(0.0, (end - start).total_seconds())
 
 
@@ -183,7 +234,8 @@ def _number(value: Any) -> float:
         return 0.0
 
 
-def _add_pending(session: Session, deltas: Deltas) -> None:
+def add_deltas(session: Session, deltas: Deltas) -> None:
+    """Add ``deltas`` to the counters just before this session commits (see the module)."""
     pending: dict[tuple[str, str], float] | None = session.info.get(_PENDING)
     if pending is None:
         pending = session.info[_PENDING] = {}

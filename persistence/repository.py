@@ -35,6 +35,9 @@ class Settled:
     status: str
     batch_id: str | None = None
     batch_status: str | None = None
+    # the final row as this transition wrote it, when the caller knew the rest of it (a worker
+    # settling its claim): the webhook event is built from it instead of re-reading the row
+    snapshot: Job | None = None
 
 
 _BATCH_COUNTER = {"succeeded": "completed", "failed": "failed", "cancelled": "cancelled"}
@@ -191,24 +194,59 @@ def count_jobs(session: Session, *, status: str, tenant: str | None = None) -> i
     return int(session.scalar(query) or 0)
 
 
-def claim_job(session: Session, job_id: str, *, worker: str) -> Job | None:
-    """Move a queued job to running. Only one claimant wins (conditional update), so a task
-    delivered twice under ``acks_late`` runs the job once.
+@dataclass(frozen=True)
+class ClaimedJob:
+    """What a worker needs from the job it claimed, read by the claim's own UPDATE."""
 
-    The returned job's ``attempts`` is this claim's attempt number: the fencing token that the
+    id: str
+    kind: str
+    request: dict[str, Any]
+    attempts: int
+    config_version_id: int | None
+    batch_id: str | None
+    webhook_url: str | None
+    created_at: datetime
+    started_at: datetime
+
+
+def claim_job(session: Session, job_id: str, *, worker: str) -> ClaimedJob | None:
+    """Move a queued job to running. Only one claimant wins (conditional update), so a task
+    delivered twice under ``acks_late`` runs the job once. One statement: the UPDATE returns
+    what the worker needs, so the claim reads nothing else.
+
+    The returned ``attempts`` is this claim's attempt number: the fencing token that the
     claimant's heartbeats, result and failure carry (``attempt=``). Once the sweeper has given
     the job to another worker, the first worker's late writes match no row and change nothing."""
     now = utcnow()
-    claimed = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued")
         .values(status="running", started_at=now, heartbeat_at=now, worker=worker, attempts=Job.attempts + 1)
-        .returning(Job.id)
+        .returning(
+            Job.id,
+            Job.kind,
+            Job.request,
+            Job.attempts,
+            Job.config_version_id,
+            Job.batch_id,
+            Job.webhook_url,
+            Job.created_at,
+            Job.started_at,
+        )
     ).first()
-    if claimed is None:
+    if row is None:
         return None
-    session.expire_all()
-    return session.get(Job, job_id)
+    return ClaimedJob(
+        id=row.id,
+        kind=row.kind,
+        request=dict(row.request),
+        attempts=int(row.attempts),
+        config_version_id=row.config_version_id,
+        batch_id=row.batch_id,
+        webhook_url=row.webhook_url,
+        created_at=row.created_at,
+        started_at=row.started_at,
+    )
 
 
 def _current_attempt(attempt: int | None) -> list[Any]:
@@ -233,23 +271,20 @@ def finish_job(
     result: dict[str, Any],
     usage: dict[str, Any] | None,
     attempt: int | None = None,
+    claim: ClaimedJob | None = None,
 ) -> Settled | None:
     """Store the result once: only a running job (of ``attempt``, when given) can succeed, so a
-    second or stale writer changes nothing."""
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", *_current_attempt(attempt))
-        .values(
-            status="succeeded",
-            result=result,
-            usage=usage,
-            finished_at=utcnow(),
-            error_code=None,
-            error_message=None,
-        )
-        .returning(Job.id, Job.batch_id)
-    ).first()
-    return settlement(session, row, "succeeded")
+    second or stale writer changes nothing. ``claim``: the worker's own claim of the job, which
+    lets the state change and its counters go in one statement (:func:`settle`)."""
+    values: dict[str, Any] = {
+        "status": "succeeded",
+        "result": result,
+        "usage": usage,
+        "finished_at": utcnow(),
+        "error_code": None,
+        "error_message": None,
+    }
+    return settle(session, job_id, values, from_statuses=("running",), attempt=attempt, claim=claim)
 
 
 def fail_job(
@@ -262,6 +297,7 @@ def fail_job(
     attempt: int | None = None,
     result: dict[str, Any] | None = None,
     usage: dict[str, Any] | None = None,
+    claim: ClaimedJob | None = None,
 ) -> Settled | None:
     """Fail the job once. ``result``/``usage``: what a job stopped by its deadline had done."""
     values: dict[str, Any] = {
@@ -272,13 +308,71 @@ def fail_job(
     }
     if result is not None:
         values.update(result=result, usage=usage)
-    row = session.execute(
+    return settle(session, job_id, values, from_statuses=from_statuses, attempt=attempt, claim=claim)
+
+
+def settle(
+    session: Session,
+    job_id: str,
+    values: dict[str, Any],
+    *,
+    from_statuses: Sequence[str],
+    attempt: int | None,
+    claim: ClaimedJob | None,
+) -> Settled | None:
+    """Move the job to the final state in ``values`` if it is in ``from_statuses`` (and is
+    ``attempt``), counting it once (:func:`settlement`).
+
+    Without ``claim`` the counters need the row's timestamps and result, read after the
+    change. With the claim of the worker that ran the job, everything is known beforehand: on
+    Postgres, a job outside a batch settles in one statement (the UPDATE and its counters'
+    upsert in one CTE); a batch item, whose batch row is counted after the job's, adds its
+    counters at commit as every other transition does (one lock order)."""
+    status = values["status"]
+    transition = (
         update(Job)
         .where(Job.id == job_id, Job.status.in_(from_statuses), *_current_attempt(attempt))
         .values(**values)
         .returning(Job.id, Job.batch_id)
-    ).first()
-    return settlement(session, row, "failed")
+    )
+    if claim is None:
+        return settlement(session, session.execute(transition).first(), status)
+    deltas = metrics_repository.final_job_deltas(
+        status, claim.created_at, claim.started_at, values["finished_at"], values.get("result")
+    )
+    if claim.batch_id is None and metrics_repository.counted_in_one_statement(session):
+        row = session.execute(metrics_repository.returning_with_counters(transition, deltas)).first()
+        if row is None:
+            return None
+        batch_status = None
+    else:
+        row = session.execute(transition).first()
+        if row is None:
+            return None
+        batch_status = (
+            count_batch_items(session, row.batch_id, **{_BATCH_COUNTER[status]: 1}) if row.batch_id else None
+        )
+        metrics_repository.add_deltas(session, deltas)
+    snapshot = Job(
+        id=job_id,
+        kind=claim.kind,
+        request=claim.request,
+        attempts=claim.attempts,
+        config_version_id=claim.config_version_id,
+        batch_id=row.batch_id,
+        webhook_url=claim.webhook_url,
+        created_at=claim.created_at,
+        started_at=claim.started_at,
+        result=values.get("result"),
+        usage=values.get("usage"),
+        error_code=values.get("error_code"),
+        error_message=values.get("error_message"),
+        status=status,
+        finished_at=values["finished_at"],
+    )
+    return Settled(
+        job_id=job_id, status=status, batch_id=row.batch_id, batch_status=batch_status, snapshot=snapshot
+    )
 
 
 def cancel_job(

@@ -16,6 +16,7 @@ fails raises :class:`DatabaseUnavailable`, and the task is retried later.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -77,18 +78,26 @@ def run_job(
     """Returns the final status, "skipped" when another delivery already owns the job, or
     "rerouted" when this worker does not hold the job's members (``reroute(queue)`` sends the
     still queued job to the queue of its member set)."""
+    listener = CancelListener(runtime, job_id)  # before the claim: see workers.job_stop
     try:
         claimed = with_database_retry(runtime, f"claim {job_id}", lambda: _claim(runtime, job_id))
     except _NotHeld as exc:
+        listener.close()
         return _pass_on(runtime, job_id, exc.members, reroute, send_webhooks)
+    except BaseException:
+        listener.close()
+        raise
     if claimed is None:
+        listener.close()
         return "skipped"
-    request_json, spec_json, attempt = claimed
+    claim, spec_json = claimed
+    request_json, attempt = claim.request, claim.attempts
+    # no "started" event: nothing waits for it (waiters need the final state, streams the
+    # segments), and it was a Redis round trip before the job's first token
     publish = _Publisher(runtime, job_id, attempt)
-    publish({"type": "started"})
 
     stop = StopSignal(deadline_s=job_deadline_s(runtime, request_json))
-    listener = CancelListener(runtime, job_id, stop)
+    listener.listen(stop)
     stop_beat = threading.Event()
     beat = threading.Thread(
         target=_job_heartbeat, args=(runtime, job_id, attempt, stop_beat, stop), daemon=True
@@ -114,15 +123,19 @@ def run_job(
             if isinstance(choice.get("trace"), dict):
                 restore_names(choice["trace"], config)
         payload["timings"] = {"model_ms": round((time.perf_counter() - started) * 1000, 1)}
-        status, deliveries = _store(runtime, job_id, attempt, payload, stop)
+        status, deliveries = _store(runtime, job_id, attempt, payload, stop, claim=claim)
+        final = _final_fields(status, payload)
     except EnsembleError as exc:
-        status, deliveries = _fail(runtime, job_id, attempt, exc.code, str(exc))
+        status, deliveries = _fail(runtime, job_id, attempt, exc.code, str(exc), claim=claim)
+        final = _final_fields(status, None, exc.code, str(exc))
     except DatabaseUnavailable:
         # the job stays running without a heartbeat: the sweeper gives it another attempt
         raise
     except Exception as exc:  # noqa: BLE001 - every job must end in a final state with a stable code
         log.exception("job %s failed", job_id)
-        status, deliveries = _fail(runtime, job_id, attempt, "internal_error", f"{type(exc).__name__}: {exc}")
+        message = f"{type(exc).__name__}: {exc}"
+        status, deliveries = _fail(runtime, job_id, attempt, "internal_error", message, claim=claim)
+        final = _final_fields(status, None, "internal_error", message)
     finally:
         stop_beat.set()
         listener.close()
@@ -130,7 +143,7 @@ def run_job(
         # fenced off: the sweeper gave the job to another attempt, whose writes and events count
         log.warning("job %s: attempt %d is no longer current; its result was dropped", job_id, attempt)
         return status
-    publish({"type": "done", "status": status})
+    publish(done_event(status, final))
     if deliveries and send_webhooks is not None:
         try:
             send_webhooks(deliveries)
@@ -147,26 +160,25 @@ class _NotHeld(Exception):
         self.members = members
 
 
-def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None, int] | None:
-    """The job's request, its config version and this claim's attempt (the fencing token).
+def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[repository.ClaimedJob, dict[str, Any] | None] | None:
+    """The claimed job (its ``attempts`` is the fencing token) and its config version's spec:
+    one statement when the version is cached (its rows are immutable).
 
     A worker started with ``--members`` checks, in the claim's transaction, that it holds every
     member the job may run; if not, :class:`_NotHeld` rolls the claim back (the job stays
     queued and no model is loaded). Other workers pay nothing for the check."""
     with runtime.db.transaction() as session:
-        job = repository.claim_job(session, job_id, worker=runtime.hostname)
-        if job is None:
+        claim = repository.claim_job(session, job_id, worker=runtime.hostname)
+        if claim is None:
             return None
-        version = (
-            repository.get_config_version(session, job.config_version_id) if job.config_version_id else None
-        )
-        request, spec = dict(job.request), (dict(version.spec) if version else None)
+        version_id = claim.config_version_id
+        spec = runtime.config_versions.get(session, version_id) if version_id else None
         held = runtime.settings.held_members()
         if held is not None and spec is not None:
-            missing = _members_not_held(runtime, session, spec, request.get("models"), held)
+            missing = _members_not_held(runtime, session, spec, claim.request.get("models"), held)
             if missing is not None:
                 raise _NotHeld(missing)
-        return request, spec, int(job.attempts)
+        return claim, spec
 
 
 def _members_not_held(
@@ -181,9 +193,9 @@ def _members_not_held(
         return names
     version_id = runtime.settings.worker_config_version
     if version_id is not None:
-        own = repository.get_config_version(session, version_id)
+        own = runtime.config_versions.get(session, version_id)
         keys = (
-            {m.display_name: m.load_key() for m in EnsembleSpec.model_validate(own.spec).model_specs}
+            {m.display_name: m.load_key() for m in EnsembleSpec.model_validate(own).model_specs}
             if own
             else {}
         )
@@ -220,10 +232,37 @@ def _pass_on(
     )
     if status != "skipped":
         publish = _Publisher(runtime, job_id, 0)
-        publish({"type": "done", "status": status})
+        publish(done_event(status, _final_fields(status, None, "no_worker_for_members", message)))
     if deliveries and send_webhooks is not None:
         send_webhooks(deliveries)
     return status
+
+
+# a done event carries the final state (``final``) so that the API answers without reading the
+# row; past this size it carries none and the API reads the row (Postgres is the truth anyway)
+MAX_EVENT_RESULT_BYTES = 256 * 1024
+
+
+def _final_fields(
+    status: str, result: dict[str, Any] | None, code: str | None = None, message: str | None = None
+) -> dict[str, Any] | None:
+    """What this attempt wrote as the job's final state (None: nothing final of its own)."""
+    if status == "succeeded" and result is not None:
+        return {"result": result, "usage": result.get("usage")}
+    if status == "failed":
+        if code is None:  # the deadline: the failure keeps the partial answer (see _store)
+            return None
+        return {"error_code": code, "error_message": _without_nul(message or "")[:4000]}
+    return None
+
+
+def done_event(status: str, final: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's done event. ``final``: the row's final fields as this attempt committed them
+    (``result``, ``usage``, ``error_code``, ``error_message``), left out when large."""
+    event: dict[str, Any] = {"type": "done", "status": status}
+    if final is not None and len(json.dumps(final)) <= MAX_EVENT_RESULT_BYTES:
+        event["final"] = final
+    return event
 
 
 class _Publisher:
@@ -326,11 +365,18 @@ def _settle(runtime: WorkerRuntime, transition: Callable[[Any], Settled | None])
 
 
 def _store(
-    runtime: WorkerRuntime, job_id: str, attempt: int, payload: dict[str, Any], stop: StopSignal
+    runtime: WorkerRuntime,
+    job_id: str,
+    attempt: int,
+    payload: dict[str, Any],
+    stop: StopSignal,
+    *,
+    claim: repository.ClaimedJob | None = None,
 ) -> tuple[str, list[int]]:
     """The final write: the answer; or, past the deadline, a ``deadline_exceeded`` failure that
     keeps the partial one. A job cancelled meanwhile (the API set its final state already)
-    keeps what this attempt has, partial or, for a cancel that came as it finished, whole."""
+    keeps what this attempt has, partial or, for a cancel that came as it finished, whole.
+    ``claim``: this attempt's claim, so the settlement reads nothing back (``repository.settle``)."""
     usage = payload.get("usage")
     if stop.reason != CANCELLED:
         if stop.reason == DEADLINE_EXCEEDED:
@@ -350,11 +396,14 @@ def _store(
                     attempt=attempt,
                     result=payload,
                     usage=usage,
+                    claim=claim,
                 )
         else:
 
             def transition(s: Any) -> Settled | None:
-                return repository.finish_job(s, job_id, result=payload, usage=usage, attempt=attempt)
+                return repository.finish_job(
+                    s, job_id, result=payload, usage=usage, attempt=attempt, claim=claim
+                )
 
         status, deliveries = _settle(runtime, transition)
         if status != "skipped":
@@ -371,12 +420,24 @@ def _store(
 
 
 def _fail(
-    runtime: WorkerRuntime, job_id: str, attempt: int, code: str, message: str
+    runtime: WorkerRuntime,
+    job_id: str,
+    attempt: int,
+    code: str,
+    message: str,
+    *,
+    claim: repository.ClaimedJob | None = None,
 ) -> tuple[str, list[int]]:
     status, deliveries = _settle(
         runtime,
         lambda s: repository.fail_job(
-            s, job_id, code=code, message=_without_nul(message), from_statuses=("running",), attempt=attempt
+            s,
+            job_id,
+            code=code,
+            message=_without_nul(message),
+            from_statuses=("running",),
+            attempt=attempt,
+            claim=claim,
         ),
     )
     return ("failed" if status != "skipped" else status), deliveries

@@ -10,8 +10,11 @@ import logging
 import os
 import socket
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from ensemble_core.pool import ModelPool
 from jobqueue.events import event_bus_for
@@ -24,6 +27,33 @@ from workers.settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 
+class ConfigVersionCache:
+    """Config version specs by id, read once per process: the rows are append-only and never
+    updated, so a cached spec cannot go stale. Bounded (least recently used goes first) for a
+    long-lived worker that sees many versions."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._specs: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, version_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            spec = self._specs.get(version_id)
+            if spec is not None:
+                self._specs.move_to_end(version_id)
+                return spec
+        row = repository.get_config_version(session, version_id)
+        if row is None:
+            return None
+        spec = dict(row.spec)
+        with self._lock:
+            self._specs[version_id] = spec
+            while len(self._specs) > self._size:
+                self._specs.popitem(last=False)
+        return spec
+
+
 @dataclass
 class WorkerRuntime:
     db: Database
@@ -33,6 +63,7 @@ class WorkerRuntime:
     hostname: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     # the Celery queues this worker reads, set once it is ready (workers.app), for /status
     queues: list[str] | None = None
+    config_versions: ConfigVersionCache = field(default_factory=ConfigVersionCache)
     _stop: threading.Event = field(default_factory=threading.Event)
     _heartbeat: threading.Thread | None = None
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)

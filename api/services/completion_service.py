@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from starlette.concurrency import run_in_threadpool
-
 from api.errors import ApiError
 from api.schemas.openai import ChatMessageIn, PromptFields
 from api.services import (
@@ -211,8 +209,9 @@ async def run_to_answer(
 ) -> dict[str, Any]:
     """Submit (or attach to the job of the same Idempotency-Key), wait, answer; 504 past the
     timeout. The submission borrows a thread; the wait holds none."""
-    job, _ = await run_in_threadpool(submit, state, prepared, idempotency_key)
-    job = await job_service.wait_for_job(state, job.id, prepared.timeout)
+    job = await job_service.submit_and_wait(
+        state, lambda job_id: submit(state, prepared, idempotency_key, job_id=job_id), prepared.timeout
+    )
     job_service.raise_unless_succeeded(job)
     return answer(job, prepared.form, prepared.model)
 

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -32,7 +33,7 @@ from jobqueue.contract import MODELS_QUEUE
 from jobqueue.webhook_policy import CallbackURLRefused, check_callback_url
 from persistence import recovery, repository
 from persistence.db import Database
-from persistence.models import Job
+from persistence.models import Job, new_id
 
 log = logging.getLogger(__name__)
 
@@ -226,28 +227,98 @@ def accepted(state: AppState, job_id: str) -> None:
 RECHECK_S = 5.0
 
 
-async def wait_for_job(state: AppState, job_id: str, timeout_s: float) -> Job:
-    """Wait until the job is final or the timeout passes; returns the job as last read.
+async def wait_for_job(
+    state: AppState,
+    job_id: str,
+    timeout_s: float,
+    *,
+    events: JobEvents | None = None,
+    submitted: Job | None = None,
+) -> Job:
+    """Wait until the job is final or the timeout passes; returns the job as last known.
 
-    Events on the bus wake us at once; the database is re-read every few seconds in case an
-    event was missed (Postgres is the truth). Without the bus (Redis restarting) the database
-    alone is polled, twice a second, so a job that finishes meanwhile is still answered. The
-    wait holds no thread: only each database read borrows one from the pool, for the moment
-    it takes."""
+    Events on the bus wake us at once, and the worker's done event carries the final state it
+    committed (``final``): the answer is built from it, with no read. The database is re-read
+    when a done event carries no final state (a cancel, a large result), and every few seconds
+    in case an event was missed (Postgres is the truth). Without the bus (Redis restarting) the
+    database alone is polled, twice a second, so a job that finishes meanwhile is still
+    answered. The wait holds no thread: only each database read borrows one from the pool, for
+    the moment it takes.
+
+    ``events`` and ``submitted``: a subscription the caller opened before the job's task was
+    sent, and the job as its submission stored it (:func:`submit_and_wait`); no event can have
+    come before the subscription, so the first read is skipped too. The caller closes them."""
     deadline = time.monotonic() + timeout_s
-    events = await JobEvents.open(state, job_id)
+    own = events is None
+    if events is None:
+        events = await JobEvents.open(state, job_id)
     try:
-        job = await run_in_threadpool(load_job, state, job_id)
+        if submitted is not None:
+            job = submitted
+        else:
+            job = await run_in_threadpool(load_job, state, job_id)
         while not repository.is_final(job.status):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             event = await events.get(min(RECHECK_S, remaining))
-            if event is None or event.get("type") == "done":
-                job = await run_in_threadpool(load_job, state, job_id)
+            if event is not None and event.get("type") != "done":
+                continue
+            known = final_from_event(job, event) if event is not None else None
+            job = known if known is not None else await run_in_threadpool(load_job, state, job_id)
+    finally:
+        if own:
+            await events.close()
+    return job
+
+
+async def submit_and_wait(
+    state: AppState, submit: Callable[[str], tuple[Job, bool]], timeout_s: float
+) -> Job:
+    """Submit a job and wait for it, listening before its task is sent.
+
+    ``submit(job_id)`` stores and sends the job under that id (or, for a known Idempotency-Key,
+    returns the earlier job, which is then waited for as any other)."""
+    job_id = new_id("job")
+    events = await JobEvents.open(state, job_id)
+    try:
+        job, _created = await run_in_threadpool(submit, job_id)
+        if job.id == job_id:
+            return await wait_for_job(state, job_id, timeout_s, events=events, submitted=job)
     finally:
         await events.close()
-    return job
+    return await wait_for_job(state, job.id, timeout_s)
+
+
+def final_from_event(job: Job, event: dict[str, Any]) -> Job | None:
+    """The job in the final state a worker's done event reports, or None when the event does
+    not carry it (the API's cancel event, a result too large for an event, an older worker).
+
+    The event comes from the attempt that committed this state (a fenced-off attempt publishes
+    no done event), after its commit: it says what a read would find, for the fields an answer
+    uses. Built as a new, unattached row so ``job`` (maybe the caller's) is left as it is."""
+    final = event.get("final")
+    status = event.get("status")
+    if not isinstance(final, dict) or status not in ("succeeded", "failed") or "attempt" not in event:
+        return None
+    return Job(
+        id=job.id,
+        kind=job.kind,
+        tenant=job.tenant,
+        request=job.request,
+        config_version_id=job.config_version_id,
+        batch_id=job.batch_id,
+        batch_index=job.batch_index,
+        webhook_url=job.webhook_url,
+        idempotency_key=job.idempotency_key,
+        created_at=job.created_at,
+        attempts=int(event["attempt"]),
+        status=status,
+        result=final.get("result"),
+        usage=final.get("usage"),
+        error_code=final.get("error_code"),
+        error_message=final.get("error_message"),
+    )
 
 
 class JobEvents:
