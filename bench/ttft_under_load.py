@@ -34,8 +34,9 @@ WORDS = "the quiet harbour town wakes early as fishing boats return with their n
 
 
 def prompt(tokens: int, i: int) -> str:
-    """About ``tokens`` tokens of plain English (SmolLM2's tokenizer: ~1 token a word here)."""
-    words = [WORDS[(i + k) % len(WORDS)] for k in range(max(1, tokens - 18))]
+    """A prompt of about ``tokens`` tokens with SmolLM2's chat template (its default system
+    prompt and the template take ~30), plain English words."""
+    words = [WORDS[(i + k) % len(WORDS)] for k in range(max(1, tokens - 36))]
     return f"Request {i}: continue this story in one sentence. " + " ".join(words)
 
 

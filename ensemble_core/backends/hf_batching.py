@@ -17,7 +17,8 @@ work, in one loop (``_run``), one step at a time:
    text, including a row this loop handed back last round); what is not cached is the call's
    *rest* (the whole prompt in a first round, the last accepted segment later).
 2. **prefill**: the newcomers' rests are fed together, in chunks of at most
-   ``prefill_slots`` padded tokens, over one cache merged from their prefix rows. The
+   ``prefill_slots`` padded tokens (and not mostly padding: a new prompt is not fed with the
+   few-token rests of other jobs' next rounds), over one cache merged from their prefix rows. The
    newcomers then join the running batch; each call's row is copied once per sampling.
 3. **step**: every row picks its next token from its logits (its own sampling, its session's
    seeded generator, grammar, penalties: ``sampling.choose_token``) and adds it to its
@@ -280,13 +281,21 @@ class DecodeLoop:
         return batch
 
     def _chunks(self, ready: list[tuple[_Call, list[int]]]) -> list[list[tuple[_Call, list[int]]]]:
-        """Consecutive groups whose padded rests stay within ``prefill_slots`` tokens."""
+        """Consecutive groups (``ready`` is sorted by rest length) whose padded rests stay within
+        ``prefill_slots`` tokens and are mostly real: padding a round's few-token rests to a
+        new prompt's length would multiply the work of a compute-bound pass, while one more
+        pass costs about one weight read (a decode step)."""
         chunks: list[list[tuple[_Call, list[int]]]] = []
-        for item in ready:  # sorted by rest length: a chunk's span is its last rest's
-            if chunks and (len(chunks[-1]) + 1) * len(item[1]) <= self.prefill_slots:
-                chunks[-1].append(item)
-            else:
-                chunks.append([item])
+        real = 0  # tokens of the last chunk's rests
+        for item in ready:
+            if chunks:
+                padded = (len(chunks[-1]) + 1) * len(item[1])  # the last rest is the longest
+                if padded <= self.prefill_slots and padded <= 1.5 * (real + len(item[1])) + 64:
+                    chunks[-1].append(item)
+                    real += len(item[1])
+                    continue
+            chunks.append([item])
+            real = len(item[1])
         return chunks
 
     def _prefill_isolating_errors(self, chunk: list[tuple[_Call, list[int]]]) -> _Batch | None:
