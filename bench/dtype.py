@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--prompts", type=int, default=20, help="0: timing only")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-int8", action="store_true", help="skip the torchao rows")
@@ -171,7 +171,8 @@ def main() -> None:
         label = v.replace("+int8wo", " + torchao int8 weight-only").replace(
             "+int8dyn", " + torchao int8 dynamic"
         )
-        print(f"| {label} | {cells} | {rate:.0f} | {same}/{len(prompts)} | {first} |")
+        agreed = f"{same}/{len(prompts)}" if prompts else "-"
+        print(f"| {label} | {cells} | {rate:.0f} | {agreed} | {first} |")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ TOPICS = [
 ]
 SIZES = {  # tokens per answer, concurrent requests, single-stream repeats, overhead tokens
     "tiny": (16, 8, 1, 32),
-    "cpu": (48, 64, 2, 96),
+    "cpu": (32, 64, 2, 64),
     "full": (256, 64, 3, 256),
 }
 

@@ -23,10 +23,12 @@ as vLLM's ``dtype="auto"`` picks one: bfloat16 on a GPU that supports it (float1
 does not) and on a CPU with AMX (``amx_bf16`` in /proc/cpuinfo), float32 on other CPUs (where
 bfloat16 matrix products are emulated and slower), the checkpoint's dtype on other devices.
 Unset, the checkpoint's dtype (float32 for the bundled models, which the evaluation used).
-Measured for SmolLM2 on this project's AMX CPU (``python bench/dtype.py``, docs/benchmarks.md):
-bfloat16 costs what float32 costs for one row and half for 8 to 64 rows per step, and changes
-some greedy continuations; torchao's int8 weight-only and int8 dynamic quantization were slower
-than bfloat16 at every row count, so they are not offered.
+Measured for SmolLM2 on this project's AMX CPU (``python bench/dtype.py``, docs/benchmarks.md
+"Weight dtype"): a bfloat16 decode step costs at most what a float32 one costs for one row and
+about half for 8 to 64 rows, but most 32-token greedy continuations differ from float32's after
+a dozen tokens, so the default stays the checkpoint's dtype and ``auto`` is an admin's choice;
+torchao's int8 weight-only and int8 dynamic quantization were slower than bfloat16 at every row
+count, so they are not offered.
 """
 
 from __future__ import annotations
