@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, envelope
-from api.state import AppState, get_state
+from api.state import AppState, state_of
 from persistence import api_key_repository
 
 # the tenant of the keys in ENSEMBLEHUB_API_KEYS (the older, single-tenant way)
@@ -55,7 +55,7 @@ def require_api_key(
 
     Routes that need the tenant take ``Depends(require_api_key)`` too: FastAPI runs it once
     per request."""
-    state = get_state(request)
+    state = state_of(request)
     token = credentials.credentials.strip() if credentials and credentials.credentials.strip() else None
     principal = _authenticate(state, request, token)
     if principal.tenant is not None:
@@ -125,7 +125,7 @@ def is_forwarded(request: Request) -> bool:
 def optional_principal(request: Request) -> Principal | None:
     """Who is asking, or None for a request without a valid key (no 401, no rate limit):
     for the endpoints anyone may call that show more to an admin (``/status``)."""
-    state = get_state(request)
+    state = state_of(request)
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
     try:

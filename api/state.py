@@ -47,5 +47,12 @@ class AppState:
         )
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """The dependency ``Depends(get_state)``. It is ``async`` so that FastAPI calls it on the
+    event loop: a plain ``def`` dependency costs every request a trip through the thread pool.
+    Code that has the request calls ``state_of``."""
+    return state_of(request)
+
+
+def state_of(request: Request) -> AppState:
     return request.app.state.hub  # type: ignore[no-any-return]

@@ -27,8 +27,10 @@ def running_stack(
     flags: Sequence[str] = (),
     workers: int = 1,
     worker_env: dict[str, str] | None = None,
+    api_workers: int = 1,
 ) -> Iterator[BenchStack]:
-    """``model_specs=None``: the bundled default ensemble (no ``--model_specs`` flag)."""
+    """``model_specs=None``: the bundled default ensemble (no ``--model_specs`` flag).
+    ``api_workers``: API processes on the one port (``--workers``)."""
     with ExitStack() as stack:
         db_url = stack.enter_context(services.migrated_database())
         broker = stack.enter_context(services.private_redis_db())
@@ -39,7 +41,8 @@ def running_stack(
             for i in range(workers)
         ]
         spec_flags = ["--model_specs", json.dumps(model_specs)] if model_specs is not None else []
-        api, base = services.start_api(env, log_dir, [*spec_flags, *flags])
+        api_flags = ["--workers", str(api_workers)] if api_workers > 1 else []
+        api, base = services.start_api(env, log_dir, [*spec_flags, *flags, *api_flags])
         procs.append(api)
         stack.callback(lambda: [p.stop() for p in procs])
         services.wait_for_worker(base, procs[0])

@@ -1,15 +1,24 @@
 """Accepted submissions per second, and the time to accept a 10,000-item batch.
 
     python bench/submit.py [--submissions 600] [--concurrency 16] [--batch-items 10000]
+                           [--api-workers 2] [--client raw|httpx]
 
 Submissions are `POST /v1/chat/completions` with `background: true` (answered 202 once the job
 is committed and sent to the broker), from concurrent clients over keep-alive connections.
 The worker is running meanwhile (as in production), on the same 2 cores.
+
+``--api-workers N`` serves from N API processes (``--workers N``). ``--client raw`` (default)
+is a load generator in the manner of wrk: one asyncio loop writing requests and reading
+answers on keep-alive sockets, ~0.1 ms of CPU per request; ``httpx`` is one thread and one
+``httpx.Client`` per connection, which costs ~1 ms of CPU per request, taken from the same
+2 cores the server runs on.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 import tempfile
 import threading
@@ -62,6 +71,60 @@ def submit_rate(base_url: str, total: int, concurrency: int) -> tuple[float, lis
     return total / wall, latencies, errors
 
 
+def raw_submit_rate(base_url: str, total: int, concurrency: int) -> tuple[float, list[float], int]:
+    """The same submissions as ``submit_rate`` from a light client: HTTP/1.1 written and read
+    by hand on ``concurrency`` keep-alive connections of one asyncio loop."""
+    host, port = base_url.removeprefix("http://").split(":")
+    payload = json.dumps(BODY).encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    latencies: list[float] = []
+    errors = 0
+    left = total
+
+    async def connection() -> None:
+        nonlocal errors, left
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while left > 0:
+                left -= 1
+                t = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                await reader.readexactly(length)
+                latencies.append((time.perf_counter() - t) * 1000)
+                if not head.startswith(b"HTTP/1.1 202"):
+                    errors += 1
+        finally:
+            writer.close()
+
+    async def run() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(connection() for _ in range(concurrency)))
+        return time.perf_counter() - started
+
+    wall = asyncio.run(run())
+    return total / wall, latencies, errors
+
+
+def wait_for_api_processes(base_url: str, processes: int, timeout_s: float = 60) -> None:
+    """Until each of the API processes has answered (each takes a few seconds to start)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < processes and time.monotonic() < deadline:
+        with httpx.Client(base_url=base_url, timeout=10) as client:  # a new connection each time
+            seen.add(client.get("/status").json()["api"]["pid"])
+        time.sleep(0.05)
+    if len(seen) < processes:
+        raise TimeoutError(f"only {len(seen)} of {processes} API processes answered")
+
+
 def batch_accept(base_url: str, items: int) -> tuple[float, int]:
     body = {"examples": [{"input": f"What is {i}+1?"} for i in range(items)], "max_tokens": 4}
     t = time.perf_counter()
@@ -74,24 +137,32 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch-items", type=int, default=10_000)
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes (--workers)")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
     args = parser.parse_args()
     tiny = build_tiny_model(Path(tempfile.mkdtemp(prefix="ehub-bench-")) / "tiny", arch="llama", vocab_seed=1)
     with running_stack(
         [{"path": str(tiny), "name": "tiny"}],
         ["--model_selection_method", "all", "--ensemble_method", "loop"],
+        api_workers=args.api_workers,
     ) as stack:
+        wait_for_api_processes(stack.base_url, args.api_workers)
         httpx.post(stack.base_url + "/v1/chat/completions", json={**BODY, "background": False}, timeout=120)
-        rate, latencies, errors = submit_rate(stack.base_url, args.submissions, args.concurrency)
+        measure = raw_submit_rate if args.client == "raw" else submit_rate
+        measure(stack.base_url, min(200, args.submissions), args.concurrency)  # warm every process
+        rate, latencies, errors = measure(stack.base_url, args.submissions, args.concurrency)
         s = summary(latencies)
-        batch_s, batch_status = batch_accept(stack.base_url, args.batch_items)
+        batch = batch_accept(stack.base_url, args.batch_items) if args.batch_items > 0 else None
     print(
-        f"\nSubmissions ({args.submissions} background chat completions, {args.concurrency} concurrent clients)\n"
+        f"\nSubmissions ({args.submissions} background chat completions, {args.concurrency} concurrent "
+        f"connections, {args.client} client, {args.api_workers} API process(es))\n"
     )
     print_table(
         ["accepted/s", "p50 ms", "p95 ms", "p99 ms", "non-202"],
         [[round(rate, 1), s["p50"], s["p95"], s["p99"], errors]],
     )
-    print(f"\nBatch of {args.batch_items} items: accepted (HTTP {batch_status}) in {batch_s:.2f} s\n")
+    if batch is not None:
+        print(f"\nBatch of {args.batch_items} items: accepted (HTTP {batch[1]}) in {batch[0]:.2f} s\n")
 
 
 if __name__ == "__main__":

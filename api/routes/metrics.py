@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from api.guards import require_api_key
 from api.request_metrics import RequestMetrics, RequestTiming
 from api.services import metrics_service
-from api.state import get_state
+from api.state import state_of
 from jobqueue.settings import QueueSettings
 
 router = APIRouter(tags=["metrics"])
@@ -42,6 +42,6 @@ async def metrics(request: Request) -> Response:
     segment wins. Open like /status: scrape it from the internal network."""
     holder: MetricsState = request.app.state.metrics
     body = await run_in_threadpool(
-        metrics_service.exposition, get_state(request), holder.broker, holder.requests.exposition()
+        metrics_service.exposition, state_of(request), holder.broker, holder.requests.exposition()
     )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
