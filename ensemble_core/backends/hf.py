@@ -331,8 +331,12 @@ class HFGenerationSession:
         prompt_len = len(self.prompt_ids)
         grammars = gen.row_grammars(limits, accepted_text, n)
         for step in range(limits.max_new_tokens):
+            # a row that ended draws nothing (it is fed a pad): the seeded generator's stream is
+            # then the same as the decode loop's, where an ended row leaves the batch
             chosen = [
-                choose_token(
+                gen.pad_id
+                if results[row] is not None
+                else choose_token(
                     logits[row],
                     sampling,
                     self.rng,
@@ -341,9 +345,7 @@ class HFGenerationSession:
                     context=lambda row=row: target + ids[row],  # type: ignore[misc]
                     output=lambda row=row: target[prompt_len:] + ids[row],  # type: ignore[misc]
                     generated=len(ids[row]),
-                    grammar=None
-                    if grammars is None or results[row] is not None
-                    else functools.partial(grammars.mask, row),
+                    grammar=None if grammars is None else functools.partial(grammars.mask, row),
                 )
                 for row, sampling in enumerate(samplings)
             ]

@@ -366,3 +366,21 @@ def test_the_prefill_is_chunked_and_padded_rows_still_match(
     assert sum(passes) == 6
     for a, b in zip(solo, results, strict=True):
         _same(a, b[0])
+
+
+def test_sampled_rows_replay_as_alone_when_a_sibling_row_ends_early(generator: HFTextGenerator) -> None:
+    # row 0 ends at its third token; the hot row goes on: decoding alone must not draw for the
+    # ended row either, or the session's seeded generator would run ahead of the loop's
+    eos = min(generator.eos_ids)
+    samplings = [Sampling(1.0, logit_bias=((eos, 100.0),)), HOT, Sampling(0.8)]  # all draw
+    limits = SegmentLimits(max_new_tokens=12, boundary="none", eos_after=2, ignore_eos=False)
+    solo = [_alone(generator, i, samplings, limits) for i in range(2)]
+    sessions = [_open(generator, i) for i in range(2)]
+    together = _concurrently(2, lambda i: sessions[i].generate("", samplings, limits))
+    for session in sessions:
+        session.close()
+    assert generator.batcher is not None and generator.batcher.admitted == 2
+    for alone, batched in zip(solo, together, strict=True):
+        assert alone[0].finish == "eos" and alone[0].num_tokens == 2
+        for a, b in zip(alone, batched, strict=True):
+            _same(a, b)
