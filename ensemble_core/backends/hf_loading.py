@@ -7,7 +7,8 @@ bitsandbytes, GPU only) and ``engine_options`` keys ``attn_implementation`` (e.g
 (see below), ``trust_remote_code`` (bool) and
 ``cpu_threads`` (int, torch intra-op threads for CPU models), and the cross-job batching knobs
 ``batch_across_jobs`` (bool, default true), ``batch_max_rows`` (int, default 64) and
-``batch_window_ms`` (float, default 20) described in ``hf_batching``.
+``batch_window_ms`` (accepted, no longer used: the decode loop admits calls at every step) described in
+``hf_batching``.
 
 CPU threads: decoding one token of a small model is hundreds of tiny matrix products, where
 OpenMP's fork/join costs more than a second thread gains, and on a busy machine spinning
