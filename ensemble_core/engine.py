@@ -36,7 +36,7 @@ from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 from ensemble_core.stopping import STOP_REASONS, StoppableSession, StopSignal
 
 # a cut answer reads as OpenAI's "length" (the job's status says why it was cut)
-_LENGTH_REASONS = {"max_tokens", "max_rounds", *STOP_REASONS}
+_LENGTH_REASONS = {"max_tokens", "max_rounds", "max_context", *STOP_REASONS}
 
 
 def run_ensemble(
@@ -368,6 +368,8 @@ class RoundLoop:
                 return self.accepted_text, "eos"
             if candidate.finish == "stop_string":
                 return self.accepted_text, "stop_string"
+            if candidate.finish == "context_full":  # the winner's context window is full
+                return self.accepted_text, "max_context"
             # an answer that used up max_tokens ended there ("length"), whatever its tail repeats
             if self.generated_tokens >= request.max_tokens:
                 return self.accepted_text, "max_tokens"

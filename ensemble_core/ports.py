@@ -24,7 +24,8 @@ from ensemble_core.structured_output import StructuredOutput
 CONFIDENCE_TOP_K = 20
 
 SegmentBoundary = Literal["sentence", "line", "none"]
-CandidateFinish = Literal["boundary", "eos", "length", "stop_string", "boundary_string"]
+# "context_full": the model's context window (prompt + answer) has no room for another token
+CandidateFinish = Literal["boundary", "eos", "length", "stop_string", "boundary_string", "context_full"]
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class EnsembleResult(BaseModel):
 
     ``finish_reason`` has the OpenAI meaning ("length" when ``max_tokens`` cut the answer,
     "stop" otherwise); ``stop_reason`` says exactly why: ``eos``, ``max_tokens``,
-    ``max_rounds``, ``stop_string``, ``repeat`` (the same segment ``max_repeat`` times),
+    ``max_rounds``, ``max_context`` (a member's context window was full), ``stop_string``, ``repeat`` (the same segment ``max_repeat`` times),
     ``repeated_ngram`` (a degenerate loop inside the answer) or ``no_candidates``.
     """
 

@@ -60,7 +60,7 @@ def _train_tokenizer(vocab_size: int, seed: int, extra_special: tuple[str, ...] 
     return fast
 
 
-def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None):  # type: ignore[no-untyped-def]
+def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None, max_positions: int = 2048):  # type: ignore[no-untyped-def]
     from transformers import GPT2Config, LlamaConfig
 
     common = {
@@ -79,12 +79,12 @@ def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None
             num_attention_heads=2,
             num_key_value_heads=2,
             head_dim=32,
-            max_position_embeddings=2048,
+            max_position_embeddings=max_positions,
             tie_word_embeddings=False,
             **common,
         )
     if arch == "gpt2":
-        return GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=2048, **common)
+        return GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=max_positions, **common)
     if arch == "gemma3":  # sliding-window attention (window 8) beside full attention, like Gemma 3
         from transformers import Gemma3TextConfig
 
@@ -97,7 +97,7 @@ def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None
             head_dim=32,
             sliding_window=8,
             layer_types=["sliding_attention", "full_attention"],
-            max_position_embeddings=2048,
+            max_position_embeddings=max_positions,
             **common,
         )
     raise ValueError(f"unknown tiny arch {arch!r}; use 'llama', 'gpt2' or 'gemma3'")
@@ -111,9 +111,11 @@ def build_tiny_model(
     vocab_size: int = 400,
     seed: int = 0,
     bos: bool = False,
+    max_positions: int = 2048,
 ) -> Path:
     """Save a tiny causal LM + tokenizer (with chat template) in ``directory``; returns it.
-    ``bos``: the tokenizer puts a BOS in front of plain text.
+    ``bos``: the tokenizer puts a BOS in front of plain text; ``max_positions``: its context
+    window.
 
     Idempotent: an existing folder is reused."""
     import torch
@@ -124,7 +126,9 @@ def build_tiny_model(
         return directory
     tokenizer = _train_tokenizer(vocab_size, vocab_seed, bos=bos)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_config(arch, len(tokenizer), tokenizer))
+    model = AutoModelForCausalLM.from_config(
+        _config(arch, len(tokenizer), tokenizer, max_positions=max_positions)
+    )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     directory.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,12 @@ from ensemble_core.members import Member, segment_limits
 from ensemble_core.result import SegmentEvent
 from ensemble_core.scorers.copy_guard import CopyGuard, user_sources
 
-_STOP_REASONS = {"eos": "eos", "length": "max_tokens", "stop_string": "stop_string"}
+_STOP_REASONS = {
+    "eos": "eos",
+    "length": "max_tokens",
+    "stop_string": "stop_string",
+    "context_full": "max_context",
+}
 
 
 class ResponseParams(LevelParams):

@@ -9,6 +9,7 @@ without cache reuse gives the same tokens (tested on SmolLM2).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from ensemble_core.backends.hf_batching import DecodeLoop, batchable
-from ensemble_core.backends.hf_loading import from_pretrained, input_device, load_tokenizer
+from ensemble_core.backends.hf_loading import context_window, from_pretrained, input_device, load_tokenizer
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
 from ensemble_core.backends.sampling import (
     ConfidenceTrail,
@@ -87,6 +88,7 @@ class HFTextGenerator:
             self.pad_id = min(self.eos_ids)
         self.batcher = self._make_batcher(spec)
         self.leading_ids = leading_special_ids(self.tokenizer)
+        self.context_window = context_window(self.model.config)
         self._grammars: Any = None  # hf_grammar.VocabularyGrammars, built at the first use
         self._grammar_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
@@ -305,11 +307,40 @@ class HFGenerationSession:
         if not samplings or limits.max_new_tokens <= 0:
             return []
         limits = with_stops(limits, self.rendered)
+        room = self._context_room(accepted_text, limits.max_new_tokens)
+        if room is not None and room <= 0:
+            return [Candidate("", [], [], "context_full") for _ in samplings]
+        if room is not None:
+            limits = dataclasses.replace(limits, max_new_tokens=room)
         with self.lock:
             batcher = self.generator.batcher
             if batcher is not None and batcher.open_sessions > 1:
-                return batcher.generate(self, accepted_text, samplings, limits)
-            return self._generate(accepted_text, samplings, limits)
+                candidates = batcher.generate(self, accepted_text, samplings, limits)
+            else:
+                candidates = self._generate(accepted_text, samplings, limits)
+        if room is None:
+            return candidates
+        # a candidate cut at the window's edge ends the answer there, not only this segment
+        return [
+            dataclasses.replace(c, finish="context_full")
+            if c.finish == "length" and c.num_tokens >= room
+            else c
+            for c in candidates
+        ]
+
+    def _context_room(self, accepted_text: str, wanted: int) -> int | None:
+        """How many tokens still fit in the model's context window after the prompt and
+        ``accepted_text``, when fewer than ``wanted`` do; None when ``wanted`` fit (or the
+        model names no window)."""
+        window = self.generator.context_window
+        if window is None:
+            return None
+        # a byte-level tokenizer spends at most one token per byte: most calls stop here
+        # without tokenizing the accepted text again
+        if len(self.prompt_ids) + len(accepted_text.encode("utf-8")) + wanted + 16 <= window:
+            return None
+        room = window - len(self.batch_target(accepted_text))
+        return room if room < wanted else None
 
     def _generate(
         self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits

@@ -221,3 +221,17 @@ def load_tokenizer(spec: ModelSpec, cache_dir: Path | None) -> Any:
 def input_device(model: Any) -> torch.device:
     device: torch.device = next(model.parameters()).device
     return device
+
+
+def context_window(config: Any) -> int | None:
+    """The most positions the model was built for, from its config (None if it names none).
+
+    Past it a learned position table (GPT-2's ``wpe``) has no row to index and the forward
+    pass fails; a rotary model runs on but outside what it was trained for. vLLM's
+    ``max_model_len`` defaults to the same value."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"):
+        value = getattr(text_config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
