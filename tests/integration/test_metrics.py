@@ -57,6 +57,9 @@ def test_metrics_parse_and_move_when_a_job_runs(stack):
                 "messages": [{"role": "user", "content": "Hi"}],
                 "max_tokens": 8,
                 "seed": 0,  # reproducible: without a seed the members' sampling is fresh each request
+                # 2-token segments to the end: the loop hands over, so both members generate
+                "ignore_eos": True,
+                "ensemble_config": {"aggregation_params": {"segment_tokens": 2, "segment_boundary": "none"}},
             },
         )
         assert resp.status_code == 200, resp.text

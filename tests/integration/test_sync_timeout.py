@@ -12,9 +12,14 @@ import pytest
 pytestmark = pytest.mark.usefixtures("show_logs_on_failure")
 
 
+# ignore_eos and hundreds of tokens: the tiny models decode fast, and an answer that ended at an
+# early EOS could beat the 50 ms timeout
+LONG = {"max_tokens": 300, "ignore_eos": True}
+
+
 def test_timeout_then_poll_then_idempotent_retry(stack):
     key = f"test-{uuid.uuid4()}"
-    body = {"model": "ensemble", "prompt": "Write a long story.", "max_tokens": 40, "timeout": 0.05}
+    body = {"model": "ensemble", "prompt": "Write a long story.", **LONG, "timeout": 0.05}
     with stack.client() as client:
         first = client.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": key})
         assert first.status_code == 504, first.text
@@ -49,7 +54,7 @@ def test_timeout_then_poll_then_idempotent_retry(stack):
 
 def test_a_retry_while_the_job_still_runs_waits_for_the_same_job(stack):
     key = f"test-{uuid.uuid4()}"
-    body = {"model": "ensemble", "prompt": "Count slowly.", "max_tokens": 30, "timeout": 0.05}
+    body = {"model": "ensemble", "prompt": "Count slowly.", **LONG, "timeout": 0.05}
     with stack.client() as client:
         first = client.post("/v1/chat/completions", json=body, headers={"Idempotency-Key": key})
         assert first.status_code == 504
