@@ -2,7 +2,7 @@
 the same worker running one item at a time.
 
     python bench/batch.py [--items 64] [--solo-items 12] [--max-tokens 48] [--configs single,pair,ensemble]
-                          [--temperature 0]
+                          [--temperature 0] [--torch-dtype bfloat16]
 
 Both runs go through the whole service (``POST /v1/ensemble/batch``, Redis, one Celery worker
 process, Postgres) and time the batch from submission until its last item is final. The only
@@ -62,9 +62,21 @@ TOPICS = ["the sea", "bread", "a river", "the moon", "winter", "a library", "bee
 
 
 def run_batch(
-    config: str, items: int, concurrency: int, max_tokens: int, temperature: float | None
+    config: str,
+    items: int,
+    concurrency: int,
+    max_tokens: int,
+    temperature: float | None,
+    torch_dtype: str | None = None,
 ) -> dict[str, Any]:
     specs, flags, overlay = CONFIGS[config]
+    if torch_dtype is not None:  # the admin's engine option, on every member of the config
+        if specs is None:
+            raise SystemExit("--torch-dtype applies to the configs with explicit members (single, pair)")
+        specs = [
+            {**s, "engine_options": {**s.get("engine_options", {}), "torch_dtype": torch_dtype}}
+            for s in specs
+        ]
     env = {"ENSEMBLEHUB_CONCURRENCY": str(concurrency)}
     with (
         running_stack(specs, flags, worker_env=env) as stack,
@@ -124,11 +136,18 @@ def main() -> None:
         default=None,
         help="the request's temperature (0: greedy); default the members'",
     )
+    parser.add_argument(
+        "--torch-dtype",
+        default=None,
+        help="the members' weight dtype (engine option torch_dtype: float32, bfloat16, auto); default theirs",
+    )
     args = parser.parse_args()
     rows = []
     for config in args.configs.split(","):
-        solo = run_batch(config, args.solo_items, 1, args.max_tokens, args.temperature)
-        batched = run_batch(config, args.items, args.items, args.max_tokens, args.temperature)
+        solo = run_batch(config, args.solo_items, 1, args.max_tokens, args.temperature, args.torch_dtype)
+        batched = run_batch(
+            config, args.items, args.items, args.max_tokens, args.temperature, args.torch_dtype
+        )
         # the one-at-a-time run's items are the batch's first items (same text, same seed)
         same = sum(batched["outputs"].get(i) == text for i, text in solo["outputs"].items())
         for label, r in (("one at a time", solo), (f"batched ({args.items} at once)", batched)):
@@ -138,8 +157,10 @@ def main() -> None:
         rows[-1][-2] = f"{batched['tok_per_s'] / solo['tok_per_s']:.2f}x"
         rows[-1][-1] = f"{same}/{len(solo['outputs'])}"
     temperature = "members' own" if args.temperature is None else args.temperature
+    dtype = args.torch_dtype or "the members' own"
     print(
         f"\nBatch job on SmolLM2, max_tokens {args.max_tokens}, temperature {temperature}, seed 1, "
+        f"weight dtype {dtype}, "
         "one worker process (2 cores)\n"
     )
     print_table(
