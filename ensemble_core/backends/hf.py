@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ensemble_core.backends.context_window import full_candidates, mark_window_ends, room_left
 from ensemble_core.backends.hf_batching import DecodeLoop, batchable
 from ensemble_core.backends.hf_loading import context_window, from_pretrained, input_device, load_tokenizer
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
@@ -309,7 +310,7 @@ class HFGenerationSession:
         limits = with_stops(limits, self.rendered)
         room = self._context_room(accepted_text, limits.max_new_tokens)
         if room is not None and room <= 0:
-            return [Candidate("", [], [], "context_full") for _ in samplings]
+            return full_candidates(len(samplings))
         if room is not None:
             limits = dataclasses.replace(limits, max_new_tokens=room)
         with self.lock:
@@ -318,15 +319,7 @@ class HFGenerationSession:
                 candidates = batcher.generate(self, accepted_text, samplings, limits)
             else:
                 candidates = self._generate(accepted_text, samplings, limits)
-        if room is None:
-            return candidates
-        # a candidate cut at the window's edge ends the answer there, not only this segment
-        return [
-            dataclasses.replace(c, finish="context_full")
-            if c.finish == "length" and c.num_tokens >= room
-            else c
-            for c in candidates
-        ]
+        return candidates if room is None else mark_window_ends(candidates, room)
 
     def _context_room(self, accepted_text: str, wanted: int) -> int | None:
         """How many tokens still fit in the model's context window after the prompt and
@@ -339,8 +332,7 @@ class HFGenerationSession:
         # without tokenizing the accepted text again
         if len(self.prompt_ids) + len(accepted_text.encode("utf-8")) + wanted + 16 <= window:
             return None
-        room = window - len(self.batch_target(accepted_text))
-        return room if room < wanted else None
+        return room_left(window, len(self.batch_target(accepted_text)), wanted)
 
     def _generate(
         self, accepted_text: str, samplings: list[Sampling], limits: SegmentLimits

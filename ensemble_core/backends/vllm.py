@@ -30,6 +30,7 @@ How the port maps onto vLLM:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import multiprocessing
@@ -39,6 +40,7 @@ import threading
 import time
 from typing import Any
 
+from ensemble_core.backends.context_window import full_candidates, mark_window_ends, room_left
 from ensemble_core.backends.hf_loading import load_tokenizer
 from ensemble_core.bundled import resolve_model_path
 from ensemble_core.errors import GenerationError, ModelLoadError
@@ -226,6 +228,7 @@ class VLLMTextGenerator:
         self.name = spec.display_name
         path = str(resolve_model_path(spec.path, cache_dir))
         kwargs = engine_kwargs(spec, path)
+        self.context_window = int(kwargs["max_model_len"])
         self.chunk_tokens = int(spec.engine_options.get("chunk_tokens", 16))
         self.tokenizer = load_tokenizer(spec, cache_dir)
         self.eos_ids = _eos_ids(path, self.tokenizer)
@@ -361,6 +364,18 @@ class VLLMGenerationSession:
         gen = self.generator
         limits = with_stops(limits, self.rendered)
         base = gen.encode_prompt(self.rendered, accepted_text)
+        room = room_left(gen.context_window, len(base), limits.max_new_tokens)
+        if room is not None and room <= 0:
+            return full_candidates(len(samplings))
+        if room is not None:
+            limits = dataclasses.replace(limits, max_new_tokens=room)
+        candidates = self._decode(base, accepted_text, samplings, limits)
+        return candidates if room is None else mark_window_ends(candidates, room)
+
+    def _decode(
+        self, base: list[int], accepted_text: str, samplings: list[Sampling], limits: SegmentLimits
+    ) -> list[Candidate]:
+        gen = self.generator
         tail = accepted_text[-64:]
         ids: list[list[int]] = [[] for _ in samplings]
         logps: list[list[float]] = [[] for _ in samplings]

@@ -81,6 +81,27 @@ def test_segments_boundaries_and_prefix_caching(pool: ModelPool) -> None:
     assert usage.prefilled < 3 * usage.prompt
 
 
+def test_an_answer_ends_at_max_model_len(pool: ModelPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sequence holds at most ``max_model_len`` tokens: the segment is cut there and the answer
+    ends (max_context), instead of vLLM refusing the next round's longer prompt. The running
+    engine's window is lowered for the test (another engine start would cost a minute)."""
+    generator = pool.generator(SMOLLM2_VLLM)
+    prompt = len(generator.open_session(PromptInput.chat(MESSAGES)).prompt_ids)  # type: ignore[attr-defined]
+    monkeypatch.setattr(generator, "context_window", prompt + 10)
+    config = EnsembleConfig(
+        model_selection_method="all",
+        ensemble_method="loop",
+        max_rounds=8,
+        aggregation_params={"segment_tokens": 4, "segment_boundary": "none", "ignore_eos": True},
+    )
+    request = GenerationRequest(messages=MESSAGES, max_tokens=40, temperature=0.0)
+    result = run_ensemble(EnsembleSpec(model_specs=[SMOLLM2_VLLM]), config, request, pool)
+    assert (result.stop_reason, result.finish_reason) == ("max_context", "length")
+    # the window holds prompt + answer as the next round would send them (the answer tokenized
+    # anew: segments' tokens can merge at their seams, so more may have been decoded)
+    assert len(generator.encode(result.text)) <= 10 <= result.usage.completion_tokens  # type: ignore[attr-defined]
+
+
 def test_sampling_scores_and_prompt_statistics(pool: ModelPool) -> None:
     session = pool.generator(SMOLLM2_VLLM).open_session(PromptInput.chat(MESSAGES), seed=3)
     limits = SegmentLimits(max_new_tokens=8, boundary="none")
