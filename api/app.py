@@ -53,6 +53,7 @@ def create_app(
             log.warning("could not check for API keys (database down?): %s", exc)
         yield
         state.submissions.close()  # store and send what was accepted
+        state.api_keys.close()
         state.background.shutdown(wait=True)  # finish sending accepted batches to the broker
         state.db.dispose()
 

@@ -6,6 +6,12 @@ one active key exists, every endpoint except ``/`` and ``/status`` needs
 request sees and creates belongs to its key's tenant. With no key at all the service is open,
 to requests from this machine only (the start-up notice says so): a local developer needs no
 key, and a server exposed by mistake answers nobody else.
+
+Lookups are cached per process (``persistence/api_key_cache.py``): a trigger on ``api_keys``
+notifies every API process of any change, which drops its cache, so a revoked key stops
+within milliseconds of the revocation's commit; without the notifications (SQLite, the
+listener reconnecting) every request asks the database. A cached answer costs the request no
+thread-pool trip.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from typing import Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, envelope
+from api.rate_limit import NoRateLimit
 from api.state import AppState, state_of
 from persistence import api_key_repository
+from persistence.api_key_cache import MISSING
 
 # the tenant of the keys in ENSEMBLEHUB_API_KEYS (the older, single-tenant way)
 ENV_KEYS_TENANT = "default"
@@ -48,18 +57,25 @@ def _unauthorized(message: str, code: str) -> ApiError:
     return ApiError(401, message, code=code, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_api_key(
+async def require_api_key(
     request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)
 ) -> Principal:
     """Authenticate the request and count it against its tenant's rate limit.
 
     Routes that need the tenant take ``Depends(require_api_key)`` too: FastAPI runs it once
-    per request."""
+    per request. It is ``async`` so that a cached key costs no thread-pool trip; a lookup in
+    the database and the rate limit's Redis round trip borrow a thread."""
     state = state_of(request)
     token = credentials.credentials.strip() if credentials and credentials.credentials.strip() else None
-    principal = _authenticate(state, request, token)
-    if principal.tenant is not None:
-        charge(state, principal.tenant, 1)
+    principal = _env_key(state, token)
+    if principal is None:
+        key = _cache_key(token)
+        found = state.api_keys.get(key)
+        if found is MISSING:
+            found = await run_in_threadpool(state.api_keys.lookup, key, lambda: _lookup(state, token))
+        principal = _decide(request, token, found)
+    if principal.tenant is not None and not isinstance(state.rate_limiter, NoRateLimit):
+        await run_in_threadpool(charge, state, principal.tenant, 1)
     return principal
 
 
@@ -91,14 +107,41 @@ def require_admin(principal: Principal = Depends(require_api_key)) -> Principal:
 
 
 def _authenticate(state: AppState, request: Request, token: str | None) -> Principal:
-    env_keys = [k.strip() for k in state.settings.api_keys.split(",") if k.strip()]
-    if token and any(hmac.compare_digest(token.encode(), k.encode()) for k in env_keys):
+    principal = _env_key(state, token)
+    if principal is not None:
+        return principal
+    found = state.api_keys.lookup(_cache_key(token), lambda: _lookup(state, token))
+    return _decide(request, token, found)
+
+
+def _env_keys(state: AppState) -> list[str]:
+    return [k.strip() for k in state.settings.api_keys.split(",") if k.strip()]
+
+
+def _env_key(state: AppState, token: str | None) -> Principal | None:
+    if token and any(hmac.compare_digest(token.encode(), k.encode()) for k in _env_keys(state)):
         return Principal(tenant=ENV_KEYS_TENANT, admin=True, key_id="env")
+    return None
+
+
+def _cache_key(token: str | None) -> str:
+    return api_key_repository.hash_api_key(token) if token else ""
+
+
+def _lookup(state: AppState, token: str | None) -> tuple[Principal | None, bool]:
+    """From the database: the token's active key (None: no such key) and whether any key
+    exists (the environment's included)."""
     with state.db.transaction() as session:
         row = api_key_repository.find_active_key(session, token) if token else None
         if row is not None:
-            return Principal(tenant=row.tenant, admin=row.admin, key_id=row.id)
-        keys_exist = bool(env_keys) or api_key_repository.active_keys_exist(session)
+            return Principal(tenant=row.tenant, admin=row.admin, key_id=row.id), True
+        return None, bool(_env_keys(state)) or api_key_repository.active_keys_exist(session)
+
+
+def _decide(request: Request, token: str | None, found: tuple[Principal | None, bool]) -> Principal:
+    principal, keys_exist = found
+    if principal is not None:
+        return principal
     if keys_exist:
         if not token:
             raise _unauthorized("missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")

@@ -32,6 +32,9 @@ class ApiSettings(BaseSettings):
     # per-tenant rate limit: at most this many requests per window (0: no limit); past it 429
     rate_limit_requests: int = 600
     rate_limit_window_s: int = 60
+    # API-key lookups are cached per process and dropped as soon as any key changes (Postgres
+    # LISTEN/NOTIFY, persistence/api_key_cache.py); an answer lives at most this long (0: no cache)
+    api_key_cache_ttl_s: float = Field(10.0, ge=0, le=300)
     # caps on what one request may ask (400 with the cap in the message)
     max_prompt_chars: int = 200_000
     max_tokens_limit: int = 4096

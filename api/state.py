@@ -16,6 +16,7 @@ from ensemble_core.spec import EnsembleSpec
 from jobqueue.celery_config import enqueue_jobs
 from jobqueue.settings import QueueSettings
 from jobqueue.webhook_policy import WebhookSettings
+from persistence.api_key_cache import ApiKeyCache
 from persistence.db import Database
 
 
@@ -36,8 +37,11 @@ class AppState:
     )
     # concurrent submissions share one INSERT, one COMMIT and one broker pipeline
     submissions: GroupCommit = field(init=False)
+    # API-key lookups, dropped on every change of a key (api/guards.py)
+    api_keys: ApiKeyCache = field(init=False)
 
     def __post_init__(self) -> None:
+        self.api_keys = ApiKeyCache(self.db.url, ttl_s=self.settings.api_key_cache_ttl_s)
         celery = self.celery
         self.submissions = GroupCommit(
             self.db,

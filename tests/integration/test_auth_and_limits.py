@@ -7,11 +7,13 @@ rate limit); nothing here needs a worker."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event, text
 
 from api.app import create_app
 from api.settings import ApiSettings
@@ -106,8 +108,93 @@ def test_config_changes_need_an_admin_key_and_a_revoked_key_stops_working(own_da
         assert "tenant=alice" in listing and "tenant=ops" in listing and user not in listing
         key_id = next(line.split()[0] for line in listing.splitlines() if "tenant=alice" in line)
         assert cli_main(["keys", "revoke", key_id]) == 0
-        assert client.get("/v1/jobs", headers=_bearer(user)).status_code == 401
+        # the API process caches keys and hears the revocation a few milliseconds after its commit
+        assert _status_within(client, "/v1/jobs", user, 401, seconds=1.0)
         assert cli_main(["keys", "create", "--tenant", "bad name!"]) == 2
+
+
+def _status_within(client: TestClient, path: str, key: str, status: int, *, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.get(path, headers=_bearer(key)).status_code == status:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_key_lookups_are_cached_and_every_key_change_drops_them_at_once(own_database):
+    """Cached answers (no query) while no key changes; a revocation by SQL, not through the
+    CLI, a new key and the last key gone all take effect in well under a second."""
+    alice, bob = _key(own_database, "alice"), _key(own_database, "bob")
+    with _client(own_database) as client:
+        cache = client.app.state.hub.api_keys
+        assert _wait(lambda: cache.live, seconds=5), "the listener connects and finds the trigger"
+        assert client.get("/v1/jobs", headers=_bearer(alice)).status_code == 200
+        assert client.get("/v1/jobs").status_code == 401
+        with _counting_queries(client.app.state.hub.db) as queries:
+            for _ in range(5):
+                assert client.get("/v1/jobs", headers=_bearer(alice)).status_code == 200
+                assert client.get("/v1/jobs").status_code == 401, "no key at all: cached too"
+        assert not any("FROM api_keys" in q for q in queries), queries
+
+        db = Database(own_database)
+        try:
+            with db.engine.begin() as conn:  # by hand, not through the CLI
+                conn.execute(text("UPDATE api_keys SET revoked_at = now() WHERE tenant = 'alice'"))
+            started = time.monotonic()
+            assert _status_within(client, "/v1/jobs", alice, 401, seconds=1.0)
+            took = time.monotonic() - started
+            assert client.get("/v1/jobs", headers=_bearer(bob)).status_code == 200
+            assert client.get("/v1/jobs", headers=_bearer("whatever")).status_code == 401
+            with db.engine.begin() as conn:
+                conn.execute(text("DELETE FROM api_keys"))
+            # no key left: back to the open mode (local machine), also heard at once
+            assert _status_within(client, "/v1/jobs", "whatever", 200, seconds=1.0)
+        finally:
+            db.dispose()
+        carol = _key(own_database, "carol")
+        assert _status_within(client, "/v1/jobs", "whatever", 401, seconds=1.0), (
+            "a new key ends the open mode"
+        )
+        assert client.get("/v1/jobs", headers=_bearer(carol)).status_code == 200
+    assert took < 0.5, f"revocation took {took:.3f} s to take effect"
+
+
+def test_without_the_listener_every_lookup_asks_the_database(own_database):
+    alice, _bob = _key(own_database, "alice"), _key(own_database, "bob")
+    with _client(own_database, api_key_cache_ttl_s=0) as client:
+        assert not client.app.state.hub.api_keys.live
+        assert client.get("/v1/jobs", headers=_bearer(alice)).status_code == 200
+        db = Database(own_database)
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(text("UPDATE api_keys SET revoked_at = now() WHERE tenant = 'alice'"))
+        finally:
+            db.dispose()
+        assert client.get("/v1/jobs", headers=_bearer(alice)).status_code == 401, "the very next request"
+
+
+def _wait(predicate: Callable[[], bool], *, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@contextmanager
+def _counting_queries(db: Database) -> Iterator[list[str]]:
+    queries: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        queries.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield queries
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
 
 
 def test_the_rate_limit_is_per_tenant_with_retry_after(own_database):
