@@ -102,7 +102,10 @@ class HFTextGenerator:
         options = spec.engine_options
         if not options.get("batch_across_jobs", True) or not batchable(self.model.config):
             return None
-        return DecodeLoop(self, max_rows=int(options.get("batch_max_rows", 64)))
+        # a new prompt's prefill on the core the decode step leaves free (a CPU's); a GPU runs
+        # both on one device, where it would only slow the step down
+        side = self.device == "cpu"
+        return DecodeLoop(self, max_rows=int(options.get("batch_max_rows", 64)), side_prefill=side)
 
     def open_session(
         self,

@@ -29,6 +29,15 @@ work, in one loop (``_run``), one step at a time:
    have all ended is released at once. The rows left are fed their new token in one forward
    pass, and the loop goes back to 1, so a newcomer waits at most one step for its prefill.
 
+A new prompt that arrives while a step is in progress does not wait for it (on a CPU, with
+``side_prefill``): a *side thread* prefills it at once, on the core the step does not use (a
+prompt's prefill is compute-bound, the step reads weights), picks its first token (steps 2-4
+for that group alone: a stream's first token is out as soon as its prompt is read) and hands
+the group to the loop, which joins it at the next step boundary and feeds that token with the
+other rows' tokens. Only first rounds go there (a later round's rest is a few tokens, cheaper
+to prefill in the loop), one group at a time, a streaming call's first; the rows it holds
+count against ``max_rows``.
+
 Padding scheme (the simplest correct one): every row of a batch cache is *left*-padded to the
 batch's width with zero keys/values that the attention mask hides, and every forward pass gets
 explicit position ids, so a row's positions are those of decoding it alone. A group of
@@ -110,6 +119,7 @@ class _Row:
     logps: list[float] = field(default_factory=list)
     trail: ConfidenceTrail = field(default_factory=ConfidenceTrail)
     ended: bool = False
+    pending: int | None = None  # a token picked (by the side thread) but not yet fed
 
 
 @dataclass
@@ -148,20 +158,30 @@ class DecodeLoop:
         max_slots: int = 64 * 512,
         prefill_slots: int = 2048,
         idle_s: float = 5.0,
+        side_prefill: bool = False,
     ) -> None:
         self.generator = generator
         self.max_rows = max_rows
         self.max_slots = max_slots  # rows x padded width, bounds the batch cache's memory
         self.prefill_slots = prefill_slots  # rows x padded rest of one prefill forward pass
         self.idle_s = idle_s
+        self.side_prefill = side_prefill
         self._cond = threading.Condition()
         self._waiting: deque[_Call] = deque()
         self._thread: threading.Thread | None = None
         self._open_sessions = 0
+        # the side thread's work: new prompts to prefill, then their groups for the next boundary
+        self._side_waiting: deque[_Call] = deque()
+        self._side_thread: threading.Thread | None = None
+        self._ready: list[_Batch] = []
+        self._rows = 0  # rows in the step in progress (0: the loop is not stepping)
+        self._side_rows = 0  # rows of the side thread's calls and of the groups it made
         # statistics, for tests and benchmarks
         self.steps = 0
         self.admitted = 0
         self.largest_batch = 0  # rows
+        self.calls = 0  # generate calls enqueued
+        self.side_prefilled = 0  # calls whose prefill and first token the side thread did
 
     # -- session bookkeeping (a model with one open session decodes directly) ----------------
     def session_opened(self) -> None:
@@ -190,17 +210,38 @@ class DecodeLoop:
     ) -> list[Candidate]:
         call = _Call(session, accepted_text, samplings, limits)
         with self._cond:
-            self._waiting.append(call)
+            self.calls += 1
+            if self._to_side(call):
+                self._side_waiting.append(call)
+                self._side_rows += len(samplings)
+                if self._side_thread is None:
+                    self._side_thread = threading.Thread(
+                        target=self._run_side, name=f"decode-side:{self.generator.name}", daemon=True
+                    )
+                    self._side_thread.start()
+            else:
+                self._waiting.append(call)
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"decode-loop:{self.generator.name}", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            self._cond.notify_all()
         call.finished.wait()
         if call.error is not None:
             raise call.error
         return [c for c in call.results if c is not None]
+
+    def _to_side(self, call: _Call) -> bool:
+        """Whether the side thread should prefill this call now (under ``_cond``): a first
+        round (nothing cached: its whole prompt is the rest) while a step is in progress,
+        rows permitting."""
+        return (
+            self.side_prefill
+            and self._rows > 0
+            and call.session.cache is None
+            and self._rows + self._side_rows + len(call.samplings) <= self.max_rows
+        )
 
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -208,10 +249,13 @@ class DecodeLoop:
         batch: _Batch | None = None
         with torch.inference_mode():
             while True:
-                newcomers = self._take_waiting(batch)
-                if newcomers is None:
+                taken = self._take_waiting(batch)
+                if taken is None:
                     return  # idle: the next call starts a new thread
+                newcomers, ready = taken
                 try:
+                    for group in ready:
+                        batch = _join(batch, group)
                     if newcomers:
                         batch = self._admit(batch, newcomers)
                     if batch is not None:
@@ -219,28 +263,95 @@ class DecodeLoop:
                 except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers
                     for call in {row.call for row in batch.rows} if batch is not None else ():
                         self._fail(call, exc)
-                    for call in newcomers:
+                    for call in [*newcomers, *(row.call for group in ready for row in group.rows)]:
                         self._fail(call, exc)
                     batch = None
 
-    def _take_waiting(self, batch: _Batch | None) -> list[_Call] | None:
-        """The waiting calls to admit now (rows permitting); None when the loop should end.
+    def _take_waiting(self, batch: _Batch | None) -> tuple[list[_Call], list[_Batch]] | None:
+        """The waiting calls to admit now (rows permitting) and the side thread's groups to
+        join (slots permitting); None when the loop should end.
 
         With rows in the batch this never blocks: the next step runs at once. With none it
-        waits for a call, up to ``idle_s``."""
+        waits for a call or a group, up to ``idle_s`` (not while the side thread works)."""
         with self._cond:
             if batch is None:
-                while not self._waiting:
-                    if not self._cond.wait(timeout=self.idle_s) and not self._waiting:
+                self._rows = 0
+                while not self._waiting and not self._ready:
+                    if self._side_thread is not None:
+                        self._cond.wait()  # its group, or its end, notifies
+                        continue
+                    if not self._cond.wait(timeout=self.idle_s) and self._idle():
                         self._thread = None
                         return None
             rows = len(batch.rows) if batch is not None else 0
+            width = batch.width if batch is not None else 0
+            ready: list[_Batch] = []
+            for group in list(self._ready):
+                wider = max(width, group.width)
+                if rows and (rows + len(group.rows)) * wider > self.max_slots:
+                    continue  # waits for rows to retire
+                self._ready.remove(group)
+                self._side_rows -= len(group.rows)
+                ready.append(group)
+                rows += len(group.rows)
+                width = wider
             taken: list[_Call] = []
-            while self._waiting and (rows == 0 or rows + len(self._waiting[0].samplings) <= self.max_rows):
+            while self._waiting and (
+                rows == 0 or rows + self._side_rows + len(self._waiting[0].samplings) <= self.max_rows
+            ):
                 call = self._waiting.popleft()
                 taken.append(call)
                 rows += len(call.samplings)
-            return taken
+            self._rows = rows
+            return taken, ready
+
+    def _first_tokens(self, group: _Batch) -> _Batch | None:
+        """The side thread's step 3-4 for a prefilled group: each row picks its first token
+        (the stream has it now), rows that ended retire, the others keep it ``pending``: the
+        loop feeds it in its next step, with every other row's token."""
+        chosen = self._take_tokens(group)
+        keep = [r for r, row in enumerate(group.rows) if not row.ended and not row.call.done]
+        if not keep:
+            return None
+        for r in keep:
+            group.rows[r].pending = chosen[r]
+        return _select(group, keep)
+
+    def _idle(self) -> bool:
+        return not self._waiting and not self._ready and self._side_thread is None
+
+    # -- the side thread: a new prompt's prefill and first token while a step runs ----------
+    def _run_side(self) -> None:
+        """Prefill the new prompts handed to the side thread, pick their first tokens, and
+        leave each group for the loop's next boundary; end when none is left."""
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    if not self._side_waiting:
+                        self._side_thread = None
+                        self._cond.notify_all()
+                        return
+                    # a stream's first token first: other new prompts wait for the next round
+                    calls = [call for call in self._side_waiting if call.limits.on_text is not None]
+                    calls = calls or list(self._side_waiting)
+                    for call in calls:
+                        self._side_waiting.remove(call)
+                group: _Batch | None = None
+                try:
+                    group = self._admit(None, calls)
+                    if group is not None:
+                        self.side_prefilled += len({id(row.call) for row in group.rows})
+                        group = self._first_tokens(group)
+                except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers
+                    for call in calls:
+                        self._fail(call, exc)
+                    group = None
+                with self._cond:
+                    self._side_rows -= sum(len(call.samplings) for call in calls)
+                    if group is not None:
+                        self._ready.append(group)
+                        self._side_rows += len(group.rows)
+                    self._cond.notify_all()
 
     def _defer(self, calls: list[_Call]) -> None:
         """Put calls back at the head of the queue (they did not fit this step)."""
@@ -342,7 +453,8 @@ class DecodeLoop:
             for j in range(len(call.samplings)):
                 rows.append(_Row(call, j, list(call.target), length + len(rest)))
                 source.append(i)
-        self.admitted += len(calls)
+        with self._cond:  # the side thread prefills too
+            self.admitted += len(calls)
         if len(source) > len(chunk):
             index = torch.tensor(source)
             cache.batch_select_indices(index)
@@ -355,6 +467,16 @@ class DecodeLoop:
         """Every row takes its next token; rows that ended retire; the rest are fed one token."""
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(batch.rows))
+        chosen = self._take_tokens(batch)
+        keep = [r for r, row in enumerate(batch.rows) if not row.ended and not row.call.done]
+        if not keep:
+            return None
+        return self._feed(_select(batch, keep), [chosen[r] for r in keep])
+
+    def _take_tokens(self, batch: _Batch) -> list[int]:
+        """Every row picks its next token and adds it to its candidate; rows that ended retire.
+        A row the side thread prefilled has its first token picked and added already
+        (``pending``): it is only fed."""
         chosen = self._choose_tokens(batch)
         logprobs = torch.log_softmax(batch.logits.float(), dim=-1)
         confidence, certainty = step_confidence(logprobs)
@@ -362,6 +484,9 @@ class DecodeLoop:
         for r, row in enumerate(batch.rows):
             if row.call.done:
                 continue  # its call failed this step
+            if row.pending is not None:
+                row.pending = None
+                continue
             try:
                 row.ended = self._advance(
                     row,
@@ -375,14 +500,14 @@ class DecodeLoop:
                 continue
             if row.ended:
                 self._retire(batch, r)
-        keep = [r for r, row in enumerate(batch.rows) if not row.ended and not row.call.done]
-        if not keep:
-            return None
-        return self._feed(_select(batch, keep), [chosen[r] for r in keep])
+        return chosen
 
     def _choose_tokens(self, batch: _Batch) -> list[int]:
         chosen = []
         for r, row in enumerate(batch.rows):
+            if row.pending is not None:
+                chosen.append(row.pending)
+                continue
             try:
                 chosen.append(_choose(batch.logits[r], row))
             except BaseException as exc:  # noqa: BLE001 - this call's sampling or grammar failed

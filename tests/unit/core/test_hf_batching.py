@@ -125,7 +125,10 @@ def test_concurrent_sessions_match_decoding_alone_and_keep_their_prefixes(genera
         assert batched_prefilled == solo_prefilled
 
 
-def test_a_row_admitted_mid_flight_decodes_as_alone(generator: HFTextGenerator) -> None:
+@pytest.mark.parametrize("side", [True, False], ids=["side-prefill", "at-the-boundary"])
+def test_a_row_admitted_mid_flight_decodes_as_alone(generator: HFTextGenerator, side: bool) -> None:
+    assert generator.batcher is not None and generator.batcher.side_prefill  # on a CPU
+    generator.batcher.side_prefill = side
     long = SegmentLimits(max_new_tokens=24, boundary="none", ignore_eos=True)
     solo = [_alone(generator, i, [GREEDY], long)[0] for i in range(2)]
     first, second = _open(generator, 0), _open(generator, 1)
@@ -143,15 +146,57 @@ def test_a_row_admitted_mid_flight_decodes_as_alone(generator: HFTextGenerator) 
         thread.start()
         loop = generator.batcher
         assert loop is not None
-        _wait_until(lambda: len(loop._waiting) == 1)
+        _wait_until(lambda: loop.calls == 2)
 
     result = first.generate("", [GREEDY], replace(long, on_text=second_joins))[0]
     joined["thread"].join(timeout=60)
     first.close()
     second.close()
     assert generator.batcher is not None and generator.batcher.largest_batch == 2
+    assert generator.batcher.side_prefilled == (1 if side else 0)
     _same(solo[0], result)
     _same(solo[1], joined["result"][0])
+
+
+def test_a_new_prompt_gets_its_first_token_while_the_step_in_progress_runs(
+    generator: HFTextGenerator,
+) -> None:
+    """The side thread prefills a new prompt and picks its first token while the loop is
+    still inside a step (here: held inside the first call's ``on_text``); both calls decode as
+    alone, the newcomer's sampled row with its session's draws in the same order."""
+    long = SegmentLimits(max_new_tokens=16, boundary="none", ignore_eos=True)
+    samplings = [HOT, GREEDY]
+    solo_first = _alone(generator, 0, [GREEDY], long)[0]
+    solo_new = _alone(generator, 1, samplings, LIMITS)
+    first, newcomer = _open(generator, 0), _open(generator, 1)
+    first_text = threading.Event()
+    state: dict[str, Any] = {"tokens": 0}
+
+    def newcomer_text(text: str, stops: tuple[str, ...]) -> None:
+        first_text.set()
+
+    def hold_the_loop(text: str, stops: tuple[str, ...]) -> None:
+        state["tokens"] += 1
+        if state["tokens"] != 3:
+            return
+        limits = replace(LIMITS, on_text=newcomer_text)
+        thread = threading.Thread(target=lambda: state.update(new=newcomer.generate("", samplings, limits)))
+        state["thread"] = thread
+        thread.start()
+        # the loop thread waits here, mid-step: only the side thread can give the first token
+        state["in_step"] = first_text.wait(timeout=30)
+
+    result = first.generate("", [GREEDY], replace(long, on_text=hold_the_loop))[0]
+    state["thread"].join(timeout=60)
+    first.close()
+    newcomer.close()
+    loop = generator.batcher
+    assert loop is not None
+    assert state["in_step"] is True
+    assert loop.side_prefilled == 1 and loop.largest_batch == 3
+    _same(solo_first, result)
+    for a, b in zip(solo_new, state["new"], strict=True):
+        _same(a, b)
 
 
 def test_rows_end_at_their_own_limits(generator: HFTextGenerator) -> None:
@@ -185,8 +230,9 @@ def test_a_row_retiring_frees_its_slot_for_a_waiting_call(tiny_dirs: dict[str, P
 
         thread = threading.Thread(target=run)
         threads.append(thread)
+        calls = loop.calls
         thread.start()
-        _wait_until(lambda: len(loop._waiting) == 1 or name in results)
+        _wait_until(lambda: loop.calls > calls or name in results)
 
     def hook(then: Callable[[], None]) -> Callable[[str, tuple[str, ...]], None]:
         calls = {"n": 0}
