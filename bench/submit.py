@@ -5,7 +5,9 @@
 
 Submissions are `POST /v1/chat/completions` with `background: true` (answered 202 once the job
 is committed and sent to the broker), from concurrent clients over keep-alive connections.
-The worker is running meanwhile (as in production), on the same 2 cores.
+The worker is running meanwhile (as in production), on the same 2 cores; after the measure
+the bench waits until no job is queued or running and prints the jobs stored by status (every
+accepted job must be stored and reach a final state).
 
 ``--api-workers N`` serves from N API processes (``--workers N``). ``--client raw`` (default)
 is a load generator in the manner of wrk: one asyncio loop writing requests and reading
@@ -30,6 +32,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.stack import print_table, running_stack, summary  # noqa: E402
+from persistence.models import FINAL_JOB_STATUSES  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 BODY = {
@@ -125,6 +128,28 @@ def wait_for_api_processes(base_url: str, processes: int, timeout_s: float = 60)
         raise TimeoutError(f"only {len(seen)} of {processes} API processes answered")
 
 
+def wait_until_final(database_url: str, timeout_s: float) -> tuple[dict[str, int], float]:
+    """Jobs by status once none is queued or running (or at ``timeout_s``): every accepted job
+    must be stored and reach a final state. Returns the counts and the seconds waited."""
+    from sqlalchemy import func, select
+
+    from persistence.db import Database
+    from persistence.models import Job
+
+    db = Database(database_url)
+    started = time.monotonic()
+    try:
+        while True:
+            with db.transaction() as session:
+                counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            pending = sum(n for status, n in counts.items() if status not in FINAL_JOB_STATUSES)
+            if pending == 0 or time.monotonic() - started > timeout_s:
+                return counts, time.monotonic() - started
+            time.sleep(0.5)
+    finally:
+        db.dispose()
+
+
 def batch_accept(base_url: str, items: int) -> tuple[float, int]:
     body = {"examples": [{"input": f"What is {i}+1?"} for i in range(items)], "max_tokens": 4}
     t = time.perf_counter()
@@ -139,6 +164,9 @@ def main() -> None:
     parser.add_argument("--batch-items", type=int, default=10_000)
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (--workers)")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=180, help="seconds to wait for every job to end"
+    )
     args = parser.parse_args()
     tiny = build_tiny_model(Path(tempfile.mkdtemp(prefix="ehub-bench-")) / "tiny", arch="llama", vocab_seed=1)
     with running_stack(
@@ -152,6 +180,8 @@ def main() -> None:
         measure(stack.base_url, min(200, args.submissions), args.concurrency)  # warm every process
         rate, latencies, errors = measure(stack.base_url, args.submissions, args.concurrency)
         s = summary(latencies)
+        # after the measure (the worker runs the jobs meanwhile and after): all stored, all final
+        final, drained_s = wait_until_final(stack.env["ENSEMBLEHUB_DATABASE_URL"], args.drain_timeout)
         batch = batch_accept(stack.base_url, args.batch_items) if args.batch_items > 0 else None
     print(
         f"\nSubmissions ({args.submissions} background chat completions, {args.concurrency} concurrent "
@@ -160,6 +190,11 @@ def main() -> None:
     print_table(
         ["accepted/s", "p50 ms", "p95 ms", "p99 ms", "non-202"],
         [[round(rate, 1), s["p50"], s["p95"], s["p99"], errors]],
+    )
+    stored = sum(final.values())
+    print(
+        f"\njobs stored {stored} (submitted {1 + min(200, args.submissions) + args.submissions}), "
+        f"by status {dict(sorted(final.items()))}, all final after {drained_s:.1f} s more\n"
     )
     if batch is not None:
         print(f"\nBatch of {args.batch_items} items: accepted (HTTP {batch[1]}) in {batch[0]:.2f} s\n")
