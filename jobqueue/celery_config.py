@@ -99,7 +99,10 @@ def enqueue_jobs(app: Celery, job_ids: list[str], *, queues: Mapping[str, str] |
         for job_id in job_ids:
             queue = queues.get(job_id, MODELS_QUEUE) if queues else MODELS_QUEUE
             message = amqp.create_task_message(job_id, RUN_JOB_TASK, [job_id], {}, create_sent_event=False)
-            amqp.send_task_message(producer, RUN_JOB_TASK, message, queue=queue)
+            # declare=[]: no per-message "declared yet?" check (a sixth of the send's CPU). The
+            # messages go to the anonymous exchange, which on Redis pushes onto the list named
+            # by the queue whether or not it was declared; the workers declare what they read.
+            amqp.send_task_message(producer, RUN_JOB_TASK, message, queue=queue, declare=[])
 
 
 def _publish_batch(producer: Any) -> AbstractContextManager[Any]:

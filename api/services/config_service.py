@@ -144,6 +144,29 @@ def merge_config(
         request_policy.check_tenant_config(overrides, spec, prefix=param_prefix)
     given = dict(overrides or {})
     given.update({key: value for key, value in top_level.items() if value is not None})
+    if not given:
+        # most requests take the version's config as it is: validate it once per version
+        return _default_config(spec, param_prefix)
+    return _validated_config(spec, given, param_prefix)
+
+
+# the validated default config of the last few specs, by identity (the spec is kept in the
+# entry, so its id cannot be reused while the entry lives); specs and configs are frozen
+_DEFAULTS: dict[int, tuple[EnsembleSpec, EnsembleConfig]] = {}
+
+
+def _default_config(spec: EnsembleSpec, param_prefix: str) -> EnsembleConfig:
+    entry = _DEFAULTS.get(id(spec))
+    if entry is not None and entry[0] is spec:
+        return entry[1]
+    config = _validated_config(spec, {}, param_prefix)
+    if len(_DEFAULTS) >= 16:
+        _DEFAULTS.clear()
+    _DEFAULTS[id(spec)] = (spec, config)
+    return config
+
+
+def _validated_config(spec: EnsembleSpec, given: dict[str, Any], param_prefix: str) -> EnsembleConfig:
     data = overlay_config(spec.default_ensemble_config.model_dump(), given)
     try:
         config = EnsembleConfig.model_validate(data)
