@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, Select, String, column, event, exists, func, select, values
+from sqlalchemy import Float, Select, String, bindparam, event, exists, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -179,9 +180,18 @@ def returning_with_counters(transition: Any, deltas: Deltas) -> Select[Any]:
     items = sorted(deltas.values.items())
     if not items:
         return select(*settled.c)
-    rows = values(
-        column("name", String), column("labels", String), column("value", Float), name="deltas"
-    ).data([(name, labels, value) for (name, labels), value in items])
+    # the deltas travel as three array parameters (unnest), not as a VALUES list of literal
+    # rows: the statement's shape is then the same for every job, so SQLAlchemy compiles it
+    # once per process (its compiled cache) instead of once per job (~3 ms of CPU each)
+    rows = (
+        func.unnest(
+            bindparam("delta_names", [name for (name, _), _ in items], type_=ARRAY(String)),
+            bindparam("delta_labels", [labels for (_, labels), _ in items], type_=ARRAY(String)),
+            bindparam("delta_values", [value for _, value in items], type_=ARRAY(Float)),
+        )
+        .table_valued("name", "labels", "value", name="deltas")
+        .render_derived()
+    )
     source = (
         select(rows.c.name, rows.c.labels, rows.c.value)
         .where(exists(select(settled.c[0])))

@@ -218,22 +218,31 @@ def claim_job(session: Session, job_id: str, *, worker: str) -> ClaimedJob | Non
     claimant's heartbeats, result and failure carry (``attempt=``). Once the sweeper has given
     the job to another worker, the first worker's late writes match no row and change nothing."""
     now = utcnow()
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="running", started_at=now, heartbeat_at=now, worker=worker, attempts=Job.attempts + 1)
-        .returning(
-            Job.id,
-            Job.kind,
-            Job.request,
-            Job.attempts,
-            Job.config_version_id,
-            Job.batch_id,
-            Job.webhook_url,
-            Job.created_at,
-            Job.started_at,
+    # on the session's connection (Core): the ORM's execution of an UPDATE (session
+    # synchronisation, its own compile state) costs more than the statement's round trip, and
+    # no object of this session can hold the row
+    row = (
+        session.connection()
+        .execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(
+                status="running", started_at=now, heartbeat_at=now, worker=worker, attempts=Job.attempts + 1
+            )
+            .returning(
+                Job.id,
+                Job.kind,
+                Job.request,
+                Job.attempts,
+                Job.config_version_id,
+                Job.batch_id,
+                Job.webhook_url,
+                Job.created_at,
+                Job.started_at,
+            )
         )
-    ).first()
+        .first()
+    )
     if row is None:
         return None
     return ClaimedJob(
@@ -340,13 +349,15 @@ def settle(
     deltas = metrics_repository.final_job_deltas(
         status, claim.created_at, claim.started_at, values["finished_at"], values.get("result")
     )
+    # the worker's own claim: on the session's connection (Core), as the claim (claim_job)
+    connection = session.connection()
     if claim.batch_id is None and metrics_repository.counted_in_one_statement(session):
-        row = session.execute(metrics_repository.returning_with_counters(transition, deltas)).first()
+        row = connection.execute(metrics_repository.returning_with_counters(transition, deltas)).first()
         if row is None:
             return None
         batch_status = None
     else:
-        row = session.execute(transition).first()
+        row = connection.execute(transition).first()
         if row is None:
             return None
         batch_status = (

@@ -117,7 +117,15 @@ def run_job(
         # the job stores names of the version's scorers and fusers; the engine gets what they
         # stand for, and the stored trace shows the names again
         resolved = resolve_references(config, spec)
-        results = _run_choices(publish, spec, resolved, gen_request, int(request_json.get("n") or 1), stop)
+        results = _run_choices(
+            publish,
+            spec,
+            resolved,
+            gen_request,
+            int(request_json.get("n") or 1),
+            stop,
+            segment_events=request_json.get("segment_events") is not False,
+        )
         payload = _without_nul(_result_payload(results))
         for choice in [payload, *payload.get("choices", [])]:
             if isinstance(choice.get("trace"), dict):
@@ -287,16 +295,24 @@ def _run_choices(
     request: GenerationRequest,
     n: int,
     stop: StopSignal | None = None,
+    *,
+    segment_events: bool = True,
 ) -> list[EnsembleResult]:
     """OpenAI's ``n``: n independent answers. With a seed, choice i uses seed + i, so the
-    choices differ and the job still replays exactly."""
+    choices differ and the job still replays exactly. ``segment_events``: publish the text as
+    it is decoded (a stream relays it); a job nobody streams (``"segment_events": false`` in
+    its request) publishes only its done event, and its engine does no per-token callbacks."""
     results = []
     for index in range(n):
         choice_request = request
         if index and request.seed is not None:
             choice_request = request.model_copy(update={"seed": request.seed + index})
 
-        on_segment = SegmentCoalescer(publish, index, publish.runtime.settings.stream_coalesce_s)
+        on_segment = (
+            SegmentCoalescer(publish, index, publish.runtime.settings.stream_coalesce_s)
+            if segment_events
+            else None
+        )
         try:
             results.append(
                 run_ensemble(
@@ -304,7 +320,8 @@ def _run_choices(
                 )
             )
         finally:
-            on_segment.close()
+            if on_segment is not None:
+                on_segment.close()
         if stop is not None and stop.reason is not None:
             break  # the choices not begun are not run: the job is cancelled or out of time
     return results

@@ -73,6 +73,11 @@ async def _respond(
             restricted=not principal.admin,
         )
         prepared.tenant = principal.tenant
+        if not body.stream:
+            # nobody relays this job's text as it is decoded: the worker publishes no segment
+            # events, only the done event (a stream that attaches through the same
+            # Idempotency-Key gets the text from the final state, as for segments it missed)
+            prepared.extra["segment_events"] = False
         return prepared
 
     if body.background:

@@ -8,6 +8,9 @@ waiting (at most ``max_rows``), stores them in one multi-row INSERT and one COMM
 tasks in one Redis pipeline, and wakes each submitter with its outcome. The groups form by
 themselves: while one group is written, the next one gathers; the committer also waits up to
 ``linger_s`` for company before it writes, which costs a submission at most that much latency.
+It lingers only while submissions come together (the last group had more than one row): a
+lone submission (sequential requests) is written at once, and the first of a burst too,
+while the rest of the burst gathers behind it.
 
 What a submitter may rely on:
 
@@ -88,6 +91,7 @@ class GroupCommit:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._had_company = True  # the last group had more than one row (at first: unknown)
 
     def submit(self, row: dict[str, Any], *, queue: str) -> Outcome:
         """Store ``row`` (the job's column values, ``id`` included) with whatever else is being
@@ -121,14 +125,16 @@ class GroupCommit:
                     self._cond.wait()
                 if not self._pending:
                     return
-                # gather for up to linger_s, or until a full group waits
+                # gather for up to linger_s, or until a full group waits; a lone submission
+                # after lone ones is not kept waiting for company that does not come
                 deadline = time.monotonic() + self.linger_s
-                while len(self._pending) < self.max_rows and not self._closed:
+                while self._had_company and len(self._pending) < self.max_rows and not self._closed:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
                 group, self._pending = self._pending[: self.max_rows], self._pending[self.max_rows :]
+                self._had_company = len(group) > 1
             try:
                 self._commit_and_send(group)
             except BaseException as exc:  # noqa: BLE001 - every submitter must be answered
