@@ -96,19 +96,20 @@ async def _respond(
             status_code=202,
             headers={"Location": f"/v1/jobs/{job.id}", "X-Job-Id": job.id},
         )
+    if not body.stream:
+        # subscribed to the job's events first, then prepared and submitted in one trip
+        answer = await completion_service.run_to_answer(state, prepare, idempotency_key)
+        return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
     prepared = await run_in_threadpool(prepare)
-    if body.stream:
-        if body.timeout is None:
-            # a stream shows progress and keeps the connection alive: wait as long as allowed
-            prepared.timeout = state.settings.max_sync_timeout_s
-        job, frames = await stream_service.open_stream(state, prepared, idempotency_key)
-        return StreamingResponse(
-            frames,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Job-Id": job.id},
-        )
-    answer = await completion_service.run_to_answer(state, prepared, idempotency_key)
-    return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
+    if body.timeout is None:
+        # a stream shows progress and keeps the connection alive: wait as long as allowed
+        prepared.timeout = state.settings.max_sync_timeout_s
+    job, frames = await stream_service.open_stream(state, prepared, idempotency_key)
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Job-Id": job.id},
+    )
 
 
 @router.post("/chat/completions", response_model=None, responses=ANSWERS)

@@ -8,6 +8,7 @@ with ``choices[i].message``) and OpenAI's legacy completions (``text_completion`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -205,15 +206,20 @@ def submit(
 
 
 async def run_to_answer(
-    state: AppState, prepared: PreparedJob, idempotency_key: str | None
+    state: AppState, prepare: Callable[[], PreparedJob], idempotency_key: str | None
 ) -> dict[str, Any]:
-    """Submit (or attach to the job of the same Idempotency-Key), wait, answer; 504 past the
-    timeout. The submission borrows a thread; the wait holds none."""
-    job = await job_service.submit_and_wait(
-        state, lambda job_id: submit(state, prepared, idempotency_key, job_id=job_id), prepared.timeout
-    )
+    """Prepare and submit (or attach to the job of the same Idempotency-Key), wait, answer;
+    504 past the timeout. ``prepare`` and the submission share one trip through the thread
+    pool, made once the job's events are subscribed; the wait holds no thread."""
+    prepared: list[PreparedJob] = []
+
+    def prepare_and_submit(job_id: str) -> tuple[Job, bool]:
+        prepared.append(prepare())
+        return submit(state, prepared[0], idempotency_key, job_id=job_id)
+
+    job = await job_service.submit_and_wait(state, prepare_and_submit, lambda: prepared[0].timeout)
     job_service.raise_unless_succeeded(job)
-    return answer(job, prepared.form, prepared.model)
+    return answer(job, prepared[0].form, prepared[0].model)
 
 
 # ---------------------------------------------------------------- answers

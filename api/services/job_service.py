@@ -273,21 +273,28 @@ async def wait_for_job(
 
 
 async def submit_and_wait(
-    state: AppState, submit: Callable[[str], tuple[Job, bool]], timeout_s: float
+    state: AppState, submit: Callable[[str], tuple[Job, bool]], timeout_s: float | Callable[[], float]
 ) -> Job:
     """Submit a job and wait for it, listening before its task is sent.
 
     ``submit(job_id)`` stores and sends the job under that id (or, for a known Idempotency-Key,
-    returns the earlier job, which is then waited for as any other)."""
+    returns the earlier job, which is then waited for as any other). ``timeout_s`` may be a
+    function, asked once ``submit`` has run (the request it prepares sets the timeout)."""
     job_id = new_id("job")
     events = await JobEvents.open(state, job_id)
     try:
         job, _created = await run_in_threadpool(submit, job_id)
+        timeout = timeout_s() if callable(timeout_s) else timeout_s
         if job.id == job_id:
-            return await wait_for_job(state, job_id, timeout_s, events=events, submitted=job)
+            job = await wait_for_job(state, job_id, timeout, events=events, submitted=job)
+            if repository.is_final(job.status):
+                # ended before its "sent" mark was written: the mark is moot (the sweeper only
+                # looks at queued jobs), so the marker's UPDATE is skipped for it
+                enqueue_marker(state).forget(job_id)
+            return job
     finally:
         await events.close()
-    return await wait_for_job(state, job.id, timeout_s)
+    return await wait_for_job(state, job.id, timeout)
 
 
 def final_from_event(job: Job, event: dict[str, Any]) -> Job | None:
@@ -463,7 +470,7 @@ class EnqueueMarker:
 
     def __init__(self, db: Database, interval_s: float = 0.05) -> None:
         self._db, self._interval = db, interval_s
-        self._pending: list[str] = []
+        self._pending: dict[str, None] = {}  # job ids in the order sent
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="enqueue-marker", daemon=True)
@@ -471,12 +478,17 @@ class EnqueueMarker:
 
     def mark(self, job_id: str) -> None:
         with self._lock:
-            self._pending.append(job_id)
+            self._pending[job_id] = None
         self._wake.set()
+
+    def forget(self, job_id: str) -> None:
+        """Leave out the mark of a job that is already final (if not written yet)."""
+        with self._lock:
+            self._pending.pop(job_id, None)
 
     def flush(self) -> None:
         with self._lock:
-            ids, self._pending = self._pending, []
+            ids, self._pending = list(self._pending), {}
         if not ids:
             return
         try:
