@@ -142,14 +142,32 @@ def test_400_invalid_bodies_and_values(stack):
     _error(httpx.post(url, json={**PROMPT, "webhook_url": "http://10.1.2.3/x"}), 422, "webhook_url_forbidden")
 
 
+def _queued_jobs(database_url: str) -> int:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sqlalchemy.text("SELECT count(*) FROM jobs WHERE status = 'queued'")
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
 def test_429_when_the_queue_is_full(stack):
-    with _app(stack, max_queued_jobs=1) as client:
+    # the limit counts every queued job of the shared test database: jobs an earlier test left
+    # queued (a paused queue) count too, so the limit leaves room for exactly one more
+    limit = _queued_jobs(stack.database_url) + 1
+    with _app(stack, max_queued_jobs=limit) as client:
         # nothing consumes this broker db: the first job stays queued, the second is refused
         first = client.post("/v1/chat/completions", json={**PROMPT, "timeout": 0.01})
         job_id = _error(first, 504, "timeout")["job_id"]
         try:
             second = client.post("/v1/chat/completions", json=PROMPT)
-            assert "limit 1" in _error(second, 429, "queue_full")["message"]
+            assert f"limit {limit}" in _error(second, 429, "queue_full")["message"]
             assert second.headers["retry-after"]
         finally:
             assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
