@@ -82,6 +82,7 @@ def create_batch(
                     "generation": generation.model_dump(mode="json"),
                     "ensemble_config": configs[key].model_dump(mode="json"),
                     "endpoint": "batch",
+                    "segment_events": False,  # nobody streams a batch item
                 },
                 "config_version_id": version.id,
                 "batch_id": batch_id,

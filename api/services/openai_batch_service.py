@@ -133,6 +133,7 @@ def _job_row(
         "custom_id": line.custom_id,
         "model": prepared.model,
         "form": prepared.form,
+        "segment_events": False,  # nobody streams a batch item
     }
     return {
         "id": new_id("job"),

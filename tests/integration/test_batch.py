@@ -69,6 +69,9 @@ def test_submit_poll_to_completed_and_read_results_in_input_order(stack):
 
         jobs = client.get("/v1/jobs", params={"batch_id": batch["id"], "status": "succeeded"}).json()
         assert len(jobs["data"]) == 6
+        # nobody streams a batch item: its worker publishes no segment events
+        item = client.get(f"/v1/jobs/{jobs['data'][0]['id']}").json()
+        assert item["request"]["segment_events"] is False
 
 
 def test_cancel_keeps_finished_items_and_cancels_queued_ones(stack):
