@@ -12,9 +12,17 @@ import pytest
 pytestmark = pytest.mark.usefixtures("show_logs_on_failure")
 
 
-# ignore_eos and hundreds of tokens: the tiny models decode fast, and an answer that ended at an
-# early EOS could beat the 50 ms timeout
-LONG = {"max_tokens": 300, "ignore_eos": True}
+# hundreds of tokens, past EOS, in as many rounds as they take: the tiny models decode fast, and
+# an answer that ended at an early EOS or at the live config's max_rounds (another test may
+# have set 2) could beat the 50 ms timeout
+LONG = {
+    "max_tokens": 300,
+    "ignore_eos": True,
+    "ensemble_config": {
+        "max_rounds": 64,
+        "aggregation_params": {"segment_tokens": 8, "segment_boundary": "none"},
+    },
+}
 
 
 def test_timeout_then_poll_then_idempotent_retry(stack):
