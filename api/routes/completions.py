@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -42,12 +43,30 @@ IdempotencyKey = Header(
 )
 
 
+async def disconnect_waiter(request: Request) -> Callable[[], Awaitable[None]]:
+    """A function that returns once the client has closed its connection.
+
+    The body has been read by then, so the server's next ASGI message is the disconnect
+    (uvicorn sends it when the connection drops; nothing else arrives on an HTTP/1.1
+    connection that waits for its answer)."""
+
+    async def until_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return until_gone
+
+
+ClientLeft = Depends(disconnect_waiter)
+
+
 async def _respond(
     state: AppState,
     body: PromptFields,
     idempotency_key: str | None,
     principal: Principal,
     *,
+    until_gone: Callable[[], Awaitable[None]] | None = None,
     kind: str,
     form: AnswerForm | None = None,
     preset: dict[str, Any] | None = None,
@@ -98,7 +117,7 @@ async def _respond(
         )
     if not body.stream:
         # subscribed to the job's events first, then prepared and submitted in one trip
-        answer = await completion_service.run_to_answer(state, prepare, idempotency_key)
+        answer = await completion_service.run_to_answer(state, prepare, idempotency_key, until_gone)
         return JSONResponse(answer, headers={"X-Job-Id": answer["id"]})
     prepared = await run_in_threadpool(prepare)
     if body.timeout is None:
@@ -118,11 +137,12 @@ async def chat_completions(
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
     principal: Principal = Depends(require_api_key),
+    until_gone: Callable[[], Awaitable[None]] = ClientLeft,
 ) -> JSONResponse | StreamingResponse:
     """The guide's ``prompt`` form answers ``text_completion``; OpenAI's ``messages`` form
     answers ``chat.completion``. Both carry ``choices[i].metadata`` (selected models, method,
     config, round trace)."""
-    return await _respond(state, body, idempotency_key, principal, kind="chat")
+    return await _respond(state, body, idempotency_key, principal, until_gone=until_gone, kind="chat")
 
 
 @router.post("/completions", response_model=None, responses=ANSWERS)
@@ -131,6 +151,7 @@ async def completions(
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
     principal: Principal = Depends(require_api_key),
+    until_gone: Callable[[], Awaitable[None]] = ClientLeft,
 ) -> JSONResponse | StreamingResponse:
     """OpenAI's legacy completions: the prompt is continued as raw text, with no chat template
     (as OpenAI and vLLM do; ``max_tokens`` defaults to 16, as there). A list of prompts gets
@@ -153,7 +174,14 @@ async def completions(
     ):  # a list of one prompt (lm-eval's batch of one: [[ids]])
         body = body.model_copy(update={"prompt": prompts[0]})
     return await _respond(
-        state, body, idempotency_key, principal, kind="completion", form="legacy", default_max_tokens=16
+        state,
+        body,
+        idempotency_key,
+        principal,
+        until_gone=until_gone,
+        kind="completion",
+        form="legacy",
+        default_max_tokens=16,
     )
 
 
@@ -163,6 +191,7 @@ async def loop_completions(
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
     principal: Principal = Depends(require_api_key),
+    until_gone: Callable[[], Awaitable[None]] = ClientLeft,
 ) -> JSONResponse | StreamingResponse:
     """Round robin over every member model (no selection); ``ensemble_config`` sets
     ``max_rounds``, ``score_threshold``, ``max_repeat``."""
@@ -173,7 +202,9 @@ async def loop_completions(
         "aggregation_method": "round_robin",
         "use_output_aggregation": True,
     }
-    return await _respond(state, body, idempotency_key, principal, kind="loop", forced=forced)
+    return await _respond(
+        state, body, idempotency_key, principal, until_gone=until_gone, kind="loop", forced=forced
+    )
 
 
 @router.post("/ensemble/presets/simple", response_model=None, responses=ANSWERS)
@@ -182,6 +213,7 @@ async def preset_simple(
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
     principal: Principal = Depends(require_api_key),
+    until_gone: Callable[[], Awaitable[None]] = ClientLeft,
 ) -> JSONResponse | StreamingResponse:
     """Model selection, then output aggregation (``ensemble_method`` names the aggregation,
     e.g. ``reward_based``, or a guide alias such as ``simple``/``loop``)."""
@@ -194,7 +226,9 @@ async def preset_simple(
     }
     if body.aggregation_level:
         forced["aggregation_level"] = body.aggregation_level
-    return await _respond(state, body, idempotency_key, principal, kind="preset_simple", forced=forced)
+    return await _respond(
+        state, body, idempotency_key, principal, until_gone=until_gone, kind="preset_simple", forced=forced
+    )
 
 
 @router.post("/ensemble/presets/selection_only", response_model=None, responses=ANSWERS)
@@ -203,6 +237,7 @@ async def preset_selection_only(
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
     principal: Principal = Depends(require_api_key),
+    until_gone: Callable[[], Awaitable[None]] = ClientLeft,
 ) -> JSONResponse | StreamingResponse:
     """The selector picks; the best selected model writes the whole answer (no aggregation)."""
     forced = {
@@ -217,7 +252,13 @@ async def preset_selection_only(
     if best_only and best_only not in params:
         forced["model_selection_params"] = {**params, best_only: 1}
     return await _respond(
-        state, body, idempotency_key, principal, kind="preset_selection_only", forced=forced
+        state,
+        body,
+        idempotency_key,
+        principal,
+        until_gone=until_gone,
+        kind="preset_selection_only",
+        forced=forced,
     )
 
 
@@ -227,6 +268,7 @@ async def preset_aggregation_only(
     state: AppState = Depends(get_state),
     idempotency_key: str | None = IdempotencyKey,
     principal: Principal = Depends(require_api_key),
+    until_gone: Callable[[], Awaitable[None]] = ClientLeft,
 ) -> JSONResponse | StreamingResponse:
     """Every model takes part (no selection); their outputs are aggregated."""
     forced = {
@@ -237,7 +279,13 @@ async def preset_aggregation_only(
         "use_output_aggregation": True,
     }
     return await _respond(
-        state, body, idempotency_key, principal, kind="preset_aggregation_only", forced=forced
+        state,
+        body,
+        idempotency_key,
+        principal,
+        until_gone=until_gone,
+        kind="preset_aggregation_only",
+        forced=forced,
     )
 
 

@@ -8,7 +8,7 @@ with ``choices[i].message``) and OpenAI's legacy completions (``text_completion`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -206,18 +206,34 @@ def submit(
 
 
 async def run_to_answer(
-    state: AppState, prepare: Callable[[], PreparedJob], idempotency_key: str | None
+    state: AppState,
+    prepare: Callable[[], PreparedJob],
+    idempotency_key: str | None,
+    until_gone: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
     """Prepare and submit (or attach to the job of the same Idempotency-Key), wait, answer;
     504 past the timeout. ``prepare`` and the submission share one trip through the thread
-    pool, made once the job's events are subscribed; the wait holds no thread."""
+    pool, made once the job's events are subscribed; the wait holds no thread.
+
+    A client that disconnects while it waits (``until_gone`` returns) has its job cancelled,
+    as vLLM aborts a request whose client left: nobody will read the answer. Not with an
+    Idempotency-Key: a retry with the key may come back for the job, so it runs on."""
     prepared: list[PreparedJob] = []
 
     def prepare_and_submit(job_id: str) -> tuple[Job, bool]:
         prepared.append(prepare())
         return submit(state, prepared[0], idempotency_key, job_id=job_id)
 
-    job = await job_service.submit_and_wait(state, prepare_and_submit, lambda: prepared[0].timeout)
+    watch = until_gone if idempotency_key is None else None
+    try:
+        job = await job_service.submit_and_wait(
+            state, prepare_and_submit, lambda: prepared[0].timeout, until_gone=watch
+        )
+    except job_service.ClientGone as gone:
+        await job_cancel.cancel_after_client_left(state, gone.job.id, "closed its connection")
+        raise ApiError(
+            499, "the client closed the request; its job was cancelled", code="client_closed"
+        ) from gone
     job_service.raise_unless_succeeded(job)
     return answer(job, prepared[0].form, prepared[0].model)
 

@@ -20,6 +20,9 @@ import logging
 import time
 from collections.abc import Iterable
 
+import anyio
+from starlette.concurrency import run_in_threadpool
+
 from api.errors import ApiError
 from api.services import job_service, webhook_service
 from api.settings import ApiSettings
@@ -86,6 +89,18 @@ def cancel_if_open(state: AppState, job_id: str) -> bool:
     webhook_service.send(state, deliveries)
     tell_workers(state, [job_id])
     return True
+
+
+async def cancel_after_client_left(state: AppState, job_id: str, how: str) -> None:
+    """The client went away before its answer (``background`` was not asked for, so nobody
+    will read it): cancel the job, so its worker stops within a decode step. Shielded: the
+    disconnect may have cancelled the calling task already."""
+    with anyio.CancelScope(shield=True):
+        try:
+            if await run_in_threadpool(cancel_if_open, state, job_id):
+                log.info("job %s cancelled: its client %s", job_id, how)
+        except Exception as exc:  # noqa: BLE001 - the job then runs to its end, as before
+            log.warning("could not cancel job %s after its client left: %s", job_id, exc)
 
 
 def tell_workers(state: AppState, job_ids: Iterable[str]) -> None:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -272,21 +272,42 @@ async def wait_for_job(
     return job
 
 
+class ClientGone(Exception):
+    """The client closed its connection while its request waited for the job."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"the client of job {job.id} left")
+        self.job = job
+
+
 async def submit_and_wait(
-    state: AppState, submit: Callable[[str], tuple[Job, bool]], timeout_s: float | Callable[[], float]
+    state: AppState,
+    submit: Callable[[str], tuple[Job, bool]],
+    timeout_s: float | Callable[[], float],
+    *,
+    until_gone: Callable[[], Awaitable[None]] | None = None,
 ) -> Job:
     """Submit a job and wait for it, listening before its task is sent.
 
     ``submit(job_id)`` stores and sends the job under that id (or, for a known Idempotency-Key,
     returns the earlier job, which is then waited for as any other). ``timeout_s`` may be a
-    function, asked once ``submit`` has run (the request it prepares sets the timeout)."""
+    function, asked once ``submit`` has run (the request it prepares sets the timeout).
+    ``until_gone``: returns when the client has disconnected; the wait for a job this call
+    created then stops with :class:`ClientGone` (the caller decides what becomes of the job)."""
     job_id = new_id("job")
     events = await JobEvents.open(state, job_id)
     try:
         job, _created = await run_in_threadpool(submit, job_id)
         timeout = timeout_s() if callable(timeout_s) else timeout_s
         if job.id == job_id:
-            job = await wait_for_job(state, job_id, timeout, events=events, submitted=job)
+            waited = wait_for_job(state, job_id, timeout, events=events, submitted=job)
+            if until_gone is not None:
+                final = await _unless_gone(waited, until_gone)
+                if final is None:
+                    raise ClientGone(job)
+                job = final
+            else:
+                job = await waited
             if repository.is_final(job.status):
                 # ended before its "sent" mark was written: the mark is moot (the sweeper only
                 # looks at queued jobs), so the marker's UPDATE is skipped for it
@@ -295,6 +316,24 @@ async def submit_and_wait(
     finally:
         await events.close()
     return await wait_for_job(state, job.id, timeout)
+
+
+async def _unless_gone(waited: Awaitable[Job], until_gone: Callable[[], Awaitable[None]]) -> Job | None:
+    """What ``waited`` returns, or None if ``until_gone`` returns first (the wait is cancelled)."""
+    outcome: list[Job] = []
+    async with anyio.create_task_group() as group:
+
+        async def wait() -> None:
+            outcome.append(await waited)
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await until_gone()
+            group.cancel_scope.cancel()
+
+        group.start_soon(wait)
+        group.start_soon(watch)
+    return outcome[0] if outcome else None
 
 
 def final_from_event(job: Job, event: dict[str, Any]) -> Job | None:

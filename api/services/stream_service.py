@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
@@ -88,19 +87,7 @@ async def _frames(state: AppState, prepared: PreparedJob, job: Job, subscription
     finally:
         await subscription.close()
         if not ended:
-            await _cancel_dropped(state, job.id)
-
-
-async def _cancel_dropped(state: AppState, job_id: str) -> None:
-    """The client went away mid-stream (``background`` was not asked for, so nobody will read
-    the answer): cancel the job, so its worker stops within a decode step. Shielded: the
-    disconnect has cancelled this task already."""
-    with anyio.CancelScope(shield=True):
-        try:
-            if await run_in_threadpool(job_cancel.cancel_if_open, state, job_id):
-                log.info("job %s cancelled: its client dropped the stream", job_id)
-        except Exception as exc:  # noqa: BLE001 - the job then runs to its end, as before
-            log.warning("could not cancel job %s after its client left: %s", job_id, exc)
+            await job_cancel.cancel_after_client_left(state, job.id, "dropped the stream")
 
 
 async def _relay(state: AppState, prepared: PreparedJob, job: Job, subscription: Any) -> AsyncIterator[str]:
