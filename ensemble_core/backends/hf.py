@@ -23,7 +23,13 @@ import torch
 
 from ensemble_core.backends.context_window import full_candidates, mark_window_ends, room_left
 from ensemble_core.backends.hf_batching import DecodeLoop, batchable
-from ensemble_core.backends.hf_loading import context_window, from_pretrained, input_device, load_tokenizer
+from ensemble_core.backends.hf_loading import (
+    context_window,
+    from_pretrained,
+    input_device,
+    load_tokenizer,
+    wide_step_threads,
+)
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
 from ensemble_core.backends.sampling import (
     ConfidenceTrail,
@@ -105,7 +111,12 @@ class HFTextGenerator:
         # a new prompt's prefill on the core the decode step leaves free (a CPU's); a GPU runs
         # both on one device, where it would only slow the step down
         side = self.device == "cpu"
-        return DecodeLoop(self, max_rows=int(options.get("batch_max_rows", 64)), side_prefill=side)
+        return DecodeLoop(
+            self,
+            max_rows=int(options.get("batch_max_rows", 64)),
+            side_prefill=side,
+            wide_threads=wide_step_threads(spec) if self.device == "cpu" else 1,
+        )
 
     def open_session(
         self,

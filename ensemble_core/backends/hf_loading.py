@@ -6,7 +6,9 @@ bitsandbytes, GPU only) and ``engine_options`` keys ``attn_implementation`` (e.g
 ``use_device_map`` (bool, load with ``device_map`` instead of ``.to(device)``), ``torch_dtype``
 (see below), ``trust_remote_code`` (bool) and
 ``cpu_threads`` (int, torch intra-op threads for CPU models), and the cross-job batching knobs
-``batch_across_jobs`` (bool, default true), ``batch_max_rows`` (int, default 64) and
+``batch_across_jobs`` (bool, default true), ``batch_max_rows`` (int, default 64),
+``batch_step_threads`` (int, torch threads for the decode loop's passes of many rows; default
+every core) and
 ``batch_window_ms`` (accepted, no longer used: the decode loop admits calls at every step) described in
 ``hf_batching``.
 
@@ -16,6 +18,8 @@ threads that get descheduled make it several times slower (measured on the 2-cor
 SmolLM2 64 tokens in 4.9 s with one thread, 22 s with two under load). So CPU models default to
 half the cores (one on a 2-core machine), which also leaves a core for a second model running
 concurrently. ``torch.set_num_threads`` is process-wide: the smallest value asked for wins.
+The decode loop's passes of many rows are the exception (``batch_step_threads``): compute-bound
+matrix products that split well over every core (``hf_batching.DecodeLoop._forward``).
 
 Weight dtype (``torch_dtype``, an admin's engine option: a tenant's request never sets engine
 options): ``"float32"``, ``"bfloat16"``, ``"float16"``; ``"checkpoint"``, the dtype the weights
@@ -53,6 +57,7 @@ KNOWN_ENGINE_OPTIONS = frozenset(
         "cpu_threads",
         "batch_across_jobs",
         "batch_max_rows",
+        "batch_step_threads",
         "batch_window_ms",
     }
 )
@@ -68,6 +73,15 @@ def configure_cpu_threads(spec: ModelSpec) -> None:
         raise ModelLoadError(f"cpu_threads must be a positive integer, got {wanted!r}")
     if wanted < torch.get_num_threads():
         torch.set_num_threads(wanted)
+
+
+def wide_step_threads(spec: ModelSpec) -> int:
+    """Torch threads for the decode loop's passes of many rows: ``batch_step_threads``, or
+    every core."""
+    wanted = spec.engine_options.get("batch_step_threads", os.cpu_count() or 1)
+    if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+        raise ModelLoadError(f"batch_step_threads must be a positive integer, got {wanted!r}")
+    return wanted
 
 
 def check_engine_options(spec: ModelSpec) -> None:

@@ -430,3 +430,44 @@ def test_sampled_rows_replay_as_alone_when_a_sibling_row_ends_early(generator: H
         assert alone[0].finish == "eos" and alone[0].num_tokens == 2
         for a, b in zip(alone, batched, strict=True):
             _same(a, b)
+
+
+def test_passes_of_many_rows_use_the_wide_thread_count_and_put_it_back(tiny_dirs: dict[str, Path]) -> None:
+    """A pass of at least ``wide_rows`` rows in the loop thread runs on ``batch_step_threads``
+    torch threads; a narrower pass, and every thread afterwards, keeps the thread's own count,
+    and the output is that of decoding alone."""
+    import torch
+
+    generator = _generator(tiny_dirs["llama"], "wide", batch_step_threads=2)
+    loop = generator.batcher
+    assert loop is not None and loop.wide_threads == 2
+    loop.wide_rows = 3
+    seen: list[tuple[int, int]] = []  # (rows, torch threads) of each pass the loop ran
+    run_pass = loop._forward_pass
+
+    def recording(inputs: Any, *args: Any) -> Any:
+        seen.append((int(inputs.shape[0]), torch.get_num_threads()))
+        return run_pass(inputs, *args)
+
+    loop._forward_pass = recording  # type: ignore[method-assign]
+    samplings = [GREEDY, GREEDY]
+    alone = [_alone(generator, i, samplings, LIMITS) for i in range(3)]
+    before = torch.get_num_threads()
+    seen.clear()
+    sessions = [_open(generator, i) for i in range(3)]
+    together = _concurrently(3, lambda i: sessions[i].generate("", samplings, LIMITS))
+    for session in sessions:
+        session.close()
+    assert torch.get_num_threads() == before
+    assert any(rows >= 3 and threads == 2 for rows, threads in seen)
+    assert all(threads == before for rows, threads in seen if rows < 3)
+    for solo, batched in zip(alone, together, strict=True):
+        for a, b in zip(solo, batched, strict=True):
+            _same(a, b)
+
+
+def test_batch_step_threads_must_be_a_positive_integer(tiny_dirs: dict[str, Path]) -> None:
+    from ensemble_core.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="batch_step_threads"):
+        _generator(tiny_dirs["llama"], "bad", batch_step_threads=0)
