@@ -168,7 +168,7 @@ class DecodeLoop:
         self.prefill_slots = prefill_slots  # rows x padded rest of one prefill forward pass
         self.idle_s = idle_s
         self.side_prefill = side_prefill
-        # torch threads for the loop's passes of at least ``wide_rows`` rows (see ``_forward``)
+        # torch threads for the loop's steps of at least ``wide_rows`` rows (see ``_threads_for``)
         self.wide_threads = wide_threads
         self.wide_rows = wide_rows
         self._cond = threading.Condition()
@@ -252,12 +252,15 @@ class DecodeLoop:
     def _run(self) -> None:
         """admit -> prefill -> step -> retire, until there has been nothing to do for ``idle_s``."""
         batch: _Batch | None = None
+        narrow = torch.get_num_threads()
         with torch.inference_mode():
             while True:
                 taken = self._take_waiting(batch)
                 if taken is None:
+                    torch.set_num_threads(narrow)
                     return  # idle: the next call starts a new thread
                 newcomers, ready = taken
+                self._threads_for(batch, newcomers, ready, narrow)
                 try:
                     for group in ready:
                         batch = _join(batch, group)
@@ -271,6 +274,22 @@ class DecodeLoop:
                     for call in [*newcomers, *(row.call for group in ready for row in group.rows)]:
                         self._fail(call, exc)
                     batch = None
+
+    def _threads_for(
+        self, batch: _Batch | None, newcomers: list[_Call], ready: list[_Batch], narrow: int
+    ) -> None:
+        """Torch threads for this step: ``wide_threads`` once it holds ``wide_rows`` rows, else
+        the loop thread's own (``narrow``). A step of many rows is compute-bound matrix
+        products, log-softmaxes and cache copies that split well over cores (SmolLM2, float32,
+        idle 2-core machine: a 64-row decode pass 237 -> 152 ms with two threads, 128 rows 410
+        -> 237 ms), while a step of a few rows is a weight read that a second thread slows
+        down as soon as the other core is busy. The count is the calling thread's own (OpenMP's
+        and MKL's), so the side thread keeps one: its point is the other core."""
+        rows = (len(batch.rows) if batch is not None else 0) + sum(len(g.rows) for g in ready)
+        rows += sum(len(call.samplings) for call in newcomers)
+        wanted = self.wide_threads if self.wide_threads > 1 and rows >= self.wide_rows else narrow
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
 
     def _take_waiting(self, batch: _Batch | None) -> tuple[list[_Call], list[_Batch]] | None:
         """The waiting calls to admit now (rows permitting) and the side thread's groups to
@@ -586,31 +605,7 @@ class DecodeLoop:
     def _forward(
         self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
     ) -> torch.Tensor:
-        """Next-token logits [rows, vocab] after feeding ``inputs`` over ``cache``.
-
-        A pass of many rows run by the loop thread uses ``wide_threads`` torch threads: its
-        matrix products are compute-bound and split well over cores (SmolLM2, float32, idle
-        2-core machine: 64 rows 237 -> 152 ms a step, 128 rows 410 -> 237 ms), while a pass of
-        a few rows is a weight read that a second thread slows down as soon as the other core
-        is busy. The thread count is per calling thread (OpenMP's and MKL's own), so it is set
-        for the pass and put back; the side thread keeps one, its point is the other core."""
-        wide = (
-            self.wide_threads > 1
-            and inputs.shape[0] >= self.wide_rows
-            and threading.current_thread() is self._thread
-        )
-        if not wide:
-            return self._forward_pass(inputs, mask, positions, cache)
-        narrow = torch.get_num_threads()
-        torch.set_num_threads(self.wide_threads)
-        try:
-            return self._forward_pass(inputs, mask, positions, cache)
-        finally:
-            torch.set_num_threads(narrow)
-
-    def _forward_pass(
-        self, inputs: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
-    ) -> torch.Tensor:
+        """Next-token logits [rows, vocab] after feeding ``inputs`` over ``cache``."""
         gen = self.generator
         try:
             out = gen.model(

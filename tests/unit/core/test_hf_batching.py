@@ -432,24 +432,24 @@ def test_sampled_rows_replay_as_alone_when_a_sibling_row_ends_early(generator: H
             _same(a, b)
 
 
-def test_passes_of_many_rows_use_the_wide_thread_count_and_put_it_back(tiny_dirs: dict[str, Path]) -> None:
-    """A pass of at least ``wide_rows`` rows in the loop thread runs on ``batch_step_threads``
-    torch threads; a narrower pass, and every thread afterwards, keeps the thread's own count,
-    and the output is that of decoding alone."""
+def test_steps_of_many_rows_use_the_wide_thread_count_and_put_it_back(tiny_dirs: dict[str, Path]) -> None:
+    """A step of at least ``wide_rows`` rows in the loop thread runs on ``batch_step_threads``
+    torch threads; a narrower one, and every other thread, keeps the thread's own count, and
+    the output is that of decoding alone."""
     import torch
 
     generator = _generator(tiny_dirs["llama"], "wide", batch_step_threads=2)
     loop = generator.batcher
     assert loop is not None and loop.wide_threads == 2
     loop.wide_rows = 3
-    seen: list[tuple[int, int]] = []  # (rows, torch threads) of each pass the loop ran
-    run_pass = loop._forward_pass
+    seen: list[tuple[int, int]] = []  # (rows, torch threads) of each step the loop ran
+    run_step = loop._step
 
-    def recording(inputs: Any, *args: Any) -> Any:
-        seen.append((int(inputs.shape[0]), torch.get_num_threads()))
-        return run_pass(inputs, *args)
+    def recording(batch: Any) -> Any:
+        seen.append((len(batch.rows), torch.get_num_threads()))
+        return run_step(batch)
 
-    loop._forward_pass = recording  # type: ignore[method-assign]
+    loop._step = recording  # type: ignore[method-assign]
     samplings = [GREEDY, GREEDY]
     alone = [_alone(generator, i, samplings, LIMITS) for i in range(3)]
     before = torch.get_num_threads()
