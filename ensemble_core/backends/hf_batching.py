@@ -154,7 +154,7 @@ class DecodeLoop:
         self,
         generator: Any,
         *,
-        max_rows: int = 64,
+        max_rows: int = 128,
         max_slots: int = 64 * 512,
         prefill_slots: int = 2048,
         idle_s: float = 5.0,

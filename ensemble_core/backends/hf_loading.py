@@ -6,7 +6,7 @@ bitsandbytes, GPU only) and ``engine_options`` keys ``attn_implementation`` (e.g
 ``use_device_map`` (bool, load with ``device_map`` instead of ``.to(device)``), ``torch_dtype``
 (see below), ``trust_remote_code`` (bool) and
 ``cpu_threads`` (int, torch intra-op threads for CPU models), and the cross-job batching knobs
-``batch_across_jobs`` (bool, default true), ``batch_max_rows`` (int, default 64),
+``batch_across_jobs`` (bool, default true), ``batch_max_rows`` (int, default 128),
 ``batch_step_threads`` (int, torch threads for the decode loop's passes of many rows; default
 every core) and
 ``batch_window_ms`` (accepted, no longer used: the decode loop admits calls at every step) described in
