@@ -495,7 +495,8 @@ class DecodeLoop:
         keep = [r for r, row in enumerate(batch.rows) if not row.ended and not row.call.done]
         if not keep:
             return None
-        return self._feed(_select(batch, keep), [chosen[r] for r in keep])
+        order = _filling_holes(len(batch.rows), keep)
+        return self._feed(_select(batch, order), [chosen[r] for r in order])
 
     def _take_tokens(self, batch: _Batch) -> list[int]:
         """Every row picks its next token and adds it to its candidate; rows that ended retire.
@@ -527,16 +528,20 @@ class DecodeLoop:
         return chosen
 
     def _choose_tokens(self, batch: _Batch) -> list[int]:
-        chosen = []
-        for r, row in enumerate(batch.rows):
+        """Every row's next token. A call's rows draw from its session's one generator in the
+        order of their samplings, as decoding alone does, wherever retiring rows moved them in
+        the batch (``_filling_holes``)."""
+        rows = batch.rows
+        chosen = [self.generator.pad_id] * len(rows)
+        for r in sorted(range(len(rows)), key=lambda r: rows[r].index):
+            row = rows[r]
             if row.pending is not None:
-                chosen.append(row.pending)
+                chosen[r] = row.pending
                 continue
             try:
-                chosen.append(_choose(batch.logits[r], row))
+                chosen[r] = _choose(batch.logits[r], row)
             except BaseException as exc:  # noqa: BLE001 - this call's sampling or grammar failed
                 self._fail(row.call, exc)
-                chosen.append(self.generator.pad_id)
         return chosen
 
     def _advance(
@@ -695,11 +700,22 @@ def _merged_cache(model_config: Any, caches: list[Any], lengths: list[int], widt
 
 @functools.cache
 def _growing_layer_class() -> type:
-    """A ``DynamicLayer`` whose keys/values are views of buffers with room for ``HEADROOM``
-    more tokens. ``DynamicLayer.update`` concatenates, copying the whole batch cache every
-    decode step (81 ms of a 616 ms step for 64 SmolLM2 rows 90 wide); this writes the new
-    token in place. Whoever replaces ``keys``/``values`` (a join, a retire, a trim) just gives
-    it new tensors: the next update copies them into a fresh buffer once."""
+    """A ``DynamicLayer`` whose keys/values are views ``[:rows, :, start:end]`` of buffers with
+    room for more rows and for ``HEADROOM`` more tokens, so the decode loop's changes cost in
+    proportion to what changes, not to the whole batch cache (SmolLM2 keeps 46 KB a token a
+    row: 128 rows 150 wide are 880 MB):
+
+    - ``update`` (a decode step) writes the new token in place. ``DynamicLayer.update``
+      concatenates, copying the whole cache every step (81 ms of a 616 ms step for 64 rows 90
+      wide).
+    - ``move_rows`` (rows retire) copies the rows that fill the holes, usually a few, where
+      ``batch_select_indices`` copied every remaining row and the next update all of them again.
+    - ``trim_left`` (columns no row uses any more) only moves ``start``.
+    - ``append_rows`` (newcomers join) copies the newcomers, and zeroes the columns a wider
+      group adds on the left of the rows already there.
+
+    Whoever replaces ``keys``/``values`` some other way (transformers' own methods) just gives
+    it new tensors: the next update or move copies them into a fresh buffer once."""
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):  # type: ignore[misc]
@@ -707,6 +723,36 @@ def _growing_layer_class() -> type:
             super().__init__()
             self._views: tuple[torch.Tensor, torch.Tensor] | None = None
             self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+            self._start = 0  # first column of the views in the buffers
+
+        def _own(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+            """The buffers, if ``keys``/``values`` are still the views this layer made."""
+            views = self._views
+            if views is None or views[0] is not self.keys or views[1] is not self.values:
+                return None
+            return self._buffers
+
+        def _show(self, rows: int, start: int, end: int) -> None:
+            assert self._buffers is not None
+            keys, values = self._buffers
+            self._start = start
+            self.keys, self.values = keys[:rows, :, start:end], values[:rows, :, start:end]
+            self._views = (self.keys, self.values)
+
+        def _reallocate(self, rows: int, left: int, right: int) -> None:
+            """Fresh buffers holding the current keys/values with ``left`` zero columns before
+            them, room for ``rows`` rows and ``right`` more columns after them."""
+            old_keys, old_values = self.keys, self.values
+            count, heads, length, dim = old_keys.shape
+            self._buffers = tuple(  # type: ignore[assignment]
+                t.new_empty((max(rows, count), heads, left + length + right, dim))
+                for t in (old_keys, old_values)
+            )
+            assert self._buffers is not None
+            for buffer, old in zip(self._buffers, (old_keys, old_values), strict=True):
+                buffer[:count, :, :left] = 0
+                buffer[:count, :, left : left + length] = old
+            self._show(count, 0, left + length)
 
         def update(
             self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
@@ -716,34 +762,69 @@ def _growing_layer_class() -> type:
                 self.keys, self.values = key_states, value_states
                 self._views = self._buffers = None
                 return self.keys, self.values
-            length, added = self.keys.shape[-2], key_states.shape[-2]
-            fresh = (
-                self._views is None or self._views[0] is not self.keys or self._views[1] is not self.values
-            )
-            if fresh or self._buffers is None or length + added > self._buffers[0].shape[-2]:
-                self._buffers = tuple(  # type: ignore[assignment]
-                    _with_room(t, length + added + HEADROOM) for t in (self.keys, self.values)
-                )
+            rows, length, added = self.keys.shape[0], self.keys.shape[-2], key_states.shape[-2]
+            buffers = self._own()
+            if buffers is None or self._start + length + added > buffers[0].shape[-2]:
+                self._reallocate(rows + ROW_HEADROOM, 0, added + HEADROOM)
             assert self._buffers is not None
             keys, values = self._buffers
-            keys[:, :, length : length + added] = key_states
-            values[:, :, length : length + added] = value_states
-            self.keys, self.values = keys[:, :, : length + added], values[:, :, : length + added]
-            self._views = (self.keys, self.values)
+            end = self._start + length
+            keys[:rows, :, end : end + added] = key_states
+            values[:rows, :, end : end + added] = value_states
+            self._show(rows, self._start, end + added)
             return self.keys, self.values
+
+        def move_rows(self, order: list[int]) -> None:
+            """Keep the rows ``order`` names, row ``i`` becoming old row ``order[i]``; only the
+            rows that change place are copied."""
+            if self.keys is None or self.keys.numel() == 0:
+                return
+            if self._own() is None:
+                self._reallocate(self.keys.shape[0] + ROW_HEADROOM, 0, HEADROOM)
+            moves = [(new, old) for new, old in enumerate(order) if new != old]
+            start, end = self._start, self._start + self.keys.shape[-2]
+            if moves:
+                target = torch.tensor([new for new, _ in moves])
+                source = torch.tensor([old for _, old in moves])
+                assert self._buffers is not None
+                for buffer in self._buffers:
+                    span = buffer[:, :, start:end]
+                    span.index_copy_(0, target, span.index_select(0, source))
+            self._show(len(order), start, end)
+
+        def trim_left(self, columns: int) -> None:
+            """Drop the first ``columns`` columns (no row uses them any more)."""
+            if self.keys is None or self.keys.numel() == 0 or columns <= 0:
+                return
+            if self._own() is None:
+                self.keys, self.values = self.keys[:, :, columns:], self.values[:, :, columns:]
+                return
+            self._show(self.keys.shape[0], self._start + columns, self._start + self.keys.shape[-2])
+
+        def append_rows(self, keys: torch.Tensor, values: torch.Tensor, width: int) -> None:
+            """Add rows holding ``keys``/``values`` (right-aligned, zero columns on their
+            left), the batch becoming ``width`` columns wide (never narrower than now)."""
+            rows, added = self.keys.shape[0], keys.shape[0]
+            buffers = self._own()
+            wider = width - self.keys.shape[-2]  # zero columns the rows here get on the left
+            if buffers is None or rows + added > buffers[0].shape[0] or self._start < wider:
+                self._reallocate(rows + added + ROW_HEADROOM, wider, HEADROOM)  # now `width` wide
+            length = self.keys.shape[-2]
+            wider = width - length
+            assert self._buffers is not None
+            start, end = self._start - wider, self._start + length
+            for buffer, new in zip(self._buffers, (keys, values), strict=True):
+                if wider > 0:
+                    buffer[:rows, :, start : self._start] = 0
+                buffer[rows : rows + added, :, start : end - new.shape[-2]] = 0
+                buffer[rows : rows + added, :, end - new.shape[-2] : end] = new
+            self._show(rows + added, start, end)
 
     return GrowingLayer
 
 
 HEADROOM = 32  # tokens of room a batch cache's buffers keep for the next decode steps
-
-
-def _with_room(tensor: torch.Tensor, capacity: int) -> torch.Tensor:
-    """A [rows, heads, capacity, dim] buffer whose first columns hold ``tensor``."""
-    rows, heads, length, dim = tensor.shape
-    buffer = tensor.new_empty((rows, heads, capacity, dim))
-    buffer[:, :, :length] = tensor
-    return buffer
+ROW_HEADROOM = 16  # rows of room a batch cache's buffers keep for newcomers
 
 
 def _join(batch: _Batch | None, group: _Batch) -> _Batch:
@@ -753,27 +834,41 @@ def _join(batch: _Batch | None, group: _Batch) -> _Batch:
     width = max(batch.width, group.width)
     pads = (width - batch.width, width - group.width)
     for own, new in zip(batch.cache.layers, group.cache.layers, strict=True):
-        own.keys = torch.cat([_left_pad(own.keys, pads[0], 2), _left_pad(new.keys, pads[1], 2)], dim=0)
-        own.values = torch.cat([_left_pad(own.values, pads[0], 2), _left_pad(new.values, pads[1], 2)], dim=0)
+        own.append_rows(new.keys, new.values, width)
     mask = torch.cat([_left_pad(batch.mask, pads[0], 1), _left_pad(group.mask, pads[1], 1)], dim=0)
     logits = torch.cat([batch.logits, group.logits], dim=0)
     return _Batch(batch.rows + group.rows, batch.cache, mask, logits)
 
 
-def _select(batch: _Batch, keep: list[int]) -> _Batch:
-    """The ``keep`` rows only, without the leading columns none of them uses."""
+def _select(batch: _Batch, order: list[int]) -> _Batch:
+    """The rows ``order`` names (row ``i`` becomes old row ``order[i]``), without the leading
+    columns none of them uses."""
     rows, cache, mask, logits = batch.rows, batch.cache, batch.mask, batch.logits
-    if len(keep) < len(rows):
-        index = torch.tensor(keep)
-        cache.batch_select_indices(index)
+    if order != list(range(len(rows))):
+        for layer in cache.layers:
+            layer.move_rows(order)
+        index = torch.tensor(order)
         mask = mask.index_select(0, index)
         logits = logits.index_select(0, index)
-        rows = [rows[r] for r in keep]
+        rows = [rows[r] for r in order]
     used = torch.nonzero(mask.any(dim=0))
     start = int(used[0]) if used.numel() else 0
     if start > 0:
         for layer in cache.layers:
-            layer.keys = layer.keys[:, :, start:, :]
-            layer.values = layer.values[:, :, start:, :]
+            layer.trim_left(start)
         mask = mask[:, start:]
     return _Batch(rows, cache, mask, logits)
+
+
+def _filling_holes(count: int, keep: list[int]) -> list[int]:
+    """An order of the ``keep`` rows (of ``count``) that moves as few as possible: a row that
+    stays where it is stays; each hole a retired row leaves is filled by a kept row from the
+    end."""
+    kept = len(keep)
+    stays = set(keep)
+    holes = [r for r in range(kept) if r not in stays]
+    tail = [r for r in keep if r >= kept]
+    order = list(range(kept))
+    for hole, source in zip(holes, tail, strict=True):
+        order[hole] = source
+    return order

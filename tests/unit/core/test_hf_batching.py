@@ -471,3 +471,59 @@ def test_batch_step_threads_must_be_a_positive_integer(tiny_dirs: dict[str, Path
 
     with pytest.raises(ModelLoadError, match="batch_step_threads"):
         _generator(tiny_dirs["llama"], "bad", batch_step_threads=0)
+
+
+def test_the_batch_cache_layer_moves_only_what_changes_and_holds_what_a_plain_cache_holds() -> None:
+    """The decode loop's cache layer (rows retiring by filling holes from the end, newcomers
+    joining wider or narrower, leading columns trimmed, tokens appended in place) holds at
+    every point exactly the keys/values of a plain layer that concatenates and index-selects."""
+    import random
+
+    import torch
+
+    from ensemble_core.backends.hf_batching import _filling_holes, _growing_layer_class
+
+    rng = random.Random(7)
+    gen = torch.Generator().manual_seed(7)
+
+    def states(rows: int, width: int) -> torch.Tensor:
+        return torch.randn((rows, 2, width, 3), generator=gen)
+
+    layer = _growing_layer_class()()
+    first = states(3, 5)
+    layer.update(first, first + 1)
+    reference = [first.clone(), first.clone() + 1]
+    for _ in range(60):
+        op = rng.choice(["step", "step", "retire", "join", "trim"])
+        rows, width = reference[0].shape[0], reference[0].shape[2]
+        if op == "step":
+            new = states(rows, 1)
+            layer.update(new, new * 2)
+            reference = [torch.cat([reference[0], new], 2), torch.cat([reference[1], new * 2], 2)]
+        elif op == "retire" and rows > 1:
+            keep = sorted(rng.sample(range(rows), rng.randint(1, rows - 1)))
+            order = _filling_holes(rows, keep)
+            assert sorted(order) == keep
+            assert sum(new != old for new, old in enumerate(order)) <= rows - len(keep)
+            layer.move_rows(order)
+            index = torch.tensor(order)
+            reference = [t.index_select(0, index) for t in reference]
+        elif op == "join":
+            added, new_width = rng.randint(1, 20), rng.randint(1, width + 6)
+            group = states(added, new_width)
+            final = max(width, new_width)
+            layer.append_rows(group, group - 1, final)
+
+            def padded(t: torch.Tensor, to: int) -> torch.Tensor:
+                return torch.nn.functional.pad(t, [0, 0, to - t.shape[2], 0])
+
+            reference = [
+                torch.cat([padded(reference[0], final), padded(group, final)], 0),
+                torch.cat([padded(reference[1], final), padded(group - 1, final)], 0),
+            ]
+        elif op == "trim" and width > 1:
+            columns = rng.randint(1, width - 1)
+            layer.trim_left(columns)
+            reference = [t[:, :, columns:] for t in reference]
+        assert torch.equal(layer.keys, reference[0])
+        assert torch.equal(layer.values, reference[1])
