@@ -2,7 +2,7 @@
 the same worker running one item at a time.
 
     python bench/batch.py [--items 64] [--solo-items 12] [--max-tokens 48] [--configs single,pair,ensemble]
-                          [--temperature 0] [--torch-dtype bfloat16]
+                          [--temperature 0] [--torch-dtype bfloat16] [--engine-option batch_step_threads=1]
 
 Both runs go through the whole service (``POST /v1/ensemble/batch``, Redis, one Celery worker
 process, Postgres) and time the batch from submission until its last item is final. The only
@@ -22,6 +22,7 @@ best_of_n), whose Gemma 3 member (sliding-window attention) decodes on the direc
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -68,15 +69,14 @@ def run_batch(
     max_tokens: int,
     temperature: float | None,
     torch_dtype: str | None = None,
+    engine_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     specs, flags, overlay = CONFIGS[config]
-    if torch_dtype is not None:  # the admin's engine option, on every member of the config
+    options = {**(engine_options or {}), **({"torch_dtype": torch_dtype} if torch_dtype else {})}
+    if options:  # the admin's engine options, on every member of the config
         if specs is None:
-            raise SystemExit("--torch-dtype applies to the configs with explicit members (single, pair)")
-        specs = [
-            {**s, "engine_options": {**s.get("engine_options", {}), "torch_dtype": torch_dtype}}
-            for s in specs
-        ]
+            raise SystemExit("engine options apply to the configs with explicit members (single, pair)")
+        specs = [{**s, "engine_options": {**s.get("engine_options", {}), **options}} for s in specs]
     env = {"ENSEMBLEHUB_CONCURRENCY": str(concurrency)}
     with (
         running_stack(specs, flags, worker_env=env) as stack,
@@ -141,12 +141,28 @@ def main() -> None:
         default=None,
         help="the members' weight dtype (engine option torch_dtype: float32, bfloat16, auto); default theirs",
     )
+    parser.add_argument(
+        "--engine-option",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="an engine option for every member, e.g. batch_step_threads=1 (repeatable)",
+    )
     args = parser.parse_args()
+    engine_options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.engine_option)}
     rows = []
     for config in args.configs.split(","):
-        solo = run_batch(config, args.solo_items, 1, args.max_tokens, args.temperature, args.torch_dtype)
+        solo = run_batch(
+            config, args.solo_items, 1, args.max_tokens, args.temperature, args.torch_dtype, engine_options
+        )
         batched = run_batch(
-            config, args.items, args.items, args.max_tokens, args.temperature, args.torch_dtype
+            config,
+            args.items,
+            args.items,
+            args.max_tokens,
+            args.temperature,
+            args.torch_dtype,
+            engine_options,
         )
         # the one-at-a-time run's items are the batch's first items (same text, same seed)
         same = sum(batched["outputs"].get(i) == text for i, text in solo["outputs"].items())
@@ -160,7 +176,7 @@ def main() -> None:
     dtype = args.torch_dtype or "the members' own"
     print(
         f"\nBatch job on SmolLM2, max_tokens {args.max_tokens}, temperature {temperature}, seed 1, "
-        f"weight dtype {dtype}, "
+        f"weight dtype {dtype}, engine options {engine_options or 'the defaults'}, "
         "one worker process (2 cores)\n"
     )
     print_table(

@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,7 @@ from ensemble_core.backends.sampling import (
     step_confidence,
     step_top,
 )
+from ensemble_core.backends.step_threads import StepThreads
 from ensemble_core.errors import GenerationError
 from ensemble_core.ports import Candidate, Sampling, SegmentLimits
 
@@ -168,9 +170,9 @@ class DecodeLoop:
         self.prefill_slots = prefill_slots  # rows x padded rest of one prefill forward pass
         self.idle_s = idle_s
         self.side_prefill = side_prefill
-        # torch threads for the loop's steps of at least ``wide_rows`` rows (see ``_threads_for``)
-        self.wide_threads = wide_threads
-        self.wide_rows = wide_rows
+        # torch threads for the loop's steps of many rows: every core or one, whichever its
+        # recent steps found cheaper (``step_threads``; ``narrow`` is set by the loop thread)
+        self.step_threads = StepThreads(1, wide_threads, wide_rows=wide_rows)
         self._cond = threading.Condition()
         self._waiting: deque[_Call] = deque()
         self._thread: threading.Thread | None = None
@@ -252,7 +254,7 @@ class DecodeLoop:
     def _run(self) -> None:
         """admit -> prefill -> step -> retire, until there has been nothing to do for ``idle_s``."""
         batch: _Batch | None = None
-        narrow = torch.get_num_threads()
+        narrow = self.step_threads.narrow = torch.get_num_threads()
         with torch.inference_mode():
             while True:
                 taken = self._take_waiting(batch)
@@ -260,14 +262,18 @@ class DecodeLoop:
                     torch.set_num_threads(narrow)
                     return  # idle: the next call starts a new thread
                 newcomers, ready = taken
-                self._threads_for(batch, newcomers, ready, narrow)
+                threads = self._set_threads(batch, newcomers, ready)
+                started = time.perf_counter()
                 try:
                     for group in ready:
                         batch = _join(batch, group)
                     if newcomers:
                         batch = self._admit(batch, newcomers)
                     if batch is not None:
+                        rows = len(batch.rows)
                         batch = self._step(batch)
+                        if not newcomers and not ready:  # a pure decode step: its cost is comparable
+                            self.step_threads.measured(threads, rows, time.perf_counter() - started)
                 except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers
                     for call in {row.call for row in batch.rows} if batch is not None else ():
                         self._fail(call, exc)
@@ -275,21 +281,16 @@ class DecodeLoop:
                         self._fail(call, exc)
                     batch = None
 
-    def _threads_for(
-        self, batch: _Batch | None, newcomers: list[_Call], ready: list[_Batch], narrow: int
-    ) -> None:
-        """Torch threads for this step: ``wide_threads`` once it holds ``wide_rows`` rows, else
-        the loop thread's own (``narrow``). A step of many rows is compute-bound matrix
-        products, log-softmaxes and cache copies that split well over cores (SmolLM2, float32,
-        idle 2-core machine: a 64-row decode pass 237 -> 152 ms with two threads, 128 rows 410
-        -> 237 ms), while a step of a few rows is a weight read that a second thread slows
-        down as soon as the other core is busy. The count is the calling thread's own (OpenMP's
-        and MKL's), so the side thread keeps one: its point is the other core."""
+    def _set_threads(self, batch: _Batch | None, newcomers: list[_Call], ready: list[_Batch]) -> int:
+        """Torch threads for this step, as ``step_threads`` chooses for its rows (the count
+        is the calling thread's own, OpenMP's and MKL's: the side thread keeps one, its point
+        is the other core)."""
         rows = (len(batch.rows) if batch is not None else 0) + sum(len(g.rows) for g in ready)
         rows += sum(len(call.samplings) for call in newcomers)
-        wanted = self.wide_threads if self.wide_threads > 1 and rows >= self.wide_rows else narrow
-        if wanted != torch.get_num_threads():
-            torch.set_num_threads(wanted)
+        threads = self.step_threads.choose(rows)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        return threads
 
     def _take_waiting(self, batch: _Batch | None) -> tuple[list[_Call], list[_Batch]] | None:
         """The waiting calls to admit now (rows permitting) and the side thread's groups to

@@ -440,8 +440,8 @@ def test_steps_of_many_rows_use_the_wide_thread_count_and_put_it_back(tiny_dirs:
 
     generator = _generator(tiny_dirs["llama"], "wide", batch_step_threads=2)
     loop = generator.batcher
-    assert loop is not None and loop.wide_threads == 2
-    loop.wide_rows = 3
+    assert loop is not None and loop.step_threads.wide == 2
+    loop.step_threads.wide_rows = 3
     seen: list[tuple[int, int]] = []  # (rows, torch threads) of each step the loop ran
     run_step = loop._step
 
