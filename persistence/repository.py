@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from persistence import metrics_repository
@@ -271,6 +271,22 @@ def heartbeat_job(session: Session, job_id: str, *, attempt: int | None = None) 
         .returning(Job.id)
     ).first()
     return row is not None
+
+
+def heartbeat_jobs(session: Session, attempts: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Touch every job of ``attempts`` (job id, attempt) still running as that attempt, in one
+    statement (a worker process beats all its jobs at once: ``workers.job_watch``); returns
+    those touched. A pair left out is cancelled, finished, or re-queued to another attempt."""
+    if not attempts:
+        return set()
+    rows = session.execute(
+        update(Job)
+        .where(Job.status == "running", tuple_(Job.id, Job.attempts).in_(list(attempts)))
+        .values(heartbeat_at=utcnow())
+        .returning(Job.id, Job.attempts)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return {(job_id, attempt) for job_id, attempt in rows}
 
 
 def finish_job(
