@@ -275,16 +275,31 @@ def heartbeat_job(session: Session, job_id: str, *, attempt: int | None = None) 
 
 def heartbeat_jobs(session: Session, attempts: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
     """Touch every job of ``attempts`` (job id, attempt) still running as that attempt, in one
-    statement (a worker process beats all its jobs at once: ``workers.job_watch``); returns
-    those touched. A pair left out is cancelled, finished, or re-queued to another attempt."""
+    statement (a worker process beats all its jobs at once: ``workers.job_watch``). Returns the
+    pairs still running as their attempt; one left out is cancelled, finished, or re-queued to
+    another attempt.
+
+    The beat skips rows another transaction holds (``SKIP LOCKED``): a statement that locks
+    many job rows in no set order would otherwise deadlock with a batch cancel (which locks
+    its items in another order) and with settlements. A skipped row is judged by its last
+    committed state (the beat's snapshot) and beaten at the next tick."""
     if not attempts:
         return set()
-    rows = session.execute(
+    current = tuple_(Job.id, Job.attempts).in_(list(attempts))
+    free = (
+        select(Job.id)
+        .where(Job.status == "running", current)
+        .with_for_update(skip_locked=True, key_share=True)
+    )
+    beat = (
         update(Job)
-        .where(Job.status == "running", tuple_(Job.id, Job.attempts).in_(list(attempts)))
+        .where(Job.id.in_(free.scalar_subquery()))
         .values(heartbeat_at=utcnow())
-        .returning(Job.id, Job.attempts)
-        .execution_options(synchronize_session=False)
+        .returning(Job.id)
+        .cte("beat")
+    )
+    rows = session.execute(
+        select(Job.id, Job.attempts).where(Job.status == "running", current).add_cte(beat)
     ).all()
     return {(job_id, attempt) for job_id, attempt in rows}
 

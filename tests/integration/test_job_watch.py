@@ -102,11 +102,11 @@ def test_a_cancel_heard_between_the_claim_and_the_signal_still_stops_the_job(db,
 
 @contextmanager
 def _job_updates(db: Database) -> Iterator[list[str]]:
-    """The UPDATE statements on jobs run meanwhile."""
+    """The statements that update jobs run meanwhile."""
     statements: list[str] = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+        if "UPDATE JOBS" in statement.upper():
             statements.append(statement)
 
     event.listen(db.engine, "before_cursor_execute", count)
