@@ -3,7 +3,7 @@
 The engine is given a :class:`StopSignal` and asks it between decode steps (the Hugging Face
 backends and the token-level decoder check once per token) and between segments (every
 backend, remote ones included). The check is cheap: a flag and a clock read, no I/O; whoever
-cancels sets the flag from another thread (the worker's cancel listener).
+cancels sets the flag from another thread (the worker's job watch).
 
 A stopped run is not an error: it returns what it has, with ``stop_reason`` set to
 ``"cancelled"`` or ``"deadline_exceeded"``, the text accepted so far and the usage spent.

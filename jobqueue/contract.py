@@ -15,3 +15,9 @@ ALL_QUEUES = (MODELS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
 # Redis pub/sub channels for streaming and completion notices (see jobqueue.events)
 def job_events_channel(job_id: str) -> str:
     return f"ensemblehub:job:{job_id}:events"
+
+
+# one channel for every cancel, carrying the job ids: a worker process subscribes to it once
+# (workers.job_watch) instead of once per running job. Pub/sub ignores the Redis db number, so
+# stacks sharing a Redis server hear each other's cancels; a job id it does not run is ignored
+JOB_CANCELS_CHANNEL = "ensemblehub:jobs:cancels"

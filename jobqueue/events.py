@@ -1,6 +1,7 @@
 """Job events from workers to the API: accepted segments (for streaming) and the final state.
 
-On Redis this is pub/sub (one channel per job). In embedded mode, where API and worker share
+On Redis this is pub/sub (one channel per job, and one for the cancels of all jobs, which the
+workers hear: ``publish_cancels``/``subscribe_cancels``). In embedded mode, where API and worker share
 one process, an in-memory bus does the same. Events are a fast path only: Postgres stays the
 truth, so a waiter that misses an event still finds the final state by reading the job.
 
@@ -23,24 +24,30 @@ from typing import Any, Protocol
 
 import anyio
 
-from jobqueue.contract import job_events_channel
+from jobqueue.contract import JOB_CANCELS_CHANNEL, job_events_channel
 
 
 def cancel_event() -> dict[str, Any]:
-    """What the API publishes when it cancels a job: its waiters end, and the worker running it
-    (``workers.job_stop``) stops within a decode step. It carries no ``attempt``: it is no
-    worker's event."""
+    """What the API publishes on a job's channel when it cancels the job: its waiters end. It
+    carries no ``attempt``: it is no worker's event. The worker running the job hears the same
+    cancel on the cancels channel (``publish_cancels``; ``workers.job_watch``)."""
     return {"type": "done", "status": "cancelled"}
 
 
-def is_cancel_event(event: dict[str, Any]) -> bool:
-    return event.get("type") == "done" and event.get("status") == "cancelled" and "attempt" not in event
+def cancelled_job_ids(message: dict[str, Any]) -> list[str]:
+    """The job ids of a message on the cancels channel (``publish_cancels``)."""
+    ids = message.get("job_ids")
+    return [str(i) for i in ids] if isinstance(ids, list) else []
 
 
 class JobEventBus(Protocol):
     def publish(self, job_id: str, event: dict[str, Any]) -> None: ...
 
     def subscribe(self, job_id: str) -> JobSubscription: ...
+
+    def publish_cancels(self, job_ids: list[str]) -> None: ...
+
+    def subscribe_cancels(self) -> JobSubscription: ...
 
 
 class JobSubscription(Protocol):
@@ -61,7 +68,7 @@ class AsyncJobSubscription(Protocol):
 
 def _without_client_setinfo(client_class: Any) -> dict[str, Any]:
     """Client options that skip ``CLIENT SETINFO`` (two round trips) on every new connection:
-    each subscription opens one (a waiting request, a running job's cancel listener), and on
+    each subscription opens one (a waiting request, a worker's cancel subscription), and on
     redis.asyncio the two cost ~0.6 ms of a subscription's ~1.6 ms. redis-py >= 7 names the
     option ``driver_info``, older ones ``lib_name``/``lib_version``."""
     if "driver_info" in inspect.signature(client_class.__init__).parameters:
@@ -92,6 +99,24 @@ class RedisJobEventBus:
     def subscribe(self, job_id: str) -> _RedisSubscription:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(job_events_channel(job_id))
+        return _RedisSubscription(pubsub)
+
+    def publish_cancels(self, job_ids: list[str]) -> None:
+        self._redis.publish(JOB_CANCELS_CHANNEL, json.dumps({"job_ids": list(job_ids)}))
+
+    def subscribe_cancels(self) -> _RedisSubscription:
+        """Returns once Redis has confirmed the subscription: every cancel published after this
+        returns is heard (``workers.job_watch`` relies on it for the jobs it claims next)."""
+        pubsub = self._redis.pubsub()
+        try:
+            pubsub.subscribe(JOB_CANCELS_CHANNEL)
+            confirmed = pubsub.get_message(timeout=2.0)
+            if not confirmed or confirmed.get("type") != "subscribe":
+                raise TimeoutError(f"Redis did not confirm the subscription to {JOB_CANCELS_CHANNEL}")
+        except BaseException:
+            _RedisSubscription(pubsub).close()
+            raise
+        pubsub.ignore_subscribe_messages = True
         return _RedisSubscription(pubsub)
 
     async def subscribe_async(self, job_id: str) -> _AsyncRedisSubscription:
@@ -191,6 +216,13 @@ class InMemoryJobEventBus:
         with self._lock:
             self._subscribers[job_id].append(q)
         return _MemorySubscription(self, job_id, q)
+
+    # the cancels channel is one more key among the job ids (no job id looks like it)
+    def publish_cancels(self, job_ids: list[str]) -> None:
+        self.publish(JOB_CANCELS_CHANNEL, {"job_ids": list(job_ids)})
+
+    def subscribe_cancels(self) -> _MemorySubscription:
+        return self.subscribe(JOB_CANCELS_CHANNEL)
 
     async def subscribe_async(self, job_id: str) -> _AsyncMemorySubscription:
         sub = _AsyncMemorySubscription(self, job_id)

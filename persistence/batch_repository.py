@@ -148,7 +148,18 @@ def cancel_batch(session: Session, batch_id: str) -> tuple[str | None, int, list
     partial answers; finished items are kept.
 
     Returns (final status if the batch ended now, number of items cancelled, ids of the items
-    that were running)."""
+    that were running).
+
+    The open items' rows are locked first, the batch row after them: the order a worker
+    settling an item takes (its job row, then its batch's counters). Locking the batch first
+    made the two wait on each other whenever the cancel paused on an item row (a worker's
+    heartbeat holding it a moment), and Postgres aborted the cancel as a deadlock."""
+    session.execute(
+        select(Job.id)
+        .where(Job.batch_id == batch_id, Job.status.in_(("queued", "running")))
+        .order_by(Job.id)
+        .with_for_update(key_share=True)
+    ).all()
     session.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.status.in_(OPEN_BATCH_STATUSES))

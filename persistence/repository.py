@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from persistence import metrics_repository
@@ -271,6 +271,37 @@ def heartbeat_job(session: Session, job_id: str, *, attempt: int | None = None) 
         .returning(Job.id)
     ).first()
     return row is not None
+
+
+def heartbeat_jobs(session: Session, attempts: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Touch every job of ``attempts`` (job id, attempt) still running as that attempt, in one
+    statement (a worker process beats all its jobs at once: ``workers.job_watch``). Returns the
+    pairs still running as their attempt; one left out is cancelled, finished, or re-queued to
+    another attempt.
+
+    The beat skips rows another transaction holds (``SKIP LOCKED``): a statement that locks
+    many job rows in no set order would otherwise deadlock with a batch cancel (which locks
+    its items in another order) and with settlements. A skipped row is judged by its last
+    committed state (the beat's snapshot) and beaten at the next tick."""
+    if not attempts:
+        return set()
+    current = tuple_(Job.id, Job.attempts).in_(list(attempts))
+    free = (
+        select(Job.id)
+        .where(Job.status == "running", current)
+        .with_for_update(skip_locked=True, key_share=True)
+    )
+    beat = (
+        update(Job)
+        .where(Job.id.in_(free.scalar_subquery()))
+        .values(heartbeat_at=utcnow())
+        .returning(Job.id)
+        .cte("beat")
+    )
+    rows = session.execute(
+        select(Job.id, Job.attempts).where(Job.status == "running", current).add_cte(beat)
+    ).all()
+    return {(job_id, attempt) for job_id, attempt in rows}
 
 
 def finish_job(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -36,7 +35,7 @@ from jobqueue.routing import job_members, queue_for
 from jobqueue.webhook_events import record_settlement_events
 from persistence import repository
 from persistence.repository import Settled
-from workers.job_stop import CancelListener, job_deadline_s
+from workers.job_stop import job_deadline_s
 from workers.runtime import WorkerRuntime
 from workers.stream_events import SegmentCoalescer
 
@@ -78,17 +77,18 @@ def run_job(
     """Returns the final status, "skipped" when another delivery already owns the job, or
     "rerouted" when this worker does not hold the job's members (``reroute(queue)`` sends the
     still queued job to the queue of its member set)."""
-    listener = CancelListener(runtime, job_id)  # before the claim: see workers.job_stop
+    watch = runtime.job_watch()
+    watched = watch.register(job_id)  # before the claim: see workers.job_stop
     try:
         claimed = with_database_retry(runtime, f"claim {job_id}", lambda: _claim(runtime, job_id))
     except _NotHeld as exc:
-        listener.close()
+        watch.unregister(watched)
         return _pass_on(runtime, job_id, exc.members, reroute, send_webhooks)
     except BaseException:
-        listener.close()
+        watch.unregister(watched)
         raise
     if claimed is None:
-        listener.close()
+        watch.unregister(watched)
         return "skipped"
     claim, spec_json = claimed
     request_json, attempt = claim.request, claim.attempts
@@ -97,12 +97,7 @@ def run_job(
     publish = _Publisher(runtime, job_id, attempt)
 
     stop = StopSignal(deadline_s=job_deadline_s(runtime, request_json))
-    listener.listen(stop)
-    stop_beat = threading.Event()
-    beat = threading.Thread(
-        target=_job_heartbeat, args=(runtime, job_id, attempt, stop_beat, stop), daemon=True
-    )
-    beat.start()
+    watch.claimed(watched, attempt, stop)  # heard cancels and the heartbeat now reach `stop`
     started = time.perf_counter()
     try:
         if spec_json is None:
@@ -145,8 +140,7 @@ def run_job(
         status, deliveries = _fail(runtime, job_id, attempt, "internal_error", message, claim=claim)
         final = _final_fields(status, None, "internal_error", message)
     finally:
-        stop_beat.set()
-        listener.close()
+        watch.unregister(watched)
     if status == "skipped":
         # fenced off: the sweeper gave the job to another attempt, whose writes and events count
         log.warning("job %s: attempt %d is no longer current; its result was dropped", job_id, attempt)
@@ -458,24 +452,3 @@ def _fail(
         ),
     )
     return ("failed" if status != "skipped" else status), deliveries
-
-
-def _job_heartbeat(
-    runtime: WorkerRuntime, job_id: str, attempt: int, stop: threading.Event, signal: StopSignal
-) -> None:
-    # the sweeper treats a running job without a recent heartbeat as orphaned by a dead worker;
-    # after a failed beat (database restarting) the next comes sooner, before the sweeper looks
-    interval = runtime.settings.heartbeat_interval_s
-    while not stop.wait(interval):
-        try:
-            with runtime.db.transaction() as session:
-                current = repository.heartbeat_job(session, job_id, attempt=attempt)
-            if not current:
-                # cancelled, or re-queued to another attempt, meanwhile: this attempt must not
-                # look alive, and its engine stops (whatever it writes now is fenced off)
-                signal.cancel()
-                return
-            interval = runtime.settings.heartbeat_interval_s
-        except Exception as exc:  # noqa: BLE001
-            log.warning("job heartbeat failed: %s", exc)
-            interval = min(1.0, runtime.settings.heartbeat_interval_s)

@@ -1,4 +1,4 @@
-"""Process-wide state of a worker: database, event bus, model pool, heartbeat.
+"""Process-wide state of a worker: database, event bus, model pool, heartbeat, job watch.
 
 Created lazily on first use in the worker process (never at import and never in
 worker_process_init, which Celery kills after 4 s): loading models can take a while.
@@ -22,6 +22,7 @@ from jobqueue.settings import QueueSettings
 from persistence import repository
 from persistence.db import Database
 from persistence.settings import DatabaseSettings
+from workers.job_watch import JobWatch
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,19 @@ class WorkerRuntime:
     _stop: threading.Event = field(default_factory=threading.Event)
     _heartbeat: threading.Thread | None = None
     _beat_lock: threading.Lock = field(default_factory=threading.Lock)
+    _watch: JobWatch | None = None
+    _watch_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def job_watch(self) -> JobWatch:
+        """The process's watch over its running jobs, started by the first job (which pays its
+        subscription once); every later job only registers."""
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = JobWatch(
+                    self.db, self.bus, heartbeat_interval_s=self.settings.heartbeat_interval_s
+                )
+                self._watch.start()
+            return self._watch
 
     def start_heartbeat(self) -> None:
         if self._heartbeat is not None:
@@ -96,6 +110,8 @@ class WorkerRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
         try:
             with self.db.transaction() as session:
                 repository.remove_worker(session, self.hostname)

@@ -2,7 +2,8 @@
 
 Cancel: the row becomes ``cancelled`` at once (its final state, counted in its batch and its
 webhook event recorded in the same transaction), then the API publishes ``cancel_event()`` on
-the job's channel. A worker running the job hears it and its engine stops within one decode
+the job's channel (its waiters end) and the job id on the cancels channel. The worker running
+the job hears it there (``workers.job_watch``) and its engine stops within one decode
 step (one segment on engines that decode remotely); the worker then stores the partial text
 and usage in the cancelled row. The cancel call waits up to ``ENSEMBLEHUB_CANCEL_WAIT_S`` for
 that, so its answer usually carries the partial result already.
@@ -104,10 +105,15 @@ async def cancel_after_client_left(state: AppState, job_id: str, how: str) -> No
 
 
 def tell_workers(state: AppState, job_ids: Iterable[str]) -> None:
-    """Tell whichever worker runs these (now cancelled) jobs to stop; also ends their waiters.
-    A lost event costs only time: the worker's job heartbeat finds the row cancelled."""
-    for job_id in job_ids:
+    """Tell whichever worker runs these (now cancelled) jobs to stop (one message on the
+    cancels channel for all of them); also ends their waiters (each job's own channel). A lost
+    event costs only time: the worker's job heartbeat finds the row cancelled."""
+    ids = list(job_ids)
+    if not ids:
+        return
+    for job_id in ids:
         job_service.publish_event(state, job_id, cancel_event())
+    job_service.publish_cancels(state, ids)
 
 
 def _wait_for_partial_result(state: AppState, job: Job) -> Job:

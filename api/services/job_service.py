@@ -407,6 +407,15 @@ def publish_event(state: AppState, job_id: str, event: dict[str, Any]) -> None:
         log.warning("could not publish %s of job %s: %s", event.get("type"), job_id, exc)
 
 
+def publish_cancels(state: AppState, job_ids: list[str]) -> None:
+    """Tell the workers these jobs are cancelled (one message on the cancels channel, which
+    every worker process hears). A fast path too: a lost one is found by the job heartbeat."""
+    try:
+        state.bus.publish_cancels(job_ids)
+    except BROKER_ERRORS as exc:
+        log.warning("could not publish the cancel of jobs %s: %s", job_ids, exc)
+
+
 def load_job(state: AppState, job_id: str, *, tenant: str | None = None) -> Job:
     with state.db.transaction() as session:
         job = repository.get_job(session, job_id, tenant=tenant)
