@@ -21,3 +21,18 @@ def job_events_channel(job_id: str) -> str:
 # (workers.job_watch) instead of once per running job. Pub/sub ignores the Redis db number, so
 # stacks sharing a Redis server hear each other's cancels; a job id it does not run is ignored
 JOB_CANCELS_CHANNEL = "ensemblehub:jobs:cancels"
+
+
+REPLY_CHANNEL_PREFIX = "ensemblehub:reply:"
+
+
+def reply_channel(inbox: str) -> str:
+    """An API process's own channel for the done events of the jobs it waits for
+    (``jobqueue.reply_inbox``)."""
+    return f"{REPLY_CHANNEL_PREFIX}{inbox}"
+
+
+def is_reply_channel(name: object) -> bool:
+    """Whether a job's ``reply_to`` is a reply channel (the API wrote it; a worker publishes
+    to nothing else)."""
+    return isinstance(name, str) and name.startswith(REPLY_CHANNEL_PREFIX) and len(name) < 128

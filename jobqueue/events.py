@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from jobqueue.contract import JOB_CANCELS_CHANNEL, job_events_channel
+from jobqueue.contract import JOB_CANCELS_CHANNEL, is_reply_channel, job_events_channel
 
 
 def cancel_event() -> dict[str, Any]:
@@ -41,7 +41,7 @@ def cancelled_job_ids(message: dict[str, Any]) -> list[str]:
 
 
 class JobEventBus(Protocol):
-    def publish(self, job_id: str, event: dict[str, Any]) -> None: ...
+    def publish(self, job_id: str, event: dict[str, Any], *, reply_to: str | None = None) -> None: ...
 
     def subscribe(self, job_id: str) -> JobSubscription: ...
 
@@ -92,9 +92,29 @@ class RedisJobEventBus:
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
+        self._inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
-        self._redis.publish(job_events_channel(job_id), json.dumps(event))
+    def publish(self, job_id: str, event: dict[str, Any], *, reply_to: str | None = None) -> None:
+        """``reply_to``: also to this API process's inbox (``jobqueue.reply_inbox``), in the
+        same round trip."""
+        if reply_to is None or not is_reply_channel(reply_to):
+            self._redis.publish(job_events_channel(job_id), json.dumps(event))
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.publish(job_events_channel(job_id), json.dumps(event))
+        pipe.publish(reply_to, json.dumps({"job_id": job_id, "event": event}))
+        pipe.execute()
+
+    async def open_reply(self, job_id: str) -> Any:
+        """The job's done event through this process's reply inbox, or None while the inbox
+        is not subscribed (see ``jobqueue.reply_inbox``)."""
+        from jobqueue.reply_inbox import ReplyInbox
+
+        loop = asyncio.get_running_loop()
+        inbox = self._inboxes.get(loop)
+        if inbox is None:
+            inbox = self._inboxes[loop] = ReplyInbox(self._async_client())
+        return await inbox.open(job_id)
 
     def subscribe(self, job_id: str) -> _RedisSubscription:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -199,13 +219,14 @@ class _RedisSubscription:
 
 
 class InMemoryJobEventBus:
-    """Same-process bus for embedded mode."""
+    """Same-process bus for embedded mode (a subscription costs no round trip here, so it has
+    no reply inbox: ``publish`` ignores ``reply_to``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribers: dict[str, list[queue.Queue[dict[str, Any]]]] = defaultdict(list)
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+    def publish(self, job_id: str, event: dict[str, Any], *, reply_to: str | None = None) -> None:
         with self._lock:
             targets = list(self._subscribers.get(job_id, ()))
         for q in targets:

@@ -31,6 +31,7 @@ from ensemble_core.references import resolve_references, restore_names
 from ensemble_core.result import EnsembleResult
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 from ensemble_core.stopping import CANCELLED, DEADLINE_EXCEEDED, StopSignal
+from jobqueue.contract import is_reply_channel
 from jobqueue.routing import job_members, queue_for
 from jobqueue.webhook_events import record_settlement_events
 from persistence import repository
@@ -94,7 +95,7 @@ def run_job(
     request_json, attempt = claim.request, claim.attempts
     # no "started" event: nothing waits for it (waiters need the final state, streams the
     # segments), and it was a Redis round trip before the job's first token
-    publish = _Publisher(runtime, job_id, attempt)
+    publish = _Publisher(runtime, job_id, attempt, request_json.get("reply_to"))
 
     stop = StopSignal(deadline_s=job_deadline_s(runtime, request_json))
     watch.claimed(watched, attempt, stop)  # heard cancels and the heartbeat now reach `stop`
@@ -272,12 +273,16 @@ class _Publisher:
     attempt older than the newest it has seen. Events are a fast path only (waiters re-read
     Postgres): a broker blip must not fail a job."""
 
-    def __init__(self, runtime: WorkerRuntime, job_id: str, attempt: int) -> None:
+    def __init__(self, runtime: WorkerRuntime, job_id: str, attempt: int, reply_to: Any = None) -> None:
         self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
+        # the API process waiting for the answer (jobqueue.reply_inbox): its done event goes
+        # there too; nothing else does
+        self.reply_to = reply_to if is_reply_channel(reply_to) else None
 
     def __call__(self, event: dict[str, Any]) -> None:
+        reply_to = self.reply_to if event.get("type") == "done" else None
         try:
-            self.runtime.bus.publish(self.job_id, {**event, "attempt": self.attempt})
+            self.runtime.bus.publish(self.job_id, {**event, "attempt": self.attempt}, reply_to=reply_to)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not publish %s of job %s: %s", event.get("type"), self.job_id, exc)
 

@@ -186,9 +186,11 @@ def submit(
     *,
     job_id: str | None = None,
     accept_unsent: bool = False,
+    reply_to: str | None = None,
 ) -> tuple[Job, bool]:
     """``accept_unsent``: a job answered later (``background``) is accepted even while the
-    broker is down; the sweeper sends it when the broker is back."""
+    broker is down; the sweeper sends it when the broker is back. ``reply_to``: see
+    ``job_service.submit_job``."""
     return job_service.submit_job(
         state,
         kind=prepared.kind,
@@ -202,6 +204,7 @@ def submit(
         fingerprint=prepared.fingerprint,
         job_id=job_id,
         accept_unsent=accept_unsent,
+        reply_to=reply_to,
     )
 
 
@@ -220,9 +223,9 @@ async def run_to_answer(
     Idempotency-Key: a retry with the key may come back for the job, so it runs on."""
     prepared: list[PreparedJob] = []
 
-    def prepare_and_submit(job_id: str) -> tuple[Job, bool]:
+    def prepare_and_submit(job_id: str, reply_to: str | None) -> tuple[Job, bool]:
         prepared.append(prepare())
-        return submit(state, prepared[0], idempotency_key, job_id=job_id)
+        return submit(state, prepared[0], idempotency_key, job_id=job_id, reply_to=reply_to)
 
     watch = until_gone if idempotency_key is None else None
     try:

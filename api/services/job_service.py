@@ -52,6 +52,7 @@ def submit_job(
     fingerprint: str | None = None,
     job_id: str | None = None,
     accept_unsent: bool = False,
+    reply_to: str | None = None,
 ) -> tuple[Job, bool]:
     """Store and enqueue a job. Returns (job, created); with a known idempotency key the
     existing job comes back and nothing new is enqueued.
@@ -60,7 +61,8 @@ def submit_job(
     a client bug and answers 409 instead of silently returning another request's answer.
     ``job_id`` lets a caller subscribe to the job's events before its task is sent.
     ``accept_unsent``: the caller answers 202 and the client polls, so a broker outage need
-    not refuse the job: it waits in Postgres and the sweeper sends it once the broker is back."""
+    not refuse the job: it waits in Postgres and the sweeper sends it once the broker is back.
+    ``reply_to``: the waiting API process's reply channel (``jobqueue.reply_inbox``)."""
     if idempotency_key:
         with state.db.transaction() as session:
             existing = repository.find_job_by_idempotency_key(session, idempotency_key, tenant=tenant)
@@ -83,6 +85,8 @@ def submit_job(
     )
     if fingerprint:
         request_json["fingerprint"] = fingerprint
+    if reply_to:
+        request_json["reply_to"] = reply_to
     row = repository.new_job_row(
         kind=kind,
         request=request_json,
@@ -282,22 +286,23 @@ class ClientGone(Exception):
 
 async def submit_and_wait(
     state: AppState,
-    submit: Callable[[str], tuple[Job, bool]],
+    submit: Callable[[str, str | None], tuple[Job, bool]],
     timeout_s: float | Callable[[], float],
     *,
     until_gone: Callable[[], Awaitable[None]] | None = None,
 ) -> Job:
     """Submit a job and wait for it, listening before its task is sent.
 
-    ``submit(job_id)`` stores and sends the job under that id (or, for a known Idempotency-Key,
+    ``submit(job_id, reply_to)`` stores and sends the job under that id, its done event also
+    to ``reply_to`` (this process's reply inbox, or None) (or, for a known Idempotency-Key,
     returns the earlier job, which is then waited for as any other). ``timeout_s`` may be a
     function, asked once ``submit`` has run (the request it prepares sets the timeout).
     ``until_gone``: returns when the client has disconnected; the wait for a job this call
     created then stops with :class:`ClientGone` (the caller decides what becomes of the job)."""
     job_id = new_id("job")
-    events = await JobEvents.open(state, job_id)
+    events = await JobEvents.open_reply(state, job_id)
     try:
-        job, _created = await run_in_threadpool(submit, job_id)
+        job, _created = await run_in_threadpool(submit, job_id, events.reply_to)
         timeout = timeout_s() if callable(timeout_s) else timeout_s
         if job.id == job_id:
             waited = wait_for_job(state, job_id, timeout, events=events, submitted=job)
@@ -373,6 +378,23 @@ class JobEvents:
 
     def __init__(self, job_id: str, subscription: Any | None) -> None:
         self.job_id, self._sub = job_id, subscription
+        self.reply_to: str | None = getattr(subscription, "reply_to", None)
+
+    @classmethod
+    async def open_reply(cls, state: AppState, job_id: str) -> JobEvents:
+        """The job's done event through this process's reply inbox (no round trip; the job
+        must carry ``reply_to``), or, where there is none (embedded mode, Redis reconnecting),
+        a subscription of its own."""
+        open_reply = getattr(state.bus, "open_reply", None)
+        if open_reply is not None:
+            try:
+                inbox = await open_reply(job_id)
+            except BROKER_ERRORS as exc:
+                log.warning("no reply inbox (%s); subscribing to the job's own events", exc)
+                inbox = None
+            if inbox is not None:
+                return cls(job_id, inbox)
+        return await cls.open(state, job_id)
 
     @classmethod
     async def open(cls, state: AppState, job_id: str) -> JobEvents:

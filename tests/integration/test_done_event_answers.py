@@ -91,6 +91,8 @@ def test_the_done_event_carries_the_committed_result_and_the_api_reads_no_job_ro
     # nobody streams a synchronous request's text: its job publishes the done event alone
     assert stored["request"]["segment_events"] is False
     assert types == ["done"], types
+    # the API waited through its process's reply inbox (no subscription of the request's own)
+    assert stored["request"]["reply_to"].startswith("ensemblehub:reply:")
     # the answer came from the event: the request inserted its job and read no job row
     assert any(s.lstrip().upper().startswith("INSERT INTO JOBS") for s in during), during
     assert not [s for s in during if JOB_ROW_READ.search(s)], during
