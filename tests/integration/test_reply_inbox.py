@@ -85,7 +85,9 @@ def test_a_lost_connection_makes_waiters_poll_and_the_inbox_comes_back(redis_url
                 break
             await asyncio.sleep(0.1)
         assert again is not None
-        await asyncio.to_thread(bus.publish, "job_b", {"type": "done", "status": "failed"}, reply_to=again.reply_to)
+        await asyncio.to_thread(
+            bus.publish, "job_b", {"type": "done", "status": "failed"}, reply_to=again.reply_to
+        )
         assert (await again.get(5))["status"] == "failed"
         await again.close()
 
