@@ -53,7 +53,11 @@ def claim_params(job_id: str, worker: str, now: Any) -> dict[str, Any]:
 def transition(columns: tuple[str, ...], from_statuses: tuple[str, ...], fenced: bool) -> Update:
     """``UPDATE jobs SET <columns> WHERE id = :job_id AND status IN <from_statuses>
     [AND attempts = :attempt] RETURNING id, batch_id``: a conditional final-state change."""
-    conditions = [_jobs.c.id == bindparam("job_id"), _jobs.c.status.in_(from_statuses)]
+    # one state: "=" (an IN list is expanded into the SQL string at every execution)
+    state = (
+        _jobs.c.status == from_statuses[0] if len(from_statuses) == 1 else _jobs.c.status.in_(from_statuses)
+    )
+    conditions = [_jobs.c.id == bindparam("job_id"), state]
     if fenced:
         conditions.append(_jobs.c.attempts == bindparam("attempt", type_=_jobs.c.attempts.type))
     # "v_" + name: a bindparam named as the column it sets is reserved by SQLAlchemy
