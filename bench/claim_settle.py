@@ -108,14 +108,10 @@ def main() -> None:
             claim_trips.append(trips)
             store_trips.append(_waits)
         skip = min(20, len(ids) // 5)  # warm-up: pool connections, compiled-statement cache
-        print(
-            f"claim p50 {statistics.median(claims[skip:]) * 1000:.3f} ms, "
-            f"round trips {statistics.median(claim_trips[skip:]):.0f}"
-        )
-        print(
-            f"store p50 {statistics.median(stores[skip:]) * 1000:.3f} ms, "
-            f"round trips {statistics.median(store_trips[skip:]):.0f}"
-        )
+        trips = ", round trips {:.0f}" if args.round_trips else ""
+        for name, times, counts in (("claim", claims, claim_trips), ("store", stores, store_trips)):
+            line = f"{name} p50 {statistics.median(times[skip:]) * 1000:.3f} ms"
+            print(line + trips.format(statistics.median(counts[skip:])))
         db.dispose()
 
 
