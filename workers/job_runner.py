@@ -186,9 +186,15 @@ def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[repository.ClaimedJob, 
         version_id = claim.config_version_id
         if not version_id:
             return claim, None
-        # a session connects on first use only: nothing when the version is cached
-        with runtime.db.sessions() as session:
-            return claim, runtime.config_versions.get(session, version_id)
+
+        def read_spec() -> dict[str, Any] | None:
+            # a session connects on first use only: nothing when the version is cached
+            with runtime.db.sessions() as session:
+                return runtime.config_versions.get(session, version_id)
+
+        # the claim is committed: a database blip now retries the read alone (a claim retried
+        # would find the job taken by itself and skip it)
+        return claim, with_database_retry(runtime, f"read config version {version_id}", read_spec)
     with runtime.db.transaction() as session:
         claim = repository.claim_job(session, job_id, worker=runtime.hostname)
         if claim is None:

@@ -146,3 +146,24 @@ def test_the_pool_connection_leaves_autocommit_after_a_statement(db, runtime):
         raise RuntimeError
     with db.transaction() as s:
         assert repository.get_job(s, job_id).worker == "test:1"
+
+
+def test_a_database_blip_after_the_claim_retries_the_config_read_not_the_claim(db, runtime, monkeypatch):
+    """The claim commits on its own; a config version read that fails then is retried alone, so
+    the worker keeps its claim (a retried claim would find the job taken and skip it)."""
+    from sqlalchemy.exc import OperationalError
+
+    job_id = _job(db)
+    real_get, calls = runtime.config_versions.get, []
+
+    def flaky_get(session, version_id):  # type: ignore[no-untyped-def]
+        calls.append(version_id)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return real_get(session, version_id)
+
+    monkeypatch.setattr(runtime.config_versions, "get", flaky_get)
+    claimed = job_runner.with_database_retry(runtime, "claim", lambda: job_runner._claim(runtime, job_id))
+    assert claimed is not None
+    claim, spec = claimed
+    assert (claim.attempts, spec, len(calls)) == (1, {"model_specs": []}, 2)
