@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.settings import DatabaseSettings
@@ -19,6 +19,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size, connect_timeout_s=connect_timeout_s)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # each statement its own transaction: see statement()
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.dialect_name = self.engine.dialect.name
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> Database:
@@ -31,6 +34,17 @@ class Database:
         """A session whose work is committed on success and rolled back on error."""
         with self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A connection in autocommit mode, for work that is one statement (atomic by itself).
+
+        Why: in a transaction psycopg sends BEGIN before the first statement and COMMIT after
+        it, each a round trip of its own; for a single statement they add nothing but those
+        two round trips (two thirds of a claim's database time). Only for one statement: two
+        statements on this connection commit separately."""
+        with self._autocommit.connect() as conn:
+            yield conn
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

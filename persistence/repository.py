@@ -8,9 +8,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from persistence import metrics_repository
+from persistence import job_statements, metrics_repository
 from persistence.batch_repository import count_batch_items
 from persistence.models import (
     FINAL_JOB_STATUSES,
@@ -209,40 +210,25 @@ class ClaimedJob:
     started_at: datetime
 
 
-def claim_job(session: Session, job_id: str, *, worker: str) -> ClaimedJob | None:
+def claim_job(session: Session | Connection, job_id: str, *, worker: str) -> ClaimedJob | None:
     """Move a queued job to running. Only one claimant wins (conditional update), so a task
     delivered twice under ``acks_late`` runs the job once. One statement: the UPDATE returns
     what the worker needs, so the claim reads nothing else.
 
     The returned ``attempts`` is this claim's attempt number: the fencing token that the
     claimant's heartbeats, result and failure carry (``attempt=``). Once the sweeper has given
-    the job to another worker, the first worker's late writes match no row and change nothing."""
-    now = utcnow()
-    # on the session's connection (Core): the ORM's execution of an UPDATE (session
-    # synchronisation, its own compile state) costs more than the statement's round trip, and
-    # no object of this session can hold the row
-    row = (
-        session.connection()
-        .execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(
-                status="running", started_at=now, heartbeat_at=now, worker=worker, attempts=Job.attempts + 1
-            )
-            .returning(
-                Job.id,
-                Job.kind,
-                Job.request,
-                Job.attempts,
-                Job.config_version_id,
-                Job.batch_id,
-                Job.webhook_url,
-                Job.created_at,
-                Job.started_at,
-            )
-        )
-        .first()
-    )
+    the job to another worker, the first worker's late writes match no row and change nothing.
+
+    ``session``: a session (the claim joins its transaction) or a connection; the statement is
+    atomic on its own, so on an autocommit connection (``Database.statement``) it is the whole
+    transaction, without the BEGIN and COMMIT round trips."""
+    # on a connection (Core), the statement built once (job_statements): the ORM's execution
+    # of an UPDATE (session synchronisation, its own compile state) and building the statement
+    # per call cost more than its round trip, and no object of a session can hold the row
+    connection = session if isinstance(session, Connection) else session.connection()
+    row = connection.execute(
+        job_statements.CLAIM, job_statements.claim_params(job_id, worker, utcnow())
+    ).first()
     if row is None:
         return None
     return ClaimedJob(
@@ -352,7 +338,7 @@ def fail_job(
 
 
 def settle(
-    session: Session,
+    session: Session | Connection,
     job_id: str,
     values: dict[str, Any],
     *,
@@ -367,28 +353,42 @@ def settle(
     change. With the claim of the worker that ran the job, everything is known beforehand: on
     Postgres, a job outside a batch settles in one statement (the UPDATE and its counters'
     upsert in one CTE); a batch item, whose batch row is counted after the job's, adds its
-    counters at commit as every other transition does (one lock order)."""
+    counters at commit as every other transition does (one lock order).
+
+    ``session`` may be a connection only for that one-statement case (:func:`settles_alone`):
+    on an autocommit connection the statement is then its own transaction."""
     status = values["status"]
-    transition = (
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(from_statuses), *_current_attempt(attempt))
-        .values(**values)
-        .returning(Job.id, Job.batch_id)
-    )
     if claim is None:
+        if isinstance(session, Connection):
+            raise ValueError("a settlement without the claim needs a session")
+        # the ORM's UPDATE, built here: it also updates a row this session holds (the API's
+        # and the sweeper's transitions; not a worker's hot path)
+        transition = (
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(from_statuses), *_current_attempt(attempt))
+            .values(**values)
+            .returning(Job.id, Job.batch_id)
+        )
         return settlement(session, session.execute(transition).first(), status)
+    # the worker's own claim: the statement built once (job_statements)
+    columns = tuple(sorted(values))
+    key = (columns, tuple(from_statuses), attempt is not None)
+    params = job_statements.transition_params(job_id, values, attempt, columns)
     deltas = metrics_repository.final_job_deltas(
         status, claim.created_at, claim.started_at, values["finished_at"], values.get("result")
     )
-    # the worker's own claim: on the session's connection (Core), as the claim (claim_job)
-    connection = session.connection()
-    if claim.batch_id is None and metrics_repository.counted_in_one_statement(session):
-        row = connection.execute(metrics_repository.returning_with_counters(transition, deltas)).first()
+    # the worker's own claim: on a connection (Core), as the claim (claim_job)
+    connection = session if isinstance(session, Connection) else session.connection()
+    if claim.batch_id is None and metrics_repository.counted_in_one_statement(connection):
+        params.update(metrics_repository.delta_params(deltas))
+        row = connection.execute(job_statements.transition_with_counters(*key), params).first()
         if row is None:
             return None
         batch_status = None
     else:
-        row = connection.execute(transition).first()
+        if isinstance(session, Connection):
+            raise ValueError("a batch item's settlement (or SQLite's) needs a session")
+        row = connection.execute(job_statements.transition(*key), params).first()
         if row is None:
             return None
         batch_status = (
@@ -415,6 +415,14 @@ def settle(
     return Settled(
         job_id=job_id, status=status, batch_id=row.batch_id, batch_status=batch_status, snapshot=snapshot
     )
+
+
+def settles_alone(db_dialect: str, claim: ClaimedJob) -> bool:
+    """Whether the settlement of this claim is one statement with nothing else to commit with
+    it, so that it may run on an autocommit connection: on Postgres (the counters in the same
+    statement, :func:`settle`), outside a batch (whose row is counted after the job's) and
+    without a webhook (whose event row must commit with the state change)."""
+    return db_dialect == "postgresql" and claim.batch_id is None and not claim.webhook_url
 
 
 def cancel_job(

@@ -169,14 +169,33 @@ def _claim(runtime: WorkerRuntime, job_id: str) -> tuple[repository.ClaimedJob, 
 
     A worker started with ``--members`` checks, in the claim's transaction, that it holds every
     member the job may run; if not, :class:`_NotHeld` rolls the claim back (the job stays
-    queued and no model is loaded). Other workers pay nothing for the check."""
+    queued and no model is loaded). Other workers pay nothing for the check: their claim is
+    one statement, atomic by itself, run as its own transaction (no BEGIN/COMMIT round trips);
+    a config version the cache lacks is read after it (its rows never change)."""
+    held = runtime.settings.held_members()
+    if held is None and runtime.db.dialect_name == "postgresql":
+        with runtime.db.statement() as connection:
+            claim = repository.claim_job(connection, job_id, worker=runtime.hostname)
+        if claim is None:
+            return None
+        version_id = claim.config_version_id
+        if not version_id:
+            return claim, None
+
+        def read_spec() -> dict[str, Any] | None:
+            # a session connects on first use only: nothing when the version is cached
+            with runtime.db.sessions() as session:
+                return runtime.config_versions.get(session, version_id)
+
+        # the claim is committed: a database blip now retries the read alone (a claim retried
+        # would find the job taken by itself and skip it)
+        return claim, with_database_retry(runtime, f"read config version {version_id}", read_spec)
     with runtime.db.transaction() as session:
         claim = repository.claim_job(session, job_id, worker=runtime.hostname)
         if claim is None:
             return None
         version_id = claim.config_version_id
         spec = runtime.config_versions.get(session, version_id) if version_id else None
-        held = runtime.settings.held_members()
         if held is not None and spec is not None:
             missing = _members_not_held(runtime, session, spec, claim.request.get("models"), held)
             if missing is not None:
@@ -367,11 +386,25 @@ def _member_subset(spec: EnsembleSpec, names: list[str] | None) -> EnsembleSpec:
     return spec.model_copy(update={"model_specs": members})
 
 
-def _settle(runtime: WorkerRuntime, transition: Callable[[Any], Settled | None]) -> tuple[str, list[int]]:
+def _settle(
+    runtime: WorkerRuntime,
+    transition: Callable[[Any], Settled | None],
+    *,
+    claim: repository.ClaimedJob | None = None,
+) -> tuple[str, list[int]]:
     """Apply the final-state transition; record its webhook events in the same transaction.
-    Retried while the database is down (the transition is conditional, so at most once)."""
+    Retried while the database is down (the transition is conditional, so at most once).
+
+    ``claim``: the worker's claim the transition settles (``repository.settle``). When that is
+    one statement with no event row to commit with it (``repository.settles_alone``), it runs
+    as its own transaction: no BEGIN/COMMIT round trips."""
+    alone = claim is not None and repository.settles_alone(runtime.db.dialect_name, claim)
 
     def attempt() -> tuple[str, list[int]]:
+        if alone:
+            with runtime.db.statement() as connection:
+                settled = transition(connection)
+            return (settled.status if settled is not None else "skipped"), []
         with runtime.db.transaction() as session:
             settled = transition(session)
             deliveries = record_settlement_events(session, [settled]) if settled is not None else []
@@ -421,7 +454,7 @@ def _store(
                     s, job_id, result=payload, usage=usage, attempt=attempt, claim=claim
                 )
 
-        status, deliveries = _settle(runtime, transition)
+        status, deliveries = _settle(runtime, transition, claim=claim)
         if status != "skipped":
             return status, deliveries
 
@@ -455,5 +488,6 @@ def _fail(
             attempt=attempt,
             claim=claim,
         ),
+        claim=claim,
     )
     return ("failed" if status != "skipped" else status), deliveries
