@@ -7,8 +7,8 @@ bitsandbytes, GPU only) and ``engine_options`` keys ``attn_implementation`` (e.g
 (see below), ``trust_remote_code`` (bool) and
 ``cpu_threads`` (int, torch intra-op threads for CPU models), and the cross-job batching knobs
 ``batch_across_jobs`` (bool, default true), ``batch_max_rows`` (int, default 128),
-``batch_step_threads`` (int, torch threads for the decode loop's passes of many rows; default
-every core) and
+``batch_step_threads`` (int, torch threads the decode loop may use for a step of many rows;
+default every core) and
 ``batch_window_ms`` (accepted, no longer used: the decode loop admits calls at every step) described in
 ``hf_batching``.
 
@@ -18,8 +18,9 @@ threads that get descheduled make it several times slower (measured on the 2-cor
 SmolLM2 64 tokens in 4.9 s with one thread, 22 s with two under load). So CPU models default to
 half the cores (one on a 2-core machine), which also leaves a core for a second model running
 concurrently. ``torch.set_num_threads`` is process-wide: the smallest value asked for wins.
-The decode loop's passes of many rows are the exception (``batch_step_threads``): compute-bound
-matrix products that split well over every core (``hf_batching.DecodeLoop._forward``).
+The decode loop's steps of many rows are the exception (``batch_step_threads``): compute-bound
+matrix products that split well over every core while the machine is otherwise idle, so the
+loop measures both counts and uses the cheaper (``step_threads``).
 
 Weight dtype (``torch_dtype``, an admin's engine option: a tenant's request never sets engine
 options): ``"float32"``, ``"bfloat16"``, ``"float16"``; ``"checkpoint"``, the dtype the weights
