@@ -268,17 +268,17 @@ class DecodeLoop:
                     return  # idle: the next call starts a new thread
                 newcomers, ready = taken
                 threads = self._set_threads(batch, newcomers, ready)
-                started = time.perf_counter()
                 try:
                     for group in ready:
                         batch = _join(batch, group)
                     if newcomers:
                         batch = self._admit(batch, newcomers)
                     if batch is not None:
-                        rows = len(batch.rows)
+                        # the step alone (sampling and one decode pass), not the admissions'
+                        # prefills: its cost per row compares the two thread counts
+                        rows, stepping = len(batch.rows), time.perf_counter()
                         batch = self._step(batch)
-                        if not newcomers and not ready:  # a pure decode step: its cost is comparable
-                            self.step_threads.measured(threads, rows, time.perf_counter() - started)
+                        self.step_threads.measured(threads, rows, time.perf_counter() - stepping)
                 except BaseException as exc:  # noqa: BLE001 - a bug here must not strand callers
                     for call in {row.call for row in batch.rows} if batch is not None else ():
                         self._fail(call, exc)

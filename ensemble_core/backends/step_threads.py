@@ -6,7 +6,7 @@ with two threads; a 64-item batch 100.5 -> 111.7 tok/s), but with the other core
 API, scorers, other processes) OpenMP's threads wait for each other at every parallel region,
 hundreds a step, and the same batch fell from 66.3 to 47.3 tok/s (load average ~4). Which one
 wins depends on what else the machine runs at the moment, so the loop keeps the cost per row of
-its recent pure decode steps under each thread count, uses the cheaper one, and re-measures the
+its recent decode steps (sampling and one pass, no prefill) under each thread count, uses the cheaper one, and re-measures the
 other every ``explore_every`` steps (one step in 16 at the slower count costs at most a few
 percent, and follows the machine when its load changes).
 """
@@ -40,7 +40,7 @@ class StepThreads:
         return worse if self._many_row_steps % self.explore_every == 0 else better
 
     def measured(self, threads: int, rows: int, seconds: float) -> None:
-        """A pure decode step (no prefill in it) of ``rows`` rows took ``seconds``."""
+        """A decode step (sampling and one pass, no prefill) of ``rows`` rows took ``seconds``."""
         if rows < self.wide_rows or rows <= 0:
             return
         cost = seconds / rows
