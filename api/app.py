@@ -52,6 +52,9 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - requests check for keys themselves
             log.warning("could not check for API keys (database down?): %s", exc)
         yield
+        close_reply = getattr(state.bus, "close_reply", None)  # the reply inbox (Redis bus only)
+        if close_reply is not None:
+            await close_reply()
         state.submissions.close()  # store and send what was accepted
         state.api_keys.close()
         state.background.shutdown(wait=True)  # finish sending accepted batches to the broker

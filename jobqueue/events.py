@@ -116,6 +116,12 @@ class RedisJobEventBus:
             inbox = self._inboxes[loop] = ReplyInbox(self._async_client())
         return await inbox.open(job_id)
 
+    async def close_reply(self) -> None:
+        """Stop this event loop's reply inbox (the API's shutdown)."""
+        inbox = self._inboxes.pop(asyncio.get_running_loop(), None)
+        if inbox is not None:
+            await inbox.close()
+
     def subscribe(self, job_id: str) -> _RedisSubscription:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(job_events_channel(job_id))

@@ -92,3 +92,18 @@ def test_a_lost_connection_makes_waiters_poll_and_the_inbox_comes_back(redis_url
         await again.close()
 
     _run(scenario())
+
+
+def test_the_shutdown_stops_the_inbox_and_a_later_wait_gets_a_new_one(redis_url: str) -> None:
+    bus = RedisJobEventBus(redis_url)
+
+    async def scenario() -> None:
+        first = await bus.open_reply("job_1")
+        assert first is not None
+        await bus.close_reply()
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == "reply-inbox"]
+        second = await bus.open_reply("job_2")
+        assert second is not None and second.reply_to != first.reply_to
+        await bus.close_reply()
+
+    _run(scenario())
