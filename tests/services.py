@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -40,6 +41,20 @@ def migrated_database() -> Iterator[str]:
         yield url
     finally:
         drop_database(url)
+
+
+@contextmanager
+def migrated_db() -> Iterator[Any]:
+    """A :class:`persistence.db.Database` on a database of its own (:func:`migrated_database`),
+    disposed at the end."""
+    from persistence.db import Database
+
+    with migrated_database() as url:
+        database = Database(url)
+        try:
+            yield database
+        finally:
+            database.dispose()
 
 
 @contextmanager

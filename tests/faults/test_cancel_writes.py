@@ -22,12 +22,8 @@ PAYLOAD = {"text": "Once upon", "stop_reason": "cancelled", "usage": {"completio
 
 @pytest.fixture
 def db() -> Iterator[Database]:
-    with services.migrated_database() as url:
-        database = Database(url)
-        try:
-            yield database
-        finally:
-            database.dispose()
+    with services.migrated_db() as database:
+        yield database
 
 
 def _running_job(db: Database) -> tuple[str, int]:

@@ -19,12 +19,8 @@ from workers.settings import WorkerSettings
 
 @pytest.fixture
 def db() -> Iterator[Database]:
-    with services.migrated_database() as url:
-        database = Database(url)
-        try:
-            yield database
-        finally:
-            database.dispose()
+    with services.migrated_db() as database:
+        yield database
 
 
 def test_a_stale_attempt_cannot_overwrite_the_current_one(db):

@@ -29,12 +29,8 @@ FINISHED = '{"state":"succeeded"}'
 
 @pytest.fixture(scope="module")
 def db() -> Iterator[Database]:
-    with services.migrated_database() as url:
-        database = Database(url)
-        try:
-            yield database
-        finally:
-            database.dispose()
+    with services.migrated_db() as database:
+        yield database
 
 
 @pytest.fixture
