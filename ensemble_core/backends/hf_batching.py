@@ -780,23 +780,20 @@ def _growing_layer_class() -> type:
             self._show(rows, self._start, end + added)
             return self.keys, self.values
 
-        def move_rows(self, order: list[int]) -> None:
-            """Keep the rows ``order`` names, row ``i`` becoming old row ``order[i]``; only the
-            rows that change place are copied."""
+        def move_rows(self, kept: int, target: torch.Tensor, source: torch.Tensor) -> None:
+            """Keep the first ``kept`` rows, row ``target[i]`` becoming old row ``source[i]``
+            (the rows that change place, the only ones copied: ``_row_moves``)."""
             if self.keys is None or self.keys.numel() == 0:
                 return
             if self._own() is None:
                 self._reallocate(self.keys.shape[0] + ROW_HEADROOM, 0, HEADROOM)
-            moves = [(new, old) for new, old in enumerate(order) if new != old]
             start, end = self._start, self._start + self.keys.shape[-2]
-            if moves:
-                target = torch.tensor([new for new, _ in moves])
-                source = torch.tensor([old for _, old in moves])
+            if target.numel():
                 assert self._buffers is not None
                 for buffer in self._buffers:
                     span = buffer[:, :, start:end]
                     span.index_copy_(0, target, span.index_select(0, source))
-            self._show(len(order), start, end)
+            self._show(kept, start, end)
 
         def trim_left(self, columns: int) -> None:
             """Drop the first ``columns`` columns (no row uses them any more)."""
@@ -851,8 +848,9 @@ def _select(batch: _Batch, order: list[int]) -> _Batch:
     columns none of them uses."""
     rows, cache, mask, logits = batch.rows, batch.cache, batch.mask, batch.logits
     if order != list(range(len(rows))):
+        target, source = _row_moves(order)  # once for every layer
         for layer in cache.layers:
-            layer.move_rows(order)
+            layer.move_rows(len(order), target, source)
         index = torch.tensor(order)
         mask = mask.index_select(0, index)
         logits = logits.index_select(0, index)
@@ -864,6 +862,14 @@ def _select(batch: _Batch, order: list[int]) -> _Batch:
             layer.trim_left(start)
         mask = mask[:, start:]
     return _Batch(rows, cache, mask, logits)
+
+
+def _row_moves(order: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (target, source) rows of ``order`` that change place."""
+    moves = [(new, old) for new, old in enumerate(order) if new != old]
+    return torch.tensor([new for new, _ in moves], dtype=torch.long), torch.tensor(
+        [old for _, old in moves], dtype=torch.long
+    )
 
 
 def _filling_holes(count: int, keep: list[int]) -> list[int]:

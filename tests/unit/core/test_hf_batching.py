@@ -481,7 +481,7 @@ def test_the_batch_cache_layer_moves_only_what_changes_and_holds_what_a_plain_ca
 
     import torch
 
-    from ensemble_core.backends.hf_batching import _filling_holes, _growing_layer_class
+    from ensemble_core.backends.hf_batching import _filling_holes, _growing_layer_class, _row_moves
 
     rng = random.Random(7)
     gen = torch.Generator().manual_seed(7)
@@ -505,7 +505,7 @@ def test_the_batch_cache_layer_moves_only_what_changes_and_holds_what_a_plain_ca
             order = _filling_holes(rows, keep)
             assert sorted(order) == keep
             assert sum(new != old for new, old in enumerate(order)) <= rows - len(keep)
-            layer.move_rows(order)
+            layer.move_rows(len(order), *_row_moves(order))
             index = torch.tensor(order)
             reference = [t.index_select(0, index) for t in reference]
         elif op == "join":
