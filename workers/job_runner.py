@@ -31,7 +31,6 @@ from ensemble_core.references import resolve_references, restore_names
 from ensemble_core.result import EnsembleResult
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
 from ensemble_core.stopping import CANCELLED, DEADLINE_EXCEEDED, StopSignal
-from jobqueue.contract import is_reply_channel
 from jobqueue.routing import job_members, queue_for
 from jobqueue.webhook_events import record_settlement_events
 from persistence import repository
@@ -295,8 +294,8 @@ class _Publisher:
     def __init__(self, runtime: WorkerRuntime, job_id: str, attempt: int, reply_to: Any = None) -> None:
         self.runtime, self.job_id, self.attempt = runtime, job_id, attempt
         # the API process waiting for the answer (jobqueue.reply_inbox): its done event goes
-        # there too; nothing else does
-        self.reply_to = reply_to if is_reply_channel(reply_to) else None
+        # there too (the bus publishes to nothing but a reply channel)
+        self.reply_to = reply_to if isinstance(reply_to, str) else None
 
     def __call__(self, event: dict[str, Any]) -> None:
         reply_to = self.reply_to if event.get("type") == "done" else None
