@@ -97,12 +97,14 @@ class RedisJobEventBus:
     def publish(self, job_id: str, event: dict[str, Any], *, reply_to: str | None = None) -> None:
         """``reply_to``: also to this API process's inbox (``jobqueue.reply_inbox``), in the
         same round trip."""
+        body = json.dumps(event)
         if reply_to is None or not is_reply_channel(reply_to):
-            self._redis.publish(job_events_channel(job_id), json.dumps(event))
+            self._redis.publish(job_events_channel(job_id), body)
             return
         pipe = self._redis.pipeline(transaction=False)
-        pipe.publish(job_events_channel(job_id), json.dumps(event))
-        pipe.publish(reply_to, json.dumps({"job_id": job_id, "event": event}))
+        pipe.publish(job_events_channel(job_id), body)
+        # the event (a done event carries the result) is encoded once, for both channels
+        pipe.publish(reply_to, f'{{"job_id": {json.dumps(job_id)}, "event": {body}}}')
         pipe.execute()
 
     async def open_reply(self, job_id: str) -> Any:
