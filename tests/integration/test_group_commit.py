@@ -1,5 +1,5 @@
-"""Group commit (api/services/group_commit.py): concurrent submissions share one INSERT, one
-COMMIT and one broker pipeline; a bad row fails alone; every grouped job still runs."""
+"""Group commit (api/services/group_commit.py): concurrent submissions share one INSERT (on
+Postgres its own transaction: no BEGIN, no COMMIT) and one broker pipeline; a bad row fails alone; every grouped job still runs."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def committer(database_url) -> Iterator[tuple[GroupCommit, Database, redis.Redis
         celery = make_celery(QueueSettings(broker_url=broker_url))
         statements: list[str] = []
         event.listen(db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        # the DBAPI connection's mode at each statement: autocommit sends no BEGIN before it
+        event.listen(
+            db.engine,
+            "before_cursor_execute",
+            lambda *a: statements.append(f"AUTOCOMMIT={a[1].connection.autocommit}"),
+        )
         event.listen(db.engine, "commit", lambda *a: statements.append("COMMIT"))
         group = GroupCommit(db, lambda ids, queues: enqueue_jobs(celery, ids, queues=queues), linger_s=0.3)
         try:
@@ -79,7 +85,7 @@ def _stored(db: Database, ids: list[str]) -> int:
         return int(session.scalar(select(func.count()).select_from(Job).where(Job.id.in_(ids))) or 0)
 
 
-def test_concurrent_submissions_share_one_insert_one_commit_and_one_pipeline(committer):
+def test_concurrent_submissions_share_one_insert_in_one_round_trip_and_one_pipeline(committer):
     group, db, broker, statements = committer
     rows = [_row() for _ in range(40)]
     results = _submit_together(group, rows)
@@ -87,7 +93,9 @@ def test_concurrent_submissions_share_one_insert_one_commit_and_one_pipeline(com
     inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
     assert len(inserts) == 1, inserts
     assert len(re.findall(r"%\(id__\d+\)s", inserts[0])) == 40  # one row of VALUES per submission
-    assert statements.count("COMMIT") == 1
+    # one statement is atomic by itself: no BEGIN and no COMMIT round trips around it
+    assert statements.count("COMMIT") == 0
+    assert statements.count("AUTOCOMMIT=True") == 1 and "AUTOCOMMIT=False" not in statements
     assert _stored(db, [r["id"] for r in rows]) == 40
     assert broker.llen("models") == 40  # every task is on the queue
 
