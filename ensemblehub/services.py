@@ -34,7 +34,7 @@ def worker_argv(
 ) -> list[str]:
     # one process holds the models (one worker per GPU); a pool of threads runs several jobs at
     # once so that their decode steps share forward passes (ensemble_core.backends.hf_batching);
-    # events on for Flower
+    # no -E: Flower turns the task events on while it runs (jobqueue.celery_config)
     if concurrency is None:
         from workers.settings import WorkerSettings
 
@@ -50,7 +50,6 @@ def worker_argv(
         "threads",
         "--concurrency",
         str(concurrency),
-        "-E",
         "-Q",
         queues,
         "--loglevel",
@@ -140,7 +139,22 @@ def flower_argv(*, port: int | None, address: str, basic_auth: str) -> list[str]
 
 
 def run_flower(*, port: int | None, address: str, basic_auth: str) -> int:
+    _enable_task_events()
     return _become(flower_argv(port=port, address=address, basic_auth=basic_auth))
+
+
+def _enable_task_events() -> None:
+    """Turn on the task events of the workers running now, at once: workers start without
+    them (``jobqueue.celery_config``) and Flower's own ``enable_events`` first fires 5 s after
+    it starts (then every 5 s, which reaches workers started later). A broadcast nobody
+    answers: a broker that is down is Flower's to report, not a reason not to start it."""
+    from jobqueue.celery_config import make_celery
+    from jobqueue.settings import QueueSettings
+
+    try:
+        make_celery(QueueSettings()).control.enable_events()
+    except Exception as exc:  # noqa: BLE001
+        print(f"could not enable the workers' task events now ({exc}); Flower retries every 5 s", flush=True)
 
 
 def _become(argv: list[str]) -> int:

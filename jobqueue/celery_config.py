@@ -62,7 +62,11 @@ def make_celery(settings: QueueSettings, *, name: str = "ensemblehub") -> Celery
         # no "task-sent" event: it is a second broker publish per submission (measured: half of
         # send_task's cost); Flower still sees every task from the worker's received/started events
         task_send_sent_event=False,
-        worker_send_task_events=True,
+        # task events (received, started, succeeded: three broker publishes per job from the
+        # worker's event loop, competing with the job for the GIL) only while someone watches:
+        # Flower enables them on every worker at its start and every 5 s after
+        # (``ensemblehub flower``, Flower's ``enable_events``)
+        worker_send_task_events=False,
         task_track_started=True,
         task_default_queue=MODELS_QUEUE,
         task_queues=[Queue(q) for q in ALL_QUEUES],

@@ -1,5 +1,7 @@
 """Flower, as ``ensemblehub flower`` starts it: behind basic auth, and a job is found in it
-by its id (the Celery task id is the job id; the task's only argument too)."""
+by its id (the Celery task id is the job id; the task's only argument too). Workers start
+without task events; Flower's start turns them on (ensemblehub/services.py), so the job run
+a second later is seen."""
 
 from __future__ import annotations
 
