@@ -1,7 +1,10 @@
 """Service overhead: latency of /v1/chat/completions through the whole path (HTTP, Postgres,
 Redis, Celery worker, back) against the same generation called in-process.
 
-    python bench/overhead.py [--requests 60] [--smollm-requests 10] [--skip-smollm]
+    python bench/overhead.py [--requests 60] [--smollm-requests 10] [--skip-smollm] [--block 5]
+
+The two paths run in alternating blocks of ``--block`` requests (the service's stack and the
+in-process pool both loaded), so that both see the machine at the same moments.
 
 Prints p50/p95/p99 per path and model, the difference (the service overhead), and resident
 memory of the worker process and of each loaded model.
@@ -37,61 +40,89 @@ def rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def in_process(spec_json: dict, max_tokens: int, n: int) -> tuple[list[float], float]:
-    """Latencies (ms) of run_ensemble called directly, and the RSS the model load added (MB)."""
-    spec = EnsembleSpec(model_specs=[ModelSpec.model_validate(spec_json)])
-    config = EnsembleConfig.model_validate(CONFIG)
-    request = GenerationRequest(
-        messages=[ChatMessage(role="user", content=PROMPT)], max_tokens=max_tokens, temperature=0
-    )
-    pool = ModelPool()
-    before = rss_mb()
-    run_ensemble(spec, config, request, pool)  # load + warm up
-    model_mb = rss_mb() - before
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        run_ensemble(spec, config, request, pool)
-        times.append((time.perf_counter() - t) * 1000)
-    return times, model_mb
+class InProcess:
+    """run_ensemble called directly on a pool of this process (loaded and warmed up here)."""
 
+    def __init__(self, spec_json: dict, max_tokens: int) -> None:
+        self.spec = EnsembleSpec(model_specs=[ModelSpec.model_validate(spec_json)])
+        self.config = EnsembleConfig.model_validate(CONFIG)
+        self.request = GenerationRequest(
+            messages=[ChatMessage(role="user", content=PROMPT)], max_tokens=max_tokens, temperature=0
+        )
+        self.pool = ModelPool()
+        before = rss_mb()
+        run_ensemble(self.spec, self.config, self.request, self.pool)  # load + warm up
+        self.model_mb = rss_mb() - before
+        self.times: list[float] = []
 
-def through_service(spec_json: dict, max_tokens: int, n: int) -> tuple[list[float], float, dict]:
-    body = {
-        "model": "ensemble",
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "ensemble_config": CONFIG,
-    }
-    with running_stack([spec_json]) as stack, httpx.Client(base_url=stack.base_url, timeout=300) as client:
-        for _ in range(3):  # model load + warm-up
-            r = client.post("/v1/chat/completions", json=body)
-            r.raise_for_status()
-        times, splits = [], []
+    def run(self, n: int) -> None:
         for _ in range(n):
             t = time.perf_counter()
-            r = client.post("/v1/chat/completions", json=body)
-            times.append((time.perf_counter() - t) * 1000)
+            run_ensemble(self.spec, self.config, self.request, self.pool)
+            self.times.append((time.perf_counter() - t) * 1000)
+
+
+class ThroughService:
+    """The same generation as one /v1/chat/completions request at a time to a running stack."""
+
+    def __init__(self, client: httpx.Client, max_tokens: int) -> None:
+        self.client = client
+        self.body = {
+            "model": "ensemble",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ensemble_config": CONFIG,
+        }
+        for _ in range(3):  # model load + warm-up
+            self.client.post("/v1/chat/completions", json=self.body).raise_for_status()
+        self.times: list[float] = []
+        self.job_ids: list[str] = []
+
+    def run(self, n: int) -> None:
+        for _ in range(n):
+            t = time.perf_counter()
+            r = self.client.post("/v1/chat/completions", json=self.body)
+            self.times.append((time.perf_counter() - t) * 1000)
             r.raise_for_status()
-            job = client.get(f"/v1/jobs/{r.json()['id']}").json()
-            splits.append(job.get("timings", {}))
+            self.job_ids.append(r.json()["id"])
+
+    def split(self) -> dict[str, float]:
+        """The p50 of each part of a served request, from the jobs' timestamps (read after the
+        measure, so the reads are not timed and do not sit between two timed requests)."""
+        splits = [self.client.get(f"/v1/jobs/{job_id}").json().get("timings", {}) for job_id in self.job_ids]
+        queue = [s.get("queue_wait_ms", 0.0) for s in splits]
+        model = [s.get("model_ms", 0.0) for s in splits]
+        # the worker's time around the model: from its claim to its final write, less the model
+        around = [s.get("run_ms", 0.0) - s.get("model_ms", 0.0) for s in splits]
+        # the rest of the request: the API before the job row's created_at (parse, checks,
+        # subscribe), and from the final write until the client has the answer (done event, answer)
+        outside = [t - s.get("total_ms", 0.0) for t, s in zip(self.times, splits, strict=True)]
+        return {
+            "queue_wait_p50": summary(queue)["p50"],
+            "model_p50": summary(model)["p50"],
+            "around_p50": summary(around)["p50"],
+            "outside_p50": summary(outside)["p50"],
+        }
+
+
+def measure(spec_json: dict, max_tokens: int, n: int, block: int) -> tuple[InProcess, ThroughService, float, dict]:
+    """Both paths, in alternating blocks of ``block`` requests: the machine's speed drifts by
+    tens of percent over a minute (other tenants of the host), and measuring one path after the
+    other put that drift into the difference. Returns both, the worker's RSS and the split."""
+    direct = InProcess(spec_json, max_tokens)
+    with running_stack([spec_json]) as stack, httpx.Client(base_url=stack.base_url, timeout=300) as client:
+        served = ThroughService(client, max_tokens)
+        done = 0
+        while done < n:
+            k = min(block, n - done)
+            direct.run(k)
+            served.run(k)
+            done += k
         worker_pid = int(client.get("/status").json()["workers"][0]["pid"])
         worker_mb = rss_mb(worker_pid)
-    queue = [s.get("queue_wait_ms", 0.0) for s in splits]
-    model = [s.get("model_ms", 0.0) for s in splits]
-    # the worker's time around the model: from its claim to its final write, less the model
-    around = [s.get("run_ms", 0.0) - s.get("model_ms", 0.0) for s in splits]
-    # the rest of the request: the API before the job row's created_at (parse, checks,
-    # subscribe), and from the final write until the client has the answer (done event, answer)
-    outside = [t - s.get("total_ms", 0.0) for t, s in zip(times, splits, strict=True)]
-    split = {
-        "queue_wait_p50": summary(queue)["p50"],
-        "model_p50": summary(model)["p50"],
-        "around_p50": summary(around)["p50"],
-        "outside_p50": summary(outside)["p50"],
-    }
-    return times, worker_mb, split
+        split = served.split()
+    return direct, served, worker_mb, split
 
 
 def main() -> None:
@@ -99,6 +130,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--smollm-requests", type=int, default=10)
     parser.add_argument("--skip-smollm", action="store_true")
+    parser.add_argument("--block", type=int, default=5, help="requests per path before switching")
     args = parser.parse_args()
     tiny_dir = build_tiny_model(
         Path(tempfile.mkdtemp(prefix="ehub-bench-")) / "tiny-llama", arch="llama", vocab_seed=1
@@ -110,17 +142,16 @@ def main() -> None:
         )
     rows, memory, splits = [], [], []
     for label, spec_json, max_tokens, n in cases:
-        direct, model_mb = in_process(spec_json, max_tokens, n)
-        served, worker_mb, split = through_service(spec_json, max_tokens, n)
-        d, s = summary(direct), summary(served)
+        direct, served, worker_mb, split = measure(spec_json, max_tokens, n, args.block)
+        d, s = summary(direct.times), summary(served.times)
         rows.append([label, "in-process", n, d["p50"], d["p95"], d["p99"]])
         rows.append([label, "service", n, s["p50"], s["p95"], s["p99"]])
         rows.append([label, "overhead", n, s["p50"] - d["p50"], s["p95"] - d["p95"], s["p99"] - d["p99"]])
-        memory.append([label, round(model_mb), round(worker_mb)])
+        memory.append([label, round(direct.model_mb), round(worker_mb)])
         splits.append(
             [label, split["outside_p50"], split["queue_wait_p50"], split["around_p50"], split["model_p50"]]
         )
-    print(f"\nService overhead ({os.cpu_count()} cores; max_tokens=8, sequential requests; ms)\n")
+    print(f"\nService overhead ({os.cpu_count()} cores; max_tokens=8, sequential requests, alternating blocks of {args.block}; ms)\n")
     print_table(["model", "path", "n", "p50", "p95", "p99"], rows)
     print("\nLatency split of a served request (p50, ms; from the job's timestamps)\n")
     print_table(
