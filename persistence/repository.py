@@ -184,8 +184,9 @@ def list_jobs(
     return session.scalars(query).all()
 
 
-def mark_enqueued(session: Session, job_ids: Sequence[str]) -> None:
-    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+def mark_enqueued(bind: Session | Connection, job_ids: Sequence[str]) -> None:
+    """One statement: on a connection (Core, no ORM bookkeeping) it may run in autocommit."""
+    bind.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
 
 
 def count_jobs(session: Session, *, status: str, tenant: str | None = None) -> int:
