@@ -1,4 +1,5 @@
-"""Kombu's Redis transport with one repair, for workers that run tasks in a pool of threads.
+"""Kombu's Redis transport with one repair, for workers that run tasks in a pool of threads,
+and one saving.
 
 When the broker connection drops while tasks are running, the worker closes the connection,
 and closing the channel restores its unacknowledged messages. With the threads pool there are
@@ -17,11 +18,20 @@ Skipping that restore or ack loses nothing: the messages are still in Redis' una
 after ``visibility_timeout``), the running jobs go on and store their results in Postgres, and
 the sweeper re-sends any queued job whose message the broker lost. So the worker logs it and
 reconnects instead of dying.
+
+The saving: kombu's channel builds a new ``redis.Redis`` client for every command it sends
+outside its event loop (each ack, each publish: ``conn_or_acquire``), and a client's
+construction (its table of response callbacks) cost a worker ~5% of its CPU per job. The
+channel here reuses one client per connection pool; clients are thread-safe, and a pool
+kombu replaces (after a reconnect) gets a new client.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from kombu.transport import redis
 
@@ -55,6 +65,17 @@ class QoS(redis.QoS):
 
 class Channel(redis.Channel):
     QoS = QoS
+    _reused_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        reused = self._reused_client
+        if reused is None or reused.connection_pool is not self._pool:
+            reused = self._reused_client = self._create_client()
+        yield reused
 
 
 class Transport(redis.Transport):

@@ -134,7 +134,9 @@ class InboxSubscription:
 
     async def get(self, timeout: float) -> dict[str, Any] | None:
         try:
-            event = await asyncio.wait_for(self._waiter.get(), max(0.0, timeout))
+            # asyncio.timeout, not wait_for: no task of its own around the get (Python 3.11)
+            async with asyncio.timeout(max(0.0, timeout)):
+                event = await self._waiter.get()
         except TimeoutError:
             return None
         if event is None:

@@ -12,7 +12,6 @@ the same ``Idempotency-Key`` starts afresh instead of attaching to a job that ne
 from __future__ import annotations
 
 import asyncio
-
 import hashlib
 import json
 import logging
