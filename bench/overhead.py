@@ -106,7 +106,9 @@ class ThroughService:
         }
 
 
-def measure(spec_json: dict, max_tokens: int, n: int, block: int) -> tuple[InProcess, ThroughService, float, dict]:
+def measure(
+    spec_json: dict, max_tokens: int, n: int, block: int
+) -> tuple[InProcess, ThroughService, float, dict]:
     """Both paths, in alternating blocks of ``block`` requests: the machine's speed drifts by
     tens of percent over a minute (other tenants of the host), and measuring one path after the
     other put that drift into the difference. Returns both, the worker's RSS and the split."""
@@ -151,7 +153,9 @@ def main() -> None:
         splits.append(
             [label, split["outside_p50"], split["queue_wait_p50"], split["around_p50"], split["model_p50"]]
         )
-    print(f"\nService overhead ({os.cpu_count()} cores; max_tokens=8, sequential requests, alternating blocks of {args.block}; ms)\n")
+    print(
+        f"\nService overhead ({os.cpu_count()} cores; max_tokens=8, sequential requests, alternating blocks of {args.block}; ms)\n"
+    )
     print_table(["model", "path", "n", "p50", "p95", "p99"], rows)
     print("\nLatency split of a served request (p50, ms; from the job's timestamps)\n")
     print_table(

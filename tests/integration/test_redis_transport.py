@@ -9,7 +9,10 @@ from tests import services
 
 
 def test_the_channel_reuses_one_client_until_its_pool_is_replaced():
-    with services.private_redis_db() as url, Connection(url, transport="jobqueue.redis_transport:Transport") as conn:
+    with (
+        services.private_redis_db() as url,
+        Connection(url, transport="jobqueue.redis_transport:Transport") as conn,
+    ):
         channel = conn.default_channel
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
             assert first is second
