@@ -5,9 +5,9 @@ two dozen headers, ``argsrepr`` through ``saferepr``; kombu acquires a producer 
 message), yet for one task name the message differs from job to job in a handful of values only.
 So per process and queue one message is built by the real machinery (``create_task_message``,
 ``send_task_message``, kombu's ``basic_publish``) and caught where kombu's Redis channel would
-push it (``Channel._put``), and it becomes a template: its JSON text, cut where the job id, the
-base64 body and the delivery tag go. Each message after that is one string join, and a group's
-messages go out in one pipeline.
+push it (``Channel._put``; see ``jobqueue.redis_transport.catching_puts``), and it becomes a
+template: its JSON text, cut where the job id, the base64 body and the delivery tag go. Each
+message after that is one string join, and a group's messages go out in one pipeline.
 
 The template checks itself: a second real message, for another id, must come out of the template
 byte for byte. A value that varies per message and is not known here (a Celery or kombu upgrade)
@@ -42,9 +42,9 @@ from typing import Any
 
 import redis
 from celery import Celery, signals
-from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps as kombu_dumps
 
+from jobqueue import redis_transport
 from jobqueue.contract import MODELS_QUEUE, RUN_JOB_TASK
 
 log = logging.getLogger(__name__)
@@ -105,34 +105,31 @@ class _Caught:
 
 
 def _catch(app: Celery, job_id: str, queue: str) -> tuple[_Caught, dict[str, Any]]:
-    """Send one message through Celery and kombu, caught at the Redis channel's ``_put`` (what
-    it would LPUSH) instead of pushed: a probe must never reach a worker. Also returns the
-    channel's connection parameters, the broker URL's settings as kombu applies them."""
-    caught: list[_Caught] = []
-    with app.producer_or_acquire() as producer:
-        channel = producer.channel
-        if not isinstance(channel, kombu_redis.Channel):
-            raise NoTemplate(f"the broker is not Redis ({type(channel).__module__})")
+    """Send one message through Celery and kombu, caught where the Redis channel would push it
+    (a probe must never reach a worker). Also returns the channel's connection parameters: the
+    broker URL's settings as kombu applies them."""
+    caught: list[tuple[_Caught, dict[str, Any]]] = []
+
+    def catch(channel: Any, queue_name: str, message: dict[str, Any]) -> None:
         if channel.global_keyprefix or not channel.supports_batch_publish:
             # prefixed keys, or a client that may replay a pipeline: kombu handles those
-            raise NoTemplate("a global key prefix or retrying Redis client")
+            raise NoTemplate("a global key prefix or a retrying Redis client")
+        if channel._expires and queue_name in channel._expires:
+            raise NoTemplate(f"queue {queue_name!r} expires (kombu adds a PEXPIRE)")
+        key = channel._q_for_pri(queue_name, channel._get_message_priority(message, reverse=False))
+        caught.append((_Caught(key, message), channel._connparams()))
 
-        def put(queue_name: str, message: dict[str, Any], **_: Any) -> None:
-            if channel._expires and queue_name in channel._expires:
-                raise NoTemplate(f"queue {queue_name!r} expires (kombu adds a PEXPIRE)")
-            priority = channel._get_message_priority(message, reverse=False)
-            caught.append(_Caught(channel._q_for_pri(queue_name, priority), message))
-
-        # the producer is this thread's alone until released, and so is its channel
-        channel._put = put
-        try:
+    with app.producer_or_acquire() as producer:
+        # known without connecting; only this transport's channel can catch instead of push
+        if not isinstance(producer.connection.transport, redis_transport.Transport):
+            raise NoTemplate(f"the broker transport is {type(producer.connection.transport).__module__}")
+        # the channel is first touched inside the publish, as on the kombu path, so that a broker
+        # that does not answer fails as fast (the publish retry policy, not the connection's)
+        with redis_transport.catching_puts(catch):
             send_through_kombu(app, producer, job_id, queue)
-        finally:
-            del channel._put
-        params = channel._connparams()
     if len(caught) != 1:
         raise NoTemplate(f"kombu put {len(caught)} messages for one task")
-    return caught[0], params
+    return caught[0]
 
 
 def _build_template(app: Celery, queue: str) -> tuple[RunJobTemplate, dict[str, Any]]:

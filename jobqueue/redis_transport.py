@@ -17,11 +17,18 @@ Skipping that restore or ack loses nothing: the messages are still in Redis' una
 after ``visibility_timeout``), the running jobs go on and store their results in Postgres, and
 the sweeper re-sends any queued job whose message the broker lost. So the worker logs it and
 reconnects instead of dying.
+
+It also lets ``jobqueue.redis_publisher`` catch a message where the channel would push it
+(:func:`catching_puts`), to make a template of Celery's own message without sending it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from kombu.transport import redis
 
@@ -53,8 +60,32 @@ class QoS(redis.QoS):
             return None
 
 
+# per thread (a context of its own each): another thread's sends are pushed as usual
+_catch_put: ContextVar[Callable[[Any, str, dict[str, Any]], None] | None] = ContextVar(
+    "ensemblehub_catch_put", default=None
+)
+
+
+@contextmanager
+def catching_puts(catch: Callable[[Any, str, dict[str, Any]], None]) -> Iterator[None]:
+    """While inside, this thread's messages are handed to ``catch(channel, queue, message)``
+    (what the channel would LPUSH) instead of pushed."""
+    token = _catch_put.set(catch)
+    try:
+        yield
+    finally:
+        _catch_put.reset(token)
+
+
 class Channel(redis.Channel):
     QoS = QoS
+
+    def _put(self, queue, message, **kwargs):  # type: ignore[no-untyped-def]
+        catch = _catch_put.get()
+        if catch is None:
+            return super()._put(queue, message, **kwargs)
+        kwargs.pop("_publish_batch", None)
+        return catch(self, queue, message)
 
 
 class Transport(redis.Transport):
