@@ -19,8 +19,9 @@ What kombu's put does besides the LPUSH, and why the template may skip it:
 
 - the anonymous exchange (Celery's choice for a direct queue) routes by the queue name alone:
   no ``_kombu.binding.*`` lookup and no fanout publish happen on this path in kombu either;
-- a PEXPIRE follows for queues declared with an expiry: none of ours has one, and a queue that
-  has one gets no template;
+- a PEXPIRE follows for a queue the channel declared with an expiry: the sending channel
+  declares nothing (``declare=[]``), none of our queues has one, and such a queue gets no
+  template;
 - the ``unacked`` bookkeeping is the consumer's, at delivery; a worker cannot tell these
   messages from kombu's;
 - Celery's ``before_task_publish``/``after_task_publish`` signals do not fire, so while any
@@ -166,7 +167,8 @@ class RedisRunJobPublisher:
     the broker's connection settings (kombu's own parameters for the broker URL)."""
 
     def __init__(self, app: Celery) -> None:
-        self._app = app
+        # weakly: the app keys the table of publishers, and a strong one would keep it alive
+        self._app = weakref.ref(app)
         self._templates: dict[str, RunJobTemplate] = {}
         self._client: redis.Redis | None = None
         self._lock = threading.Lock()
@@ -185,8 +187,11 @@ class RedisRunJobPublisher:
         if found is not None:
             return found
         with self._lock:
+            app = self._app()
+            if app is None:
+                raise NoTemplate("the app is gone")
             if queue not in self._templates:
-                template, params = _build_template(self._app, queue)
+                template, params = _build_template(app, queue)
                 if self._client is None:
                     self._client = redis.Redis(connection_pool=redis.ConnectionPool(**params))
                 self._templates[queue] = template
