@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -9,7 +10,9 @@ from typing import Any
 import kombu.exceptions
 from celery import Celery
 from kombu import Queue
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobqueue import redis_publisher
 from jobqueue.contract import (
@@ -22,6 +25,8 @@ from jobqueue.contract import (
     WEBHOOKS_QUEUE,
 )
 from jobqueue.settings import QueueSettings
+
+log = logging.getLogger(__name__)
 
 # what a publish raises when the broker is unreachable, or when a pipeline of publishes failed
 # and left each message's delivery uncertain (kombu >= 5.7's BatchPublishError)
@@ -97,10 +102,20 @@ def enqueue_jobs(app: Celery, job_ids: list[str], *, queues: Mapping[str, str] |
     that event is a second publish and doubles the cost, and Flower still sees each task when a
     worker receives it. Should the pipeline fail, each message of it may or may not be on the
     broker: callers treat them all as unsent (the sweeper sends them again; a duplicate is
-    harmless). Raises one of :data:`BROKER_ERRORS` when the broker is unreachable."""
+    harmless). Raises one of :data:`BROKER_ERRORS` when the broker is unreachable.
+
+    A template's pipeline that loses its connection sends the group again through kombu,
+    whose publish retry policy rides out a short outage as it always did (a longer one is
+    refused after those retries, as before); a message the failed pipeline had delivered may
+    then be on its queue twice, harmless: a job is claimed once."""
     publisher = redis_publisher.publisher_for(app)
-    if publisher is None or not publisher.publish(job_ids, queues):
-        enqueue_jobs_through_kombu(app, job_ids, queues=queues)
+    if publisher is not None:
+        try:
+            if publisher.publish(job_ids, queues):
+                return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.info("sending %d jobs by template failed (%s); sending them through kombu", len(job_ids), exc)
+    enqueue_jobs_through_kombu(app, job_ids, queues=queues)
 
 
 def enqueue_jobs_through_kombu(
