@@ -112,13 +112,19 @@ def _catch(app: Celery, job_id: str, queue: str) -> tuple[_Caught, dict[str, Any
     caught: list[tuple[_Caught, dict[str, Any]]] = []
 
     def catch(channel: Any, queue_name: str, message: dict[str, Any]) -> None:
-        if channel.global_keyprefix or not channel.supports_batch_publish:
-            # prefixed keys, or a client that may replay a pipeline: kombu handles those
-            raise NoTemplate("a global key prefix or a retrying Redis client")
-        if channel._expires and queue_name in channel._expires:
-            raise NoTemplate(f"queue {queue_name!r} expires (kombu adds a PEXPIRE)")
-        key = channel._q_for_pri(queue_name, channel._get_message_priority(message, reverse=False))
-        caught.append((_Caught(key, message), channel._connparams()))
+        # kombu's own (private) helpers name the list and the connection: a kombu that no
+        # longer has them gets no template rather than a failed send
+        try:
+            if channel.global_keyprefix or not channel.supports_batch_publish:
+                # prefixed keys, or a client that may replay a pipeline: kombu handles those
+                raise NoTemplate("a global key prefix or a retrying Redis client")
+            if channel._expires and queue_name in channel._expires:
+                raise NoTemplate(f"queue {queue_name!r} expires (kombu adds a PEXPIRE)")
+            key = channel._q_for_pri(queue_name, channel._get_message_priority(message, reverse=False))
+            params = channel._connparams()
+        except (AttributeError, TypeError) as exc:
+            raise NoTemplate(f"this kombu's Redis channel differs: {exc!r}") from exc
+        caught.append((_Caught(key, message), params))
 
     with app.producer_or_acquire() as producer:
         # known without connecting; only this transport's channel can catch instead of push
