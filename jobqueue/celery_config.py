@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -9,8 +10,11 @@ from typing import Any
 import kombu.exceptions
 from celery import Celery
 from kombu import Queue
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from jobqueue import redis_publisher
 from jobqueue.contract import (
     ALL_QUEUES,
     DELIVER_WEBHOOK_TASK,
@@ -21,6 +25,8 @@ from jobqueue.contract import (
     WEBHOOKS_QUEUE,
 )
 from jobqueue.settings import QueueSettings
+
+log = logging.getLogger(__name__)
 
 # what a publish raises when the broker is unreachable, or when a pipeline of publishes failed
 # and left each message's delivery uncertain (kombu >= 5.7's BatchPublishError)
@@ -90,23 +96,41 @@ def enqueue_job(app: Celery, job_id: str, *, queue: str = MODELS_QUEUE) -> None:
 
 
 def enqueue_jobs(app: Celery, job_ids: list[str], *, queues: Mapping[str, str] | None = None) -> None:
-    """Bulk enqueue over one producer connection, in one Redis pipeline per thousand messages
-    (a 10,000-item batch, or a group of submissions, must be quick).
+    """Send the run_job tasks of a group of jobs in one Redis pipeline (a 10,000-item batch, or
+    a group of submissions, must be quick).
 
     ``queues`` maps a job id to its queue; a job not in it goes to the default ``models``
-    queue. No ``task-sent`` event per message: that event is a second publish and doubles the
-    cost, and Flower still sees each task when a worker receives it. Should the pipeline fail,
-    each message of it may or may not be on the broker: callers treat them all as unsent (the
-    sweeper sends them again; a duplicate is harmless)."""
-    amqp = app.amqp
+    queue. On Redis the messages are made from a template of Celery's own message
+    (``jobqueue.redis_publisher``: the same bytes, a fraction of the CPU); elsewhere, or when no
+    template can be made, they go through Celery and kombu. No ``task-sent`` event per message:
+    that event is a second publish and doubles the cost, and Flower still sees each task when a
+    worker receives it. Should the pipeline fail, each message of it may or may not be on the
+    broker: callers treat them all as unsent (the sweeper sends them again; a duplicate is
+    harmless). Raises one of :data:`BROKER_ERRORS` when the broker is unreachable.
+
+    A template's pipeline that loses its connection sends the group again through kombu,
+    whose publish retry policy rides out a short outage as it always did (a longer one is
+    refused after those retries, as before); a message the failed pipeline had delivered may
+    then be on its queue twice, harmless: a job is claimed once."""
+    publisher = redis_publisher.publisher_for(app)
+    if publisher is not None:
+        try:
+            if publisher.publish(job_ids, queues):
+                return
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.info("sending %d jobs by template failed (%s); sending them through kombu", len(job_ids), exc)
+    enqueue_jobs_through_kombu(app, job_ids, queues=queues)
+
+
+def enqueue_jobs_through_kombu(
+    app: Celery, job_ids: list[str], *, queues: Mapping[str, str] | None = None
+) -> None:
+    """:func:`enqueue_jobs` through Celery and kombu: over one producer connection, in one Redis
+    pipeline per thousand messages (kombu >= 5.7; older ones send each at once)."""
     with app.producer_or_acquire() as producer, _publish_batch(producer):
         for job_id in job_ids:
             queue = queues.get(job_id, MODELS_QUEUE) if queues else MODELS_QUEUE
-            message = amqp.create_task_message(job_id, RUN_JOB_TASK, [job_id], {}, create_sent_event=False)
-            # declare=[]: no per-message "declared yet?" check (a sixth of the send's CPU). The
-            # messages go to the anonymous exchange, which on Redis pushes onto the list named
-            # by the queue whether or not it was declared; the workers declare what they read.
-            amqp.send_task_message(producer, RUN_JOB_TASK, message, queue=queue, declare=[])
+            redis_publisher.send_through_kombu(app, producer, job_id, queue)
 
 
 def _publish_batch(producer: Any) -> AbstractContextManager[Any]:

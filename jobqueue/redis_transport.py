@@ -1,5 +1,5 @@
 """Kombu's Redis transport with one repair, for workers that run tasks in a pool of threads,
-and one saving.
+one saving, and a hook.
 
 When the broker connection drops while tasks are running, the worker closes the connection,
 and closing the channel restores its unacknowledged messages. With the threads pool there are
@@ -24,13 +24,17 @@ outside its event loop (each ack, each publish: ``conn_or_acquire``), and a clie
 construction (its table of response callbacks) cost a worker ~5% of its CPU per job. The
 channel here reuses one client per connection pool; clients are thread-safe, and a pool
 kombu replaces (after a reconnect) gets a new client.
+
+It also lets ``jobqueue.redis_publisher`` catch a message where the channel would push it
+(:func:`catching_puts`), to make a template of Celery's own message without sending it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from kombu.transport import redis
@@ -63,6 +67,23 @@ class QoS(redis.QoS):
             return None
 
 
+# per thread (a context of its own each): another thread's sends are pushed as usual
+_catch_put: ContextVar[Callable[[Any, str, dict[str, Any]], None] | None] = ContextVar(
+    "ensemblehub_catch_put", default=None
+)
+
+
+@contextmanager
+def catching_puts(catch: Callable[[Any, str, dict[str, Any]], None]) -> Iterator[None]:
+    """While inside, this thread's messages are handed to ``catch(channel, queue, message)``
+    (what the channel would LPUSH) instead of pushed."""
+    token = _catch_put.set(catch)
+    try:
+        yield
+    finally:
+        _catch_put.reset(token)
+
+
 class Channel(redis.Channel):
     QoS = QoS
     _reused_client: Any = None
@@ -76,6 +97,13 @@ class Channel(redis.Channel):
         if reused is None or reused.connection_pool is not self._pool:
             reused = self._reused_client = self._create_client()
         yield reused
+
+    def _put(self, queue, message, **kwargs):  # type: ignore[no-untyped-def]
+        catch = _catch_put.get()
+        if catch is None:
+            return super()._put(queue, message, **kwargs)
+        kwargs.pop("_publish_batch", None)
+        return catch(self, queue, message)
 
 
 class Transport(redis.Transport):
