@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +52,10 @@ def create_app(
                 log.warning(notice)
         except Exception as exc:  # noqa: BLE001 - requests check for keys themselves
             log.warning("could not check for API keys (database down?): %s", exc)
+        # what start-up built lives as long as the process: out of the collector's sight, so
+        # that a full collection walks only what requests create (see workers.runtime)
+        gc.collect()
+        gc.freeze()
         yield
         close_reply = getattr(state.bus, "close_reply", None)  # the reply inbox (Redis bus only)
         if close_reply is not None:

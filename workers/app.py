@@ -25,9 +25,10 @@ def create_worker_app(settings: QueueSettings | None = None) -> Celery:
     @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True)
     def run_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         """Run ensemble job ``job_id`` (the id is the only argument, so Flower finds it)."""
+        runtime = get_runtime()
         try:
             return job_runner.run_job(
-                get_runtime(),
+                runtime,
                 job_id,
                 send_webhooks=lambda ids: enqueue_webhooks(app, ids),
                 reroute=lambda queue: enqueue_job(app, job_id, queue=queue),
@@ -36,6 +37,8 @@ def create_worker_app(settings: QueueSettings | None = None) -> Celery:
             # Postgres is still down after the runner's own retries: try the job again later
             # (the claim is conditional, so a retry of a job that did start is skipped)
             raise self.retry(exc=exc, countdown=10, max_retries=None) from exc
+        finally:
+            runtime.freeze_heap()  # after the job has answered: a no-op unless it loaded a model
 
     @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, ignore_result=True)
     def deliver_webhook(delivery_id: int) -> str:
@@ -75,6 +78,7 @@ def _announce(**_kwargs: object) -> None:
     # with the queues it reads (the API routes jobs by member set to them: jobqueue.routing)
     runtime = get_runtime()
     runtime.queues = sorted(app.amqp.queues.consume_from or ())
+    runtime.freeze_heap()  # the imports (see WorkerRuntime.freeze_heap)
     try:
         runtime.beat_once()
     except Exception as exc:  # noqa: BLE001 - the heartbeat thread writes it again shortly
