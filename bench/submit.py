@@ -1,11 +1,12 @@
 """Accepted submissions per second, and the time to accept a 10,000-item batch.
 
     python bench/submit.py [--submissions 600] [--concurrency 16] [--batch-items 10000]
-                           [--api-workers 2] [--client raw|httpx]
+                           [--api-workers 2] [--client raw|httpx] [--worker-nice 10]
 
 Submissions are `POST /v1/chat/completions` with `background: true` (answered 202 once the job
 is committed and sent to the broker), from concurrent clients over keep-alive connections.
-The worker is running meanwhile (as in production), on the same 2 cores; after the measure
+The worker is running meanwhile (as in production), on the same 2 cores, below the API's CPU
+priority as ``ensemblehub up`` runs it (``--worker-nice 10``; 0 for the same priority); after the measure
 the bench waits until no job is queued or running and prints the jobs stored by status (every
 accepted job must be stored and reach a final state).
 
@@ -165,6 +166,12 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=1, help="API processes (--workers)")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
     parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=10,
+        help="the worker's nice value (10: as `ensemblehub up` runs it beside the API; 0: same priority)",
+    )
+    parser.add_argument(
         "--drain-timeout", type=float, default=180, help="seconds to wait for every job to end"
     )
     args = parser.parse_args()
@@ -173,6 +180,7 @@ def main() -> None:
         [{"path": str(tiny), "name": "tiny"}],
         ["--model_selection_method", "all", "--ensemble_method", "loop"],
         api_workers=args.api_workers,
+        worker_env={"ENSEMBLEHUB_WORKER_NICE": str(args.worker_nice)},
     ) as stack:
         wait_for_api_processes(stack.base_url, args.api_workers)
         httpx.post(stack.base_url + "/v1/chat/completions", json={**BODY, "background": False}, timeout=120)
@@ -185,7 +193,8 @@ def main() -> None:
         batch = batch_accept(stack.base_url, args.batch_items) if args.batch_items > 0 else None
     print(
         f"\nSubmissions ({args.submissions} background chat completions, {args.concurrency} concurrent "
-        f"connections, {args.client} client, {args.api_workers} API process(es))\n"
+        f"connections, {args.client} client, {args.api_workers} API process(es), worker at nice "
+        f"{args.worker_nice})\n"
     )
     print_table(
         ["accepted/s", "p50 ms", "p95 ms", "p99 ms", "non-202"],

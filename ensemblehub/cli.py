@@ -30,6 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="jobs run at once, batched on shared models (default: ENSEMBLEHUB_CONCURRENCY or 8)",
     )
+    w.add_argument(
+        "--nice",
+        type=int,
+        default=None,
+        help="run below the API's CPU priority (0-19, as nice(1)) on a machine shared with the API "
+        "(default: ENSEMBLEHUB_WORKER_NICE or 0; `ensemblehub up` uses 10)",
+    )
     held = w.add_mutually_exclusive_group()
     held.add_argument(
         "--members",
@@ -104,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             members=args.members,
             config_version=args.config_version,
+            nice=worker_nice(args.nice),
         )
     if args.command == "flower":
         return services.run_flower(port=args.port, address=args.address, basic_auth=flower_basic_auth())
@@ -115,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_up(args)
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def worker_nice(flag: int | None, default: int = 0) -> int:
+    """The worker's nice value: the flag, else ENSEMBLEHUB_WORKER_NICE, else ``default``."""
+    value = flag if flag is not None else int(os.environ.get("ENSEMBLEHUB_WORKER_NICE", default))
+    if not 0 <= value <= 19:
+        raise SystemExit(f"the worker's nice value must be 0..19, got {value}")
+    return value
 
 
 def flower_basic_auth() -> str:

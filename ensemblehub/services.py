@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 from jobqueue.contract import MODELS_QUEUE
@@ -31,7 +32,9 @@ def worker_argv(
     name: str | None = None,
     loglevel: str = "INFO",
     concurrency: int | None = None,
+    nice: int = 0,
 ) -> list[str]:
+    """``nice``: the worker's CPU priority below the API's (``nice -n``; see WorkerSettings)."""
     # one process holds the models (one worker per GPU); a pool of threads runs several jobs at
     # once so that their decode steps share forward passes (ensemble_core.backends.hf_batching);
     # no -E: Flower turns the task events on while it runs (jobqueue.celery_config)
@@ -56,6 +59,9 @@ def worker_argv(
         loglevel,
     ]
     argv += ["-n", name or f"ensemblehub@%h.{os.getpid()}"]
+    if nice:
+        # nice(1) execs the worker (same pid); every thread it starts inherits the priority
+        argv = [shutil.which("nice") or "nice", "-n", str(nice), *argv]
     return argv
 
 
@@ -83,6 +89,7 @@ def run_worker(
     concurrency: int | None = None,
     members: str | None = None,
     config_version: int | None = None,
+    nice: int = 0,
 ) -> int:
     if members is not None or config_version is not None:
         try:
@@ -95,7 +102,9 @@ def run_worker(
         os.environ["ENSEMBLEHUB_WORKER_MEMBERS"] = ",".join(held)
         if config_version is not None:
             os.environ["ENSEMBLEHUB_WORKER_CONFIG_VERSION"] = str(config_version)
-    return _become(worker_argv(queues=queues, name=name, loglevel=loglevel, concurrency=concurrency))
+    return _become(
+        worker_argv(queues=queues, name=name, loglevel=loglevel, concurrency=concurrency, nice=nice)
+    )
 
 
 def member_worker_queues(queues: str, members: list[str]) -> str:

@@ -119,19 +119,27 @@ def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, preexec_fn=_die_with_parent)  # noqa: PLW1509 - only prctl, no locks
 
 
+# the nice value of `up`'s model worker (ENSEMBLEHUB_WORKER_NICE overrides it)
+UP_WORKER_NICE = 10
+
+
 def _run_distributed(spec, db_url: str, host: str, port: int, *, workers: int = 1) -> int:  # type: ignore[no-untyped-def]
     from api.settings import ApiSettings
     from ensemblehub.api import serve
-    from ensemblehub.cli import flower_basic_auth
+    from ensemblehub.cli import flower_basic_auth, worker_nice
 
     services.migrate(db_url)
     state_dir = Path(
         os.environ.get("ENSEMBLEHUB_DATA_DIR") or Path.home() / ".local" / "share" / "ensemblehub"
     )
     state_dir.mkdir(parents=True, exist_ok=True)
+    # everything shares this machine's cores: the model worker decodes below the API's CPU
+    # priority, so that accepting, streaming and /status stay quick while models keep the
+    # cores busy (it still gets every cycle the API leaves; docs/benchmarks.md "Service")
+    nice = worker_nice(None, default=UP_WORKER_NICE)
     children: list[subprocess.Popen[bytes]] = [
         # the model worker runs several jobs at once, their decode steps batched ...
-        _spawn(services.worker_argv(queues="models", name=f"ensemblehub-models@%h.{os.getpid()}")),
+        _spawn(services.worker_argv(queues="models", name=f"ensemblehub-models@%h.{os.getpid()}", nice=nice)),
         # ... webhooks and the sweeper get their own worker and never wait behind the models
         _spawn(services.worker_argv(queues="webhooks,maintenance", name=f"ensemblehub-io@%h.{os.getpid()}")),
         _spawn(services.beat_argv(str(state_dir))),

@@ -119,6 +119,7 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str = "w1") -> Proces
         queues="models,webhooks,maintenance",
         name=f"{name}-{uuid.uuid4().hex[:6]}@%h",
         concurrency=int(env.get("ENSEMBLEHUB_CONCURRENCY", "4")),
+        nice=int(env.get("ENSEMBLEHUB_WORKER_NICE", "0")),
     )
     return Process(argv, env, log_dir / f"worker-{name}.log")
 
