@@ -1,12 +1,12 @@
 """Accepted submissions per second, and the time to accept a 10,000-item batch.
 
     python bench/submit.py [--submissions 600] [--concurrency 16] [--batch-items 10000]
-                           [--api-workers 2] [--client raw|httpx] [--worker-nice 10]
+                           [--api-workers 2] [--client raw|httpx] [--worker-nice 0]
 
 Submissions are `POST /v1/chat/completions` with `background: true` (answered 202 once the job
 is committed and sent to the broker), from concurrent clients over keep-alive connections.
-The worker is running meanwhile (as in production), on the same 2 cores, below the API's CPU
-priority as ``ensemblehub up`` runs it (``--worker-nice 10``; 0 for the same priority); after the measure
+The worker is running meanwhile (as in production), on the same 2 cores, at the API's CPU
+priority (``--worker-nice 10``: below it, as ``ensemblehub up`` runs its model worker); after the measure
 the bench waits until no job is queued or running and prints the jobs stored by status (every
 accepted job must be stored and reach a final state).
 
@@ -168,8 +168,8 @@ def main() -> None:
     parser.add_argument(
         "--worker-nice",
         type=int,
-        default=10,
-        help="the worker's nice value (10: as `ensemblehub up` runs it beside the API; 0: same priority)",
+        default=0,
+        help="the worker's nice value (0: the API's priority; 10: as `ensemblehub up` runs it)",
     )
     parser.add_argument(
         "--drain-timeout", type=float, default=180, help="seconds to wait for every job to end"
