@@ -336,7 +336,10 @@ async def _unless_gone(waited: Awaitable[Job], until_gone: Callable[[], Awaitabl
 
     async def watch() -> None:
         nonlocal gone
-        await until_gone()
+        try:
+            await until_gone()
+        except Exception:  # noqa: BLE001 - a broken receive is not a disconnect; the wait goes on
+            return
         gone = True
         waiting.cancel()
 
