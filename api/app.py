@@ -27,6 +27,20 @@ from persistence.settings import DatabaseSettings
 log = logging.getLogger("api")
 
 
+_heap_frozen = False
+
+
+def _freeze_heap_once() -> None:
+    """What start-up built lives as long as the process: out of the collector's sight, so that
+    a full collection walks only what requests create (see workers.runtime). Once a process: a
+    server builds one app; a test process that builds many freezes only the first."""
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
+
+
 def create_app(
     settings: ApiSettings | None = None,
     *,
@@ -52,10 +66,7 @@ def create_app(
                 log.warning(notice)
         except Exception as exc:  # noqa: BLE001 - requests check for keys themselves
             log.warning("could not check for API keys (database down?): %s", exc)
-        # what start-up built lives as long as the process: out of the collector's sight, so
-        # that a full collection walks only what requests create (see workers.runtime)
-        gc.collect()
-        gc.freeze()
+        _freeze_heap_once()
         yield
         close_reply = getattr(state.bus, "close_reply", None)  # the reply inbox (Redis bus only)
         if close_reply is not None:
