@@ -79,6 +79,10 @@ class ModelPool:
                 self._loaded[key] = entry
             return obj
 
+    def __len__(self) -> int:
+        """How many models this process holds (cheap: no descriptions built)."""
+        return len(self._loaded)
+
     def loaded(self) -> list[dict[str, Any]]:
         """What this process holds: name, path, engine, device, load_seconds (and kind)."""
         with self._guard:

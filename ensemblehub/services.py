@@ -34,7 +34,8 @@ def worker_argv(
     concurrency: int | None = None,
     nice: int = 0,
 ) -> list[str]:
-    """``nice``: the worker's CPU priority below the API's (``nice -n``; see WorkerSettings)."""
+    """``nice``: the worker's CPU priority below the API's (``nice -n``; ``ensemblehub.cli``'s
+    ``worker_nice`` reads the flag and ENSEMBLEHUB_WORKER_NICE)."""
     # one process holds the models (one worker per GPU); a pool of threads runs several jobs at
     # once so that their decode steps share forward passes (ensemble_core.backends.hf_batching);
     # no -E: Flower turns the task events on while it runs (jobqueue.celery_config)

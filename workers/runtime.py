@@ -82,8 +82,10 @@ class WorkerRuntime:
         that moment (seen as the p99 of bench/overhead.py). Frozen objects are still freed when
         their last reference goes; only a cycle among them is kept, and models are never
         unloaded while the worker runs."""
+        if len(self.pool) == self._frozen_at_loads:
+            return  # after every job: nothing loaded since the last freeze
         with self._freeze_lock:
-            loads = len(self.pool.loaded())
+            loads = len(self.pool)
             if loads == self._frozen_at_loads:
                 return
             self._frozen_at_loads = loads

@@ -188,11 +188,8 @@ class GroupCommit:
         # connection, one round trip instead of three (BEGIN, INSERT, COMMIT). Elsewhere (SQLite,
         # or a group past one statement's page), a transaction keeps the group all or nothing,
         # which the row-by-row retry relies on
-        if self._db.dialect_name == "postgresql" and len(rows) <= _ONE_STATEMENT_ROWS:
-            with self._db.statement() as conn:
-                conn.execute(insert(Job).returning(Job.id), rows)
-        else:
-            with self._db.engine.begin() as conn:
-                conn.execute(insert(Job).returning(Job.id), rows)
+        alone = self._db.dialect_name == "postgresql" and len(rows) <= _ONE_STATEMENT_ROWS
+        with self._db.statement() if alone else self._db.engine.begin() as conn:
+            conn.execute(insert(Job).returning(Job.id), rows)
         if self.on_group is not None:
             self.on_group(len(rows))

@@ -16,6 +16,9 @@ class _Pool:
     def loaded(self) -> list[dict]:
         return self.models
 
+    def __len__(self) -> int:
+        return len(self.models)
+
 
 def test_the_heap_is_frozen_after_start_up_and_again_only_after_a_model_load():
     full_collections: list[int] = []
