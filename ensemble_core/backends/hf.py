@@ -31,6 +31,7 @@ from ensemble_core.backends.hf_loading import (
     wide_step_threads,
 )
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
+from ensemble_core.backends.shared_prefixes import SharedPrefixes
 from ensemble_core.backends.sampling import (
     ConfidenceTrail,
     choose_token,
@@ -94,6 +95,7 @@ class HFTextGenerator:
         if self.pad_id is None:
             self.pad_id = min(self.eos_ids)
         self.batcher = self._make_batcher(spec)
+        self.shared_prefixes = self._make_shared_prefixes(spec)
         self.leading_ids = leading_special_ids(self.tokenizer)
         self.context_window = context_window(self.model.config)
         self._grammars: Any = None  # hf_grammar.VocabularyGrammars, built at the first use
@@ -120,6 +122,14 @@ class HFTextGenerator:
             side_prefill=side,
             wide_threads=wide_step_threads(spec) if self.device == "cpu" else 1,
         )
+
+    def _make_shared_prefixes(self, spec: ModelSpec) -> SharedPrefixes | None:
+        """Prompts' key/values shared across this model's jobs (``shared_prefixes``), within
+        ``engine_options.prefix_sharing_mb`` (0: off), for models whose caches can be cropped."""
+        budget = SharedPrefixes.budget_bytes(spec.engine_options)
+        if not budget or not batchable(self.model.config):
+            return None
+        return SharedPrefixes(budget)
 
     def open_session(
         self,
@@ -204,6 +214,7 @@ class HFGenerationSession:
         self.rng = torch.Generator().manual_seed(seed if seed is not None else 0)
         self.device = input_device(self.model)
         self.cache: PrefixCache | None = None
+        self._published = False  # the prompt's key/values are in the model's shared prefixes
         # single-row caches of this session's candidates decoded in the decode loop, each with
         # the ids it holds: the next round starts from whichever shares most with its text
         self.batch_rows: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
@@ -246,7 +257,7 @@ class HFGenerationSession:
         if self.cache is None or not self.reuse_cache:
             self.batch_rows = []
             self.cache = PrefixCache(self.model.config)
-            return list(target)
+            return self._start_from_shared(target, feed_last=feed_last)
         self._adopt_batch_row(target)
         row, shared = self.cache.best_row(target)
         self.cache.keep_row(row)
@@ -254,6 +265,32 @@ class HFGenerationSession:
             shared = min(shared, len(target) - 1)
         self.cache.crop_to(shared)
         return list(target[shared:])
+
+    def _start_from_shared(self, target: list[int], *, feed_last: bool) -> list[int]:
+        """Start the new cache from the longest prefix of ``target`` that another job's prompt
+        left in the model's shared prefixes; return the ids still to feed."""
+        shared = self.generator.shared_prefixes
+        if shared is None or not self.reuse_cache:
+            return list(target)
+        assert self.cache is not None
+        found = shared.lookup(target, len(target) - 1 if feed_last else len(target))
+        if found is None:
+            return list(target)
+        ids, layers = found
+        self.cache.adopt_row(ids, layers)
+        return list(target[len(ids) :])
+
+    def _publish_prompt(self, held: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Once per session: offer the prompt's key/values (the first columns of a row holding
+        ``held``) to the model's shared prefixes, for the jobs that follow."""
+        shared = self.generator.shared_prefixes
+        if shared is None or self._published or not self.reuse_cache:
+            return
+        n = len(self.prompt_ids)
+        if held[:n] != self.prompt_ids:
+            return  # this row's text re-tokenized the prompt's end differently
+        self._published = True
+        shared.publish(self.prompt_ids, layers)
 
     def _adopt_batch_row(self, target: list[int]) -> None:
         """Install the batch-decoded row that shares most with ``target`` if it beats the cache."""
@@ -290,12 +327,16 @@ class HFGenerationSession:
             for layer in cache.layers
         ]
         self.batch_rows.append((list(fed), layers))
+        self._publish_prompt(fed, layers)
 
     def _prefill(self, target: list[int]) -> torch.Tensor:
         """Bring the cache to ``target`` and return the next-token logits, shape [1, vocab]."""
         rest = self._sync(target, feed_last=True)
         self.counters.prefilled += len(rest)
-        return self._forward([rest])[:, -1, :]
+        logits = self._forward([rest])[:, -1, :]
+        assert self.cache is not None
+        self._publish_prompt(self.cache.rows[0], [(layer.keys, layer.values) for layer in self.cache.cache.layers])
+        return logits
 
     # -- public API ------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -308,6 +349,7 @@ class HFGenerationSession:
             self.cache = PrefixCache(self.model.config)
             self.counters.prefilled += len(ids)
             logits = self._forward([ids], keep_logits=None)[0, :-1].float()
+            self._publish_prompt(ids, [(layer.keys, layer.values) for layer in self.cache.cache.layers])
             logprobs = torch.log_softmax(logits, dim=-1)
             targets = torch.tensor(ids[1:], device=logprobs.device)
             nll = -logprobs.gather(1, targets[:, None]).squeeze(1)

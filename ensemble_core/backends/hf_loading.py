@@ -10,7 +10,8 @@ bitsandbytes, GPU only) and ``engine_options`` keys ``attn_implementation`` (e.g
 ``batch_step_threads`` (int, torch threads the decode loop may use for a step of many rows;
 default every core) and
 ``batch_window_ms`` (accepted, no longer used: the decode loop admits calls at every step) described in
-``hf_batching``.
+``hf_batching``, and ``prefix_sharing_mb`` (number, default 256, 0 off: prompts' key/values kept
+for later jobs that share a prefix with them, ``shared_prefixes``).
 
 CPU threads: decoding one token of a small model is hundreds of tiny matrix products, where
 OpenMP's fork/join costs more than a second thread gains, and on a busy machine spinning
@@ -60,6 +61,7 @@ KNOWN_ENGINE_OPTIONS = frozenset(
         "batch_max_rows",
         "batch_step_threads",
         "batch_window_ms",
+        "prefix_sharing_mb",
     }
 )
 

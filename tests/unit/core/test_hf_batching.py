@@ -44,10 +44,12 @@ def _open(generator: HFTextGenerator, i: int) -> HFGenerationSession:
 
 
 def _two_rounds(session: HFGenerationSession, samplings: list[Sampling]) -> tuple[list[Candidate], int]:
-    """Two rounds: the second starts from a row the loop handed back, plus the accepted text."""
+    """Two rounds: the second starts from a row the loop handed back, plus the accepted text.
+    Returns the candidates and the tokens the second round prefilled."""
     first = session.generate("", samplings, LIMITS)
+    before = session.counters.prefilled
     second = session.generate(first[0].text, samplings, LIMITS)
-    return first + second, session.counters.prefilled
+    return first + second, session.counters.prefilled - before
 
 
 def _concurrently(count: int, work: Callable[[int], Any]) -> list[Any]:
@@ -122,6 +124,7 @@ def test_concurrent_sessions_match_decoding_alone_and_keep_their_prefixes(genera
             assert b.token_self_certainty == pytest.approx(a.token_self_certainty, abs=1e-3)
             assert len(b.token_confidence) == b.num_tokens
         # the second round reused the candidate row the loop handed back: no re-prefill of it
+        # (the first rounds differ: the batched ones found the prompts the solo runs shared)
         assert batched_prefilled == solo_prefilled
 
 
