@@ -1,13 +1,16 @@
 """Streaming time to first token for one member (SmolLM2) while other jobs decode on the same model.
 
     python bench/ttft_under_load.py [--background 8] [--requests 12] [--prompt-tokens 40]
+                                    [--prefix-sharing-mb 256]
 
 Starts the whole service (API, Redis, one Celery worker process, Postgres) with SmolLM2 as the
 only member, warms it, then measures streaming ``POST /v1/chat/completions`` requests one after
 another (a ~40-token prompt, 16 tokens): first with nothing else running, then while
 ``--background`` other clients keep one non-streaming 64-token job each running on the same
 model. TTFT is the time from sending the request to the first content delta, read by the
-client. Each measured job's ``timings`` (``GET /v1/jobs/{id}``) split it: the queue wait
+client. ``--prefix-sharing-mb 0`` turns off the key/values shared across jobs
+(``shared_prefixes``; every chat prompt here starts with the same ~26 tokens: SmolLM2's template,
+its default system prompt and "Request"). Each measured job's ``timings`` (``GET /v1/jobs/{id}``) split it: the queue wait
 (submission until a worker thread claims the job) and the rest (prompt rendering, the prefill
 at the decode loop's next step boundary, the first decode step, the Redis hop back).
 """
@@ -110,11 +113,15 @@ def main() -> None:
     parser.add_argument("--background", type=int, default=8)
     parser.add_argument("--requests", type=int, default=12)
     parser.add_argument("--prompt-tokens", type=int, default=40)
+    parser.add_argument("--prefix-sharing-mb", type=float, default=None, help="unset: the default")
     args = parser.parse_args()
+    members = SMOLLM2
+    if args.prefix_sharing_mb is not None:
+        members = [{**SMOLLM2[0], "engine_options": {"prefix_sharing_mb": args.prefix_sharing_mb}}]
     env = {"ENSEMBLEHUB_CONCURRENCY": str(args.background + 4)}
     rows = []
     with (
-        running_stack(SMOLLM2, FLAGS, worker_env=env) as stack,
+        running_stack(members, FLAGS, worker_env=env) as stack,
         httpx.Client(base_url=stack.base_url, timeout=600) as client,
     ):
         for _ in range(2):  # warm: model loaded, first forward passes and the loop thread done
