@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import random
@@ -138,7 +139,9 @@ class EnsembleJob:
             return [task() for task in tasks]
         if self.executor is None:
             self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ensemble")
-        futures = [self.executor.submit(task) for task in tasks]
+        # each task in a copy of this thread's context: the job's prefix scope (a tenant's
+        # sessions share prompt key/values only with that tenant's, ``shared_prefixes``)
+        futures = [self.executor.submit(contextvars.copy_context().run, task) for task in tasks]
         return [f.result() for f in futures]
 
     def close(self) -> None:

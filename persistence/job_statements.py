@@ -41,6 +41,7 @@ CLAIM = (
         _jobs.c.webhook_url,
         _jobs.c.created_at,
         _jobs.c.started_at,
+        _jobs.c.tenant,
     )
 )
 

@@ -209,6 +209,7 @@ class ClaimedJob:
     webhook_url: str | None
     created_at: datetime
     started_at: datetime
+    tenant: str | None = None  # whose job (None without auth): the worker's prefix-sharing scope
 
 
 def claim_job(session: Session | Connection, job_id: str, *, worker: str) -> ClaimedJob | None:
@@ -242,6 +243,7 @@ def claim_job(session: Session | Connection, job_id: str, *, worker: str) -> Cla
         webhook_url=row.webhook_url,
         created_at=row.created_at,
         started_at=row.started_at,
+        tenant=row.tenant,
     )
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ensemble_core.engine import run_ensemble
 from ensemble_core.errors import EnsembleError
+from ensemble_core.prefix_scope import prefix_scope
 from ensemble_core.references import resolve_references, restore_names
 from ensemble_core.result import EnsembleResult
 from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
@@ -112,15 +113,17 @@ def run_job(
         # the job stores names of the version's scorers and fusers; the engine gets what they
         # stand for, and the stored trace shows the names again
         resolved = resolve_references(config, spec)
-        results = _run_choices(
-            publish,
-            spec,
-            resolved,
-            gen_request,
-            int(request_json.get("n") or 1),
-            stop,
-            segment_events=request_json.get("segment_events") is not False,
-        )
+        # a tenant's sessions share prompt key/values only with its own jobs (shared_prefixes)
+        with prefix_scope(claim.tenant):
+            results = _run_choices(
+                publish,
+                spec,
+                resolved,
+                gen_request,
+                int(request_json.get("n") or 1),
+                stop,
+                segment_events=request_json.get("segment_events") is not False,
+            )
         payload = _without_nul(_result_payload(results))
         for choice in [payload, *payload.get("choices", [])]:
             if isinstance(choice.get("trace"), dict):

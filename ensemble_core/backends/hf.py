@@ -31,7 +31,7 @@ from ensemble_core.backends.hf_loading import (
     wide_step_threads,
 )
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
-from ensemble_core.backends.shared_prefixes import SharedPrefixes
+from ensemble_core.backends.shared_prefixes import SharedPrefixes, current_scope
 from ensemble_core.backends.sampling import (
     ConfidenceTrail,
     choose_token,
@@ -215,6 +215,7 @@ class HFGenerationSession:
         self.device = input_device(self.model)
         self.cache: PrefixCache | None = None
         self._published = False  # the prompt's key/values are in the model's shared prefixes
+        self.prefix_scope = current_scope()  # whose shared prefixes it reads and adds to (the job's tenant)
         # single-row caches of this session's candidates decoded in the decode loop, each with
         # the ids it holds: the next round starts from whichever shares most with its text
         self.batch_rows: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
@@ -273,7 +274,7 @@ class HFGenerationSession:
         if shared is None or not self.reuse_cache:
             return list(target)
         assert self.cache is not None
-        found = shared.lookup(target, len(target) - 1 if feed_last else len(target))
+        found = shared.lookup(target, len(target) - 1 if feed_last else len(target), self.prefix_scope)
         if found is None:
             return list(target)
         ids, layers = found
@@ -290,7 +291,7 @@ class HFGenerationSession:
         if held[:n] != self.prompt_ids:
             return  # this row's text re-tokenized the prompt's end differently
         self._published = True
-        shared.publish(self.prompt_ids, layers)
+        shared.publish(self.prompt_ids, layers, self.prefix_scope)
 
     def _adopt_batch_row(self, target: list[int]) -> None:
         """Install the batch-decoded row that shares most with ``target`` if it beats the cache."""

@@ -20,10 +20,13 @@ log-probabilities (1e-4) against a model without sharing. Only models whose cach
 plain full-attention layers share prefixes (``hf_batching.batchable``): a sliding-window layer
 cannot be cropped to a shorter prefix after the fact.
 
-Scope: one store per loaded model in one worker process, over every job it runs: whether a
-prompt's prefix was cached shows only as a shorter time to first token (as with vLLM's cache).
-An admin who serves tenants that must not learn that about each other's prompts turns it off
-(``engine_options.prefix_sharing_mb: 0``).
+Scope: one store per loaded model in one worker process, partitioned by *scope*: whether a
+prompt's prefix was cached shows as a shorter time to first token, which would tell one tenant
+that another sent the same system prompt (the side channel vLLM's ``cache_salt`` closes). The
+worker runs each job inside ``prefix_scope(its tenant)`` (None without auth: every job shares);
+a session takes the scope current where it is opened (the engine's member threads copy the
+job's context) and only ever reads and leaves entries of that scope. An admin can also turn
+sharing off (``engine_options.prefix_sharing_mb: 0``).
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ import torch
 
 from ensemble_core.backends.prefix_cache import common_prefix_length
 from ensemble_core.errors import ModelLoadError
+from ensemble_core.prefix_scope import current_scope, prefix_scope
+
+__all__ = ["SharedPrefixes", "current_scope", "prefix_scope"]
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
+Key = tuple[str | None, tuple[int, ...]]  # (scope, token ids)
 
 DEFAULT_MB = 256
 # a shorter shared prefix (a BOS, a template's first tag) saves less than it costs to look up
@@ -49,7 +56,7 @@ class SharedPrefixes:
     def __init__(self, max_bytes: int, min_tokens: int = MIN_SHARED_TOKENS) -> None:
         self.max_bytes = max_bytes
         self.min_tokens = min_tokens
-        self._entries: OrderedDict[tuple[int, ...], tuple[Layers, int]] = OrderedDict()
+        self._entries: OrderedDict[Key, tuple[Layers, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         # statistics, for tests and benchmarks
@@ -72,17 +79,25 @@ class SharedPrefixes:
     def bytes(self) -> int:
         return self._bytes
 
-    def lookup(self, target: list[int], limit: int) -> tuple[list[int], Layers] | None:
-        """The longest kept prefix of ``target`` (at most ``limit`` tokens) as ids and per-layer
-        (keys, values) views, or None when no entry shares ``min_tokens``."""
+    def scopes(self) -> set[str | None]:
+        with self._lock:
+            return {scope for scope, _ in self._entries}
+
+    def lookup(
+        self, target: list[int], limit: int, scope: str | None = None
+    ) -> tuple[list[int], Layers] | None:
+        """The longest prefix of ``target`` (at most ``limit`` tokens) kept in ``scope``, as ids
+        and per-layer (keys, values) views, or None when no entry shares ``min_tokens``."""
         wanted = tuple(target)
         with self._lock:
-            best: tuple[int, ...] | None = None
+            best: Key | None = None
             best_len = 0
-            for ids in self._entries:
-                n = common_prefix_length(ids, wanted)
+            for key in self._entries:
+                if key[0] != scope:
+                    continue
+                n = common_prefix_length(key[1], wanted)
                 if n > best_len:
-                    best, best_len = ids, n
+                    best, best_len = key, n
             n = min(best_len, limit)
             if best is None or n < self.min_tokens:
                 return None
@@ -90,22 +105,23 @@ class SharedPrefixes:
             layers, _ = self._entries[best]
             self.hits += 1
             self.reused_tokens += n
-        return list(best[:n]), [(k[..., :n, :], v[..., :n, :]) for k, v in layers]
+        return list(best[1][:n]), [(k[..., :n, :], v[..., :n, :]) for k, v in layers]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
 
-    def publish(self, ids: list[int], layers: Layers) -> None:
-        """Keep ``layers`` (one row; at least ``len(ids)`` columns) as the key/values of ``ids``."""
+    def publish(self, ids: list[int], layers: Layers, scope: str | None = None) -> None:
+        """Keep ``layers`` (one row; at least ``len(ids)`` columns) as the key/values of ``ids``
+        in ``scope``."""
         if len(ids) < self.min_tokens:
             return
         key = tuple(ids)
         n = len(key)
         with self._lock:
             for kept in self._entries:
-                if len(kept) >= n and kept[:n] == key:
+                if kept[0] == scope and len(kept[1]) >= n and kept[1][:n] == key:
                     self._entries.move_to_end(kept)  # already covered by a longer entry
                     return
         # outside the lock: a clone of a long prompt's 30 layers is the expensive part
@@ -114,11 +130,16 @@ class SharedPrefixes:
         if size > self.max_bytes:
             return
         with self._lock:
-            for kept in [kept for kept in self._entries if len(kept) < n and key[: len(kept)] == kept]:
+            extended = [
+                kept
+                for kept in self._entries
+                if kept[0] == scope and len(kept[1]) < n and key[: len(kept[1])] == kept[1]
+            ]
+            for kept in extended:
                 self._bytes -= self._entries.pop(kept)[1]  # this one extends it
-            if key in self._entries:
+            if (scope, key) in self._entries:
                 return  # another session published the same prompt meanwhile
-            self._entries[key] = (copied, size)
+            self._entries[(scope, key)] = (copied, size)
             self._bytes += size
             while self._bytes > self.max_bytes:
                 _, (_, dropped) = self._entries.popitem(last=False)

@@ -182,3 +182,65 @@ def test_a_sliding_window_model_shares_nothing(tmp_path: Path) -> None:
 
     gemma = _generator(build_tiny_model(tmp_path / "gemma", arch="gemma3", vocab_seed=6))
     assert gemma.shared_prefixes is None
+
+
+# -- scopes: a tenant's prompts are shared with its own jobs only --------------------------------
+def test_entries_of_one_scope_are_invisible_to_another() -> None:
+    store = SharedPrefixes(max_bytes=10**6, min_tokens=2)
+    store.publish([1, 2, 3, 4], _layers(4), "alice")
+    assert store.lookup([1, 2, 3, 4, 5], limit=5, scope="bob") is None
+    assert store.lookup([1, 2, 3, 4, 5], limit=5) is None  # the open mode's scope is None
+    store.publish([1, 2, 3], _layers(3), "bob")  # alice's longer entry does not cover bob's
+    assert store.entries == 2 and store.scopes() == {"alice", "bob"}
+    ids, _ = store.lookup([1, 2, 3, 4, 5], limit=5, scope="alice") or ([], [])
+    assert ids == [1, 2, 3, 4]
+    ids, _ = store.lookup([1, 2, 3, 4, 5], limit=5, scope="bob") or ([], [])
+    assert ids == [1, 2, 3]
+
+
+def test_a_session_reads_and_leaves_prefixes_in_the_scope_it_was_opened_in(tiny_dirs: dict[str, Path]) -> None:
+    from ensemble_core.prefix_scope import prefix_scope
+
+    sharing = _generator(tiny_dirs["llama"])
+    assert sharing.shared_prefixes is not None
+    with prefix_scope("alice"):
+        _run(sharing.open_session(_prompt("Count to three."), seed=1))
+    assert sharing.shared_prefixes.scopes() == {"alice"}
+    with prefix_scope("bob"):
+        bob = sharing.open_session(_prompt("Count to four."), seed=1)
+    _, prefilled = _run(bob)  # generated outside the block: the session keeps its scope
+    assert prefilled == len(bob.prompt_ids) and sharing.shared_prefixes.hits == 0
+    with prefix_scope("alice"):
+        alice = sharing.open_session(_prompt("Count to four."), seed=1)
+    _, prefilled = _run(alice)
+    assert prefilled < len(alice.prompt_ids) and sharing.shared_prefixes.hits == 1
+    assert sharing.shared_prefixes.scopes() == {"alice", "bob"}
+
+
+def test_the_engines_member_threads_open_sessions_in_the_jobs_scope(tiny_dirs: dict[str, Path]) -> None:
+    from ensemble_core.engine import run_ensemble
+    from ensemble_core.pool import ModelPool
+    from ensemble_core.prefix_scope import prefix_scope
+    from ensemble_core.spec import EnsembleConfig, EnsembleSpec, GenerationRequest
+
+    pool = ModelPool()
+    spec = EnsembleSpec(
+        model_specs=[
+            ModelSpec(path=str(tiny_dirs["llama"]), name="a", temperature=0.0),
+            ModelSpec(path=str(tiny_dirs["gpt2"]), name="b", temperature=0.0),
+        ]
+    )
+    # reward_based: both members write a candidate each round, in the engine's member threads
+    config = EnsembleConfig(
+        model_selection_method="all", ensemble_method="reward_based", max_rounds=2,
+        aggregation_params={"segment_tokens": 4, "concurrent": True},
+    )  # fmt: skip
+    request = GenerationRequest(
+        messages=[ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content="Count.")],
+        max_tokens=8,
+        seed=7,
+    )
+    with prefix_scope("carol"):
+        run_ensemble(spec, config, request, pool)
+    scopes = [pool.generator(member).shared_prefixes.scopes() for member in spec.model_specs]  # type: ignore[union-attr]
+    assert scopes == [{"carol"}, {"carol"}]
