@@ -31,7 +31,6 @@ from ensemble_core.backends.hf_loading import (
     wide_step_threads,
 )
 from ensemble_core.backends.prefix_cache import PrefixCache, common_prefix_length
-from ensemble_core.backends.shared_prefixes import SharedPrefixes, current_scope
 from ensemble_core.backends.sampling import (
     ConfidenceTrail,
     choose_token,
@@ -40,6 +39,7 @@ from ensemble_core.backends.sampling import (
     step_confidence,
     step_top,
 )
+from ensemble_core.backends.shared_prefixes import SharedPrefixes, current_scope
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
     Candidate,
@@ -336,7 +336,9 @@ class HFGenerationSession:
         self.counters.prefilled += len(rest)
         logits = self._forward([rest])[:, -1, :]
         assert self.cache is not None
-        self._publish_prompt(self.cache.rows[0], [(layer.keys, layer.values) for layer in self.cache.cache.layers])
+        self._publish_prompt(
+            self.cache.rows[0], [(layer.keys, layer.values) for layer in self.cache.cache.layers]
+        )
         return logits
 
     # -- public API ------------------------------------------------------------------------

@@ -65,7 +65,14 @@ def test_a_tenant_reuses_its_own_prompts_prefix_and_never_another_tenants(tmp_pa
         api, base = services.start_api(
             env,
             tmp_path,
-            ["--model_specs", json.dumps(specs), "--model_selection_method", "all", "--ensemble_method", "loop"],
+            [
+                "--model_specs",
+                json.dumps(specs),
+                "--model_selection_method",
+                "all",
+                "--ensemble_method",
+                "loop",
+            ],
         )
         try:
             _wait_for_worker(base, worker)

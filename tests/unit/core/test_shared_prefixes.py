@@ -120,7 +120,9 @@ def arch(request) -> str:  # type: ignore[no-untyped-def]
     return str(request.param)
 
 
-def test_a_later_job_prefills_only_what_its_prompt_does_not_share(tiny_dirs: dict[str, Path], arch: str) -> None:
+def test_a_later_job_prefills_only_what_its_prompt_does_not_share(
+    tiny_dirs: dict[str, Path], arch: str
+) -> None:
     sharing = _generator(tiny_dirs[arch])
     plain = _generator(tiny_dirs[arch], prefix_sharing_mb=0)
     assert sharing.shared_prefixes is not None and plain.shared_prefixes is None
@@ -198,7 +200,9 @@ def test_entries_of_one_scope_are_invisible_to_another() -> None:
     assert ids == [1, 2, 3]
 
 
-def test_a_session_reads_and_leaves_prefixes_in_the_scope_it_was_opened_in(tiny_dirs: dict[str, Path]) -> None:
+def test_a_session_reads_and_leaves_prefixes_in_the_scope_it_was_opened_in(
+    tiny_dirs: dict[str, Path],
+) -> None:
     from ensemble_core.prefix_scope import prefix_scope
 
     sharing = _generator(tiny_dirs["llama"])
