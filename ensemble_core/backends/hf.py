@@ -4,7 +4,9 @@ Generation is a hand-written decode loop rather than ``model.generate`` because 
 needs, in one batch, candidates with different temperatures, a per-row segment boundary
 checked on the decoded text, the untempered log-probability of every token (free scores), and
 a KV cache that survives between rounds (see ``prefix_cache``). Greedy decoding with and
-without cache reuse gives the same tokens (tested on SmolLM2).
+without cache reuse gives the same tokens (tested on SmolLM2). A session's first prefill starts
+from the key/values of the longest prefix its prompt shares with a recent job's of the same
+scope (tenant) on the model (``shared_prefixes``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ How the port maps onto vLLM:
 - prompts are token ids from the model's own Hugging Face tokenizer and chat template (the same
   ids the ``hf`` backend would feed), so greedy output matches the ``hf`` backend;
 - automatic prefix caching is on: every round re-sends prompt + accepted answer and vLLM
-  reuses the cached blocks (the cached count is reported as not prefilled);
+  reuses the cached blocks (the cached count is reported as not prefilled); a job of a tenant
+  sends the tenant as ``cache_salt`` (``prefix_scope``), so blocks are reused only within it;
 - a segment ends at a sentence/line boundary checked on the decoded text: vLLM decodes up to
   ``chunk_tokens`` tokens per request (default 16), the text is checked token by token, and the
   next chunk continues from the cache; extra tokens after a boundary are discarded;
@@ -54,6 +55,7 @@ from ensemble_core.ports import (
     SegmentLimits,
     SessionCounters,
 )
+from ensemble_core.prefix_scope import current_scope
 from ensemble_core.prompting import RenderedPrompt, leading_special_ids, render_prompt, with_stops
 from ensemble_core.segment_text import check_candidate
 from ensemble_core.spec import ModelSpec, PromptInput, PromptStyle
@@ -109,6 +111,10 @@ def engine_kwargs(spec: ModelSpec, model_path: str) -> dict[str, Any]:
     return kwargs
 
 
+def _salt(salt: str | None) -> dict[str, str]:
+    return {} if salt is None else {"cache_salt": salt}
+
+
 class VLLMEngine:
     """One ``vllm.LLM``; ``run`` takes and returns plain data (so a child process can host it)."""
 
@@ -121,7 +127,11 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt  # type: ignore[import-not-found]
 
-        prompts = [TokensPrompt(prompt_token_ids=list(r["prompt_token_ids"])) for r in requests]
+        # a salt (the job's tenant) keeps vLLM's prefix cache within that tenant's requests
+        prompts = [
+            TokensPrompt(prompt_token_ids=list(r["prompt_token_ids"]), **_salt(r.get("cache_salt")))
+            for r in requests
+        ]
         params = [SamplingParams(**r["params"]) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [_plain(output) for output in outputs]
@@ -343,11 +353,14 @@ class VLLMGenerationSession:
         self.prompt_ids = generator.encode_prompt(self.rendered)
         self.counters = SessionCounters(prompt_tokens=len(self.prompt_ids))
         self.rng = random.Random(seed if seed is not None else 0)
+        self.cache_salt = current_scope()  # the job's tenant: whose cached prefixes it may reuse
 
     def count_tokens(self, text: str) -> int:
         return len(self.generator.encode(text))
 
     def _run(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.cache_salt is not None:
+            requests = [{**request, "cache_salt": self.cache_salt} for request in requests]
         results = self.generator.run(requests)
         for request, result in zip(requests, results, strict=True):
             self.counters.forward_passes += 1

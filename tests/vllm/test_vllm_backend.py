@@ -81,6 +81,29 @@ def test_segments_boundaries_and_prefix_caching(pool: ModelPool) -> None:
     assert usage.prefilled < 3 * usage.prompt
 
 
+def test_the_prefix_cache_is_salted_by_the_jobs_scope(pool: ModelPool) -> None:
+    """A session opened in a tenant's ``prefix_scope`` sends it as vLLM's ``cache_salt``: its
+    prompt's cached blocks serve that tenant's next job, never another's."""
+    from ensemble_core.prefix_scope import prefix_scope
+
+    long_system = " ".join(f"Rule {i}: answer briefly and check every number twice." for i in range(40))
+    prompt = PromptInput.chat([ChatMessage(role="system", content=long_system), *MESSAGES])
+    generator = pool.generator(SMOLLM2_VLLM)
+
+    def prefilled(scope: str) -> tuple[int, int]:
+        with prefix_scope(scope):
+            session = generator.open_session(prompt, seed=0)
+        session.generate("", [Sampling(0.0)], SegmentLimits(max_new_tokens=2, boundary="none"))
+        return session.counters.prefilled, len(session.prompt_ids)
+
+    first, tokens = prefilled("tenant-a")
+    assert tokens > 300 and first == tokens
+    again, _ = prefilled("tenant-a")
+    assert again < tokens / 2  # tenant-a's own blocks
+    other, _ = prefilled("tenant-b")
+    assert other == tokens  # tenant-a's blocks are not tenant-b's
+
+
 def test_an_answer_ends_at_max_model_len(pool: ModelPool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sequence holds at most ``max_model_len`` tokens: the segment is cut there and the answer
     ends (max_context), instead of vLLM refusing the next round's longer prompt. The running
