@@ -41,7 +41,7 @@ from ensemble_core.backends.sampling import (
     step_confidence,
     step_top,
 )
-from ensemble_core.backends.shared_prefixes import SharedPrefixes, current_scope
+from ensemble_core.backends.shared_prefixes import SharedPrefixes
 from ensemble_core.errors import GenerationError, ModelLoadError
 from ensemble_core.ports import (
     Candidate,
@@ -51,6 +51,7 @@ from ensemble_core.ports import (
     SegmentLimits,
     SessionCounters,
 )
+from ensemble_core.prefix_scope import current_scope
 from ensemble_core.prompting import (
     RenderedPrompt,
     leading_special_ids,

@@ -38,9 +38,6 @@ import torch
 
 from ensemble_core.backends.prefix_cache import common_prefix_length
 from ensemble_core.errors import ModelLoadError
-from ensemble_core.prefix_scope import current_scope, prefix_scope
-
-__all__ = ["SharedPrefixes", "current_scope", "prefix_scope"]
 
 Layers = list[tuple[torch.Tensor, torch.Tensor]]
 Key = tuple[str | None, tuple[int, ...]]  # (scope, token ids)

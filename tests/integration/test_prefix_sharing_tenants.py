@@ -6,8 +6,6 @@ same tenant does not (``usage.per_model.<model>.prefilled``)."""
 from __future__ import annotations
 
 import json
-import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -29,14 +27,6 @@ def _keys(database_url: str, *tenants: str) -> list[str]:
         db.dispose()
 
 
-def _wait_for_worker(base: str, worker: services.Process) -> None:
-    """The worker's heartbeat, as a tenant's /status shows it (the count, not the workers)."""
-    deadline = time.monotonic() + 60
-    while httpx.get(base + "/status", timeout=5).json()["checks"]["workers"]["count"] == 0:
-        assert worker.alive() and time.monotonic() < deadline, worker.log()
-        time.sleep(0.3)
-
-
 def _ask(base: str, key: str, question: str) -> tuple[int, int]:
     """(prompt tokens, tokens prefilled) of one chat request."""
     resp = httpx.post(
@@ -56,7 +46,7 @@ def _ask(base: str, key: str, question: str) -> tuple[int, int]:
 
 
 def test_a_tenant_reuses_its_own_prompts_prefix_and_never_another_tenants(tmp_path: Path) -> None:
-    model = build_tiny_model(Path(tempfile.mkdtemp(dir=tmp_path)) / "tiny", arch="llama", vocab_seed=3)
+    model = build_tiny_model(tmp_path / "tiny", arch="llama", vocab_seed=3)
     specs = [{"path": str(model), "name": "tiny", "temperature": 0}]
     with services.migrated_database() as db_url, services.private_redis_db() as broker:
         alice, bob = _keys(db_url, "alice", "bob")
@@ -75,7 +65,7 @@ def test_a_tenant_reuses_its_own_prompts_prefix_and_never_another_tenants(tmp_pa
             ],
         )
         try:
-            _wait_for_worker(base, worker)
+            services.wait_for_worker(base, worker)
             prompt, prefilled = _ask(base, alice, "How many legs has a cat?")
             assert prefilled == prompt  # nothing kept yet
             prompt, prefilled = _ask(base, bob, "How many legs has a bird?")
