@@ -60,7 +60,14 @@ def _train_tokenizer(vocab_size: int, seed: int, extra_special: tuple[str, ...] 
     return fast
 
 
-def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None, max_positions: int = 2048):  # type: ignore[no-untyped-def]
+def _config(  # type: ignore[no-untyped-def]
+    arch: str,
+    vocab_size: int,
+    tokenizer,
+    num_labels: int | None = None,
+    max_positions: int = 2048,
+    sliding_window: int = 8,
+):
     from transformers import GPT2Config, LlamaConfig
 
     common = {
@@ -85,7 +92,7 @@ def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None
         )
     if arch == "gpt2":
         return GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=max_positions, **common)
-    if arch == "gemma3":  # sliding-window attention (window 8) beside full attention, like Gemma 3
+    if arch == "gemma3":  # sliding-window attention (default window 8) beside full attention, like Gemma 3
         from transformers import Gemma3TextConfig
 
         return Gemma3TextConfig(
@@ -95,7 +102,7 @@ def _config(arch: str, vocab_size: int, tokenizer, num_labels: int | None = None
             num_attention_heads=2,
             num_key_value_heads=1,
             head_dim=32,
-            sliding_window=8,
+            sliding_window=sliding_window,
             layer_types=["sliding_attention", "full_attention"],
             max_position_embeddings=max_positions,
             **common,
@@ -112,10 +119,11 @@ def build_tiny_model(
     seed: int = 0,
     bos: bool = False,
     max_positions: int = 2048,
+    sliding_window: int = 8,
 ) -> Path:
     """Save a tiny causal LM + tokenizer (with chat template) in ``directory``; returns it.
     ``bos``: the tokenizer puts a BOS in front of plain text; ``max_positions``: its context
-    window.
+    window; ``sliding_window``: the window of a ``gemma3`` model's sliding layers.
 
     Idempotent: an existing folder is reused."""
     import torch
@@ -127,7 +135,7 @@ def build_tiny_model(
     tokenizer = _train_tokenizer(vocab_size, vocab_seed, bos=bos)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(
-        _config(arch, len(tokenizer), tokenizer, max_positions=max_positions)
+        _config(arch, len(tokenizer), tokenizer, max_positions=max_positions, sliding_window=sliding_window)
     )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

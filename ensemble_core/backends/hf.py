@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ensemble_core.backends.context_window import full_candidates, mark_window_ends, room_left
-from ensemble_core.backends.hf_batching import DecodeLoop, batchable
+from ensemble_core.backends.hf_batching import DecodeLoop, batchable, sliding_window
 from ensemble_core.backends.hf_loading import (
     context_window,
     from_pretrained,
@@ -124,6 +124,7 @@ class HFTextGenerator:
             max_rows=int(options.get("batch_max_rows", 128)),
             side_prefill=side,
             wide_threads=wide_step_threads(spec) if self.device == "cpu" else 1,
+            window=sliding_window(self.model.config),
         )
 
     def _make_shared_prefixes(self, spec: ModelSpec) -> SharedPrefixes | None:
@@ -380,11 +381,27 @@ class HFGenerationSession:
             limits = dataclasses.replace(limits, max_new_tokens=room)
         with self.lock:
             batcher = self.generator.batcher
-            if batcher is not None and batcher.open_sessions > 1:
+            if (
+                batcher is not None
+                and batcher.open_sessions > 1
+                and self._fits_batch(batcher, accepted_text, limits)
+            ):
                 candidates = batcher.generate(self, accepted_text, samplings, limits)
             else:
                 candidates = self._generate(accepted_text, samplings, limits)
         return candidates if room is None else mark_window_ends(candidates, room)
+
+    def _fits_batch(self, batcher: DecodeLoop, accepted_text: str, limits: SegmentLimits) -> bool:
+        """Whether this call's decode-loop row stays within the model's sliding window (always
+        for full attention); a longer call decodes directly, where the sliding layers forget
+        what lies beyond the window."""
+        if batcher.window is None:
+            return True
+        wanted = limits.max_new_tokens
+        # at most a token per byte of the accepted text (as in ``_context_room``)
+        if batcher.fits(len(self.prompt_ids) + len(accepted_text.encode("utf-8")) + wanted + 16):
+            return True
+        return batcher.fits(len(self.batch_target(accepted_text)) + wanted)
 
     def _context_room(self, accepted_text: str, wanted: int) -> int | None:
         """How many tokens still fit in the model's context window after the prompt and

@@ -61,9 +61,19 @@ call by call first, so one bad prompt fails alone). The loop thread itself never
 either.
 
 A call made while its model has only one open session takes the direct path
-(``HFGenerationSession._generate``), token for token the same as without a loop. Only models
-whose cache layers are all plain ``DynamicLayer`` (full attention) are batched; sliding-window
-models such as Gemma 3 keep the direct path.
+(``HFGenerationSession._generate``), token for token the same as without a loop.
+
+Sliding-window models (Gemma 3: five layers in six see only the last 512 tokens) are batched
+too, within their window. The batch cache's layers all keep every column, and transformers
+builds the sliding layers' mask from *column* distances (query column minus key column), which
+for a row equal its token distances only where the row has no padding between its own columns.
+So a row must never span more columns than the window: then no column of its own is out of the
+window, and decoding alone (its length within the window too) sees the same keys. The loop
+keeps that true: a call goes to the loop only if its prompt, accepted text and
+``max_new_tokens`` fit in the window (``fits``; a longer one decodes directly, where the
+sliding layers forget what lies beyond it), and a prefill chunk only takes a call whose prefix
+plus the chunk's longest rest plus its ``max_new_tokens`` fit (``_chunks``: a shorter rest is
+right-aligned, leaving padding inside the row).
 """
 
 from __future__ import annotations
@@ -145,13 +155,29 @@ class _Batch:
 
 
 def batchable(model_config: Any) -> bool:
-    """Whether every cache layer of this model is a plain full-attention ``DynamicLayer``."""
+    """Whether every cache layer of this model is a plain full-attention ``DynamicLayer`` or
+    a ``DynamicSlidingWindowLayer`` (batched within its window: ``sliding_window``)."""
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     cache = DynamicCache(config=model_config)
     layers = list(getattr(cache, "layers", []))
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
+def sliding_window(model_config: Any) -> int | None:
+    """The smallest window of the model's sliding-window layers (tokens a query sees, itself
+    included); None when every layer attends to the whole sequence."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    cache = DynamicCache(config=model_config)
+    windows = [
+        int(layer.sliding_window)
+        for layer in getattr(cache, "layers", [])
+        if isinstance(layer, DynamicSlidingWindowLayer)
+    ]
+    return min(windows) if windows else None
 
 
 class DecodeLoop:
@@ -168,8 +194,11 @@ class DecodeLoop:
         side_prefill: bool = False,
         wide_threads: int = 1,
         wide_rows: int = 16,
+        window: int | None = None,
     ) -> None:
         self.generator = generator
+        # the model's sliding window: every row stays within it (see the module's docstring)
+        self.window = window
         self.max_rows = max_rows
         self.max_slots = max_slots  # rows x padded width, bounds the batch cache's memory
         self.prefill_slots = prefill_slots  # rows x padded rest of one prefill forward pass
@@ -211,6 +240,11 @@ class DecodeLoop:
     @property
     def thread(self) -> threading.Thread | None:
         return self._thread
+
+    def fits(self, tokens: int) -> bool:
+        """Whether a row of ``tokens`` tokens (target + ``max_new_tokens``) may be batched:
+        always, unless the model has a sliding window it would pass."""
+        return self.window is None or tokens <= self.window
 
     # -- the job's side: enqueue, wait for its own rows --------------------------------------
     def generate(
@@ -399,6 +433,11 @@ class DecodeLoop:
             try:
                 if call.target is None:
                     call.target = call.session.batch_target(call.accepted_text)
+                if not self.fits(len(call.target) + call.limits.max_new_tokens):
+                    # the session checks before it enqueues: this would be a bug there
+                    raise GenerationError(
+                        f"{self.generator.name}: a call past the sliding window reached the loop"
+                    )
                 wider = max(width, len(call.target))
                 added = len(call.samplings)
                 if rows and (rows + added) * wider > self.max_slots:
@@ -425,18 +464,28 @@ class DecodeLoop:
         """Consecutive groups (``ready`` is sorted by rest length) whose padded rests stay within
         ``prefill_slots`` tokens and are mostly real: padding a round's few-token rests to a
         new prompt's length would multiply the work of a compute-bound pass, while one more
-        pass costs about one weight read (a decode step)."""
+        pass costs about one weight read (a decode step). With a sliding window, every row's
+        span (its prefix, the chunk's longest rest, its ``max_new_tokens``) stays within it."""
         chunks: list[list[tuple[_Call, list[int]]]] = []
         real = 0  # tokens of the last chunk's rests
+        reach = 0  # the last chunk's longest prefix + max_new_tokens
         for item in ready:
+            call, rest = item
+            assert call.target is not None
+            own = len(call.target) - len(rest) + call.limits.max_new_tokens
             if chunks:
-                padded = (len(chunks[-1]) + 1) * len(item[1])  # the last rest is the longest
-                if padded <= self.prefill_slots and padded <= 1.5 * (real + len(item[1])) + 64:
+                padded = (len(chunks[-1]) + 1) * len(rest)  # the last rest is the longest
+                if (
+                    padded <= self.prefill_slots
+                    and padded <= 1.5 * (real + len(rest)) + 64
+                    and self.fits(max(reach, own) + len(rest))
+                ):
                     chunks[-1].append(item)
-                    real += len(item[1])
+                    real += len(rest)
+                    reach = max(reach, own)
                     continue
             chunks.append([item])
-            real = len(item[1])
+            real, reach = len(rest), own
         return chunks
 
     def _prefill_isolating_errors(self, chunk: list[tuple[_Call, list[int]]]) -> _Batch | None:

@@ -81,6 +81,8 @@ class PrefixCache:
                 layer.lazy_initialization(keys, values)
             layer.keys = keys
             layer.values = values
+            if hasattr(layer, "cumulative_length"):  # a sliding-window layer's token count
+                layer.cumulative_length = len(ids)
         self.rows = [list(ids)]
 
     def crop_to(self, length: int) -> None:

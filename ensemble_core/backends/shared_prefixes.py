@@ -16,9 +16,10 @@ first out, within ``max_bytes``; an entry whose ids extend another's replaces it
 
 Output: the same as prefilling the whole prompt up to float rounding of the different shapes
 (the same holds for the rounds' own prefix reuse, ``prefix_cache``): tests compare tokens and
-log-probabilities (1e-4) against a model without sharing. Only models whose cache layers are all
-plain full-attention layers share prefixes (``hf_batching.batchable``): a sliding-window layer
-cannot be cropped to a shorter prefix after the fact.
+log-probabilities (1e-4) against a model without sharing. Models whose cache layers are plain
+full-attention or sliding-window layers share prefixes (``hf_batching.batchable``): a session's
+sliding-window layers record their whole past (``prefix_cache``), so an entry holds every
+column of the prompt, and ``PrefixCache.adopt_row`` sets their token count.
 
 Scope: one store per loaded model in one worker process, partitioned by *scope*: whether a
 prompt's prefix was cached shows as a shorter time to first token, which would tell one tenant

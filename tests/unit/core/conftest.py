@@ -18,6 +18,8 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "llama": build_tiny_model(root / "llama", arch="llama", vocab_seed=3),
         "gpt2": build_tiny_model(root / "gpt2", arch="gpt2", vocab_seed=5),
+        # a window wider than the tests' rows, so its calls are batched (test_hf_batching)
+        "gemma3": build_tiny_model(root / "gemma3", arch="gemma3", vocab_seed=6, sliding_window=128),
         "reward": build_tiny_reward_model(root / "reward", arch="llama", vocab_seed=3),
         "prm": build_tiny_prm(root / "prm", arch="llama", vocab_seed=4),
     }

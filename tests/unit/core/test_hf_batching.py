@@ -29,7 +29,7 @@ def _generator(path: Path, name: str, **options: Any) -> HFTextGenerator:
     return HFTextGenerator(ModelSpec(path=str(path), name=name, engine_options=options))
 
 
-@pytest.fixture(params=["llama", "gpt2"])
+@pytest.fixture(params=["llama", "gpt2", "gemma3"])
 def generator(request, tiny_dirs: dict[str, Path]) -> HFTextGenerator:  # type: ignore[no-untyped-def]
     return _generator(tiny_dirs[request.param], request.param)
 

@@ -115,7 +115,7 @@ def _run(session: HFGenerationSession) -> tuple[list[Candidate], int]:
         session.close()
 
 
-@pytest.fixture(params=["llama", "gpt2"])
+@pytest.fixture(params=["llama", "gpt2", "gemma3"])
 def arch(request) -> str:  # type: ignore[no-untyped-def]
     return str(request.param)
 
@@ -179,11 +179,29 @@ def test_a_session_without_cache_reuse_neither_reads_nor_leaves_prefixes(tiny_di
     assert prefilled == len(session.prompt_ids) and sharing.shared_prefixes.hits == 0
 
 
-def test_a_sliding_window_model_shares_nothing(tmp_path: Path) -> None:
+def test_prompts_longer_than_a_sliding_window_share_their_prefixes_too(tmp_path: Path) -> None:
+    """Window 8, prompts of 30+ tokens: the sliding layers keep every column (the prefix
+    cache records the past), so an entry holds the whole prompt, and a session started from it
+    decodes as one that prefilled everything, over two rounds (the second crops its cache)."""
     from tests.tiny_models import build_tiny_model
 
-    gemma = _generator(build_tiny_model(tmp_path / "gemma", arch="gemma3", vocab_seed=6))
-    assert gemma.shared_prefixes is None
+    path = build_tiny_model(tmp_path / "gemma", arch="gemma3", vocab_seed=6)
+    sharing, plain = _generator(path), _generator(path, prefix_sharing_mb=0)
+    assert sharing.shared_prefixes is not None
+
+    def two_rounds(session: HFGenerationSession) -> list[Candidate]:
+        try:
+            first = session.generate("", SAMPLINGS, LIMITS)
+            return first + session.generate(first[1].text, SAMPLINGS, LIMITS)
+        finally:
+            session.close()
+
+    two_rounds(sharing.open_session(_prompt("Count to three."), seed=1))
+    later = sharing.open_session(_prompt("Count to five."), seed=2)
+    assert len(later.prompt_ids) > 30
+    got = two_rounds(later)
+    assert sharing.shared_prefixes.hits == 1 and sharing.shared_prefixes.reused_tokens > 8
+    _same(two_rounds(plain.open_session(_prompt("Count to five."), seed=2)), got)
 
 
 # -- scopes: a tenant's prompts are shared with its own jobs only --------------------------------
