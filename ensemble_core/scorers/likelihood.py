@@ -58,8 +58,10 @@ class LikelihoodScorer:
                 logprobs = request.author_logprobs[i] if i < len(request.author_logprobs) else []
                 if own and logprobs:
                     values[i].append(per_unit(sum(logprobs), len(logprobs), request.candidates[i], unit))
-                else:
+                elif request.candidates[i]:
                     wanted.append(i)
+                # an empty candidate (an answer that ended at once) has no token to score: a
+                # forward pass would give it no value either, so it stays neutral for free
             if wanted:
                 forward.append((scorer, wanted))
 

@@ -233,6 +233,41 @@ def test_one_scale_for_different_tokenizers(
         job.close()
 
 
+def test_an_empty_candidate_costs_the_likelihood_scorer_no_forward_pass(
+    pool: ModelPool, tiny_spec: EnsembleSpec
+) -> None:
+    """An answer that ended at once has no token to score: it stays neutral (the round's
+    mean), as a forward pass over nothing would leave it, and no scorer model runs for it."""
+    job = _job(tiny_spec, pool)
+    try:
+        a, b = job.members[0], job.members[1]
+        request = ScoringRequest(
+            job.request.prompt_input(),
+            "",
+            ["", " ten three", ""],
+            [a.name, a.name, b.name],
+            [a.session_key, a.session_key, b.session_key],
+            [[], [-1.0, -2.0], []],
+        )
+        scored: list[int] = []
+        for member in (a, b):
+            session = job.session(member)
+            real = session.score_continuations
+
+            def counting(accepted: str, texts: list[str], real: Any = real) -> Any:
+                scored.extend(len(t) for t in texts)
+                return real(accepted, texts)
+
+            session.score_continuations = counting  # type: ignore[method-assign]
+        own = job.build_scorer([{"type": "likelihood", "include_own": True, "include_others": False}])
+        raw = [row["likelihood"] for row in own.score_round(request).raw]
+        assert scored == [] and raw[0] == raw[2] == raw[1]  # the neutral fill: the one finite value
+        job.build_scorer([{"type": "likelihood"}]).score_round(request)  # cross-model
+        assert scored == [len(" ten three")]  # b scores a's real candidate, nobody the empty ones
+    finally:
+        job.close()
+
+
 def test_pmi_is_the_conditional_minus_the_neutral_likelihood(
     pool: ModelPool, tiny_spec: EnsembleSpec
 ) -> None:
