@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ensemble_core.backends import grouped_attention
 from ensemble_core.backends.context_window import full_candidates, mark_window_ends, room_left
 from ensemble_core.backends.hf_batching import DecodeLoop, batchable, sliding_window
 from ensemble_core.backends.hf_loading import (
@@ -76,6 +77,14 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def _attention_option(spec: ModelSpec) -> dict[str, str]:
+    """On the CPU, grouped-query attention without copying the key/value heads
+    (``grouped_attention``), unless the admin's spec names an ``attn_implementation``."""
+    if spec.device != "cpu" or spec.engine_options.get("attn_implementation"):
+        return {}
+    return {"attn_implementation": grouped_attention.register()}
+
+
 class HFTextGenerator:
     """One causal LM loaded with transformers; open one session per job."""
 
@@ -89,7 +98,7 @@ class HFTextGenerator:
         self.spec = spec
         self.name = spec.display_name
         self.tokenizer = load_tokenizer(spec, cache_dir)
-        self.model = from_pretrained(AutoModelForCausalLM, spec, cache_dir)
+        self.model = from_pretrained(AutoModelForCausalLM, spec, cache_dir, **_attention_option(spec))
         self.device = str(input_device(self.model))
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         if not self.eos_ids:
