@@ -40,8 +40,6 @@ def grouped_sdpa_attention(
 ) -> tuple[torch.Tensor, None]:
     """transformers' ``sdpa_attention_forward`` with the grouped heads passed to SDPA as they
     are (``enable_gqa``), mask or not."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     groups = int(getattr(module, "num_key_value_groups", 1) or 1)
     if (
         groups == 1
@@ -50,6 +48,9 @@ def grouped_sdpa_attention(
         or kwargs.get("cache") is not None
         or kwargs.get("output_attentions", False)
     ):
+        # imported here, off the hot path: this runs once per layer of every forward pass
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         return sdpa_attention_forward(  # type: ignore[no-any-return]
             module,
             query,

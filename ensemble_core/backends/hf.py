@@ -407,10 +407,14 @@ class HFGenerationSession:
         if batcher.window is None:
             return True
         wanted = limits.max_new_tokens
-        # at most a token per byte of the accepted text (as in ``_context_room``)
-        if batcher.fits(len(self.prompt_ids) + len(accepted_text.encode("utf-8")) + wanted + 16):
+        if batcher.fits(self._most_tokens(accepted_text) + wanted):
             return True
         return batcher.fits(len(self.batch_target(accepted_text)) + wanted)
+
+    def _most_tokens(self, accepted_text: str) -> int:
+        """An upper bound of ``len(batch_target(accepted_text))`` without tokenizing again: a
+        byte-level tokenizer spends at most one token per byte (16 spare for the seam)."""
+        return len(self.prompt_ids) + len(accepted_text.encode("utf-8")) + 16
 
     def _context_room(self, accepted_text: str, wanted: int) -> int | None:
         """How many tokens still fit in the model's context window after the prompt and
@@ -419,9 +423,8 @@ class HFGenerationSession:
         window = self.generator.context_window
         if window is None:
             return None
-        # a byte-level tokenizer spends at most one token per byte: most calls stop here
-        # without tokenizing the accepted text again
-        if len(self.prompt_ids) + len(accepted_text.encode("utf-8")) + wanted + 16 <= window:
+        # most calls stop here without tokenizing the accepted text again
+        if self._most_tokens(accepted_text) + wanted <= window:
             return None
         return room_left(window, len(self.batch_target(accepted_text)), wanted)
 

@@ -154,29 +154,29 @@ class _Batch:
         return int(self.mask.shape[1])
 
 
+def _cache_layers(model_config: Any) -> list[Any]:
+    """The layers of the cache transformers builds for this model (one per attention layer)."""
+    from transformers import DynamicCache
+
+    return list(getattr(DynamicCache(config=model_config), "layers", []))
+
+
 def batchable(model_config: Any) -> bool:
     """Whether every cache layer of this model is a plain full-attention ``DynamicLayer`` or
     a ``DynamicSlidingWindowLayer`` (batched within its window: ``sliding_window``)."""
-    from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    cache = DynamicCache(config=model_config)
-    layers = list(getattr(cache, "layers", []))
+    layers = _cache_layers(model_config)
     return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 def sliding_window(model_config: Any) -> int | None:
     """The smallest window of the model's sliding-window layers (tokens a query sees, itself
     included); None when every layer attends to the whole sequence."""
-    from transformers import DynamicCache
     from transformers.cache_utils import DynamicSlidingWindowLayer
 
-    cache = DynamicCache(config=model_config)
-    windows = [
-        int(layer.sliding_window)
-        for layer in getattr(cache, "layers", [])
-        if isinstance(layer, DynamicSlidingWindowLayer)
-    ]
+    layers = _cache_layers(model_config)
+    windows = [int(layer.sliding_window) for layer in layers if isinstance(layer, DynamicSlidingWindowLayer)]
     return min(windows) if windows else None
 
 
